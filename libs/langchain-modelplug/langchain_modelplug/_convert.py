@@ -1,0 +1,72 @@
+"""The one conversion in each direction between LangChain messages and modelplug's neutral types."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    convert_to_openai_messages,
+)
+from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from modelplug.types import ChatChunk, ChatResponse, Message, Usage
+
+
+def to_openai_messages(messages: Sequence[BaseMessage]) -> list[Message]:
+    """LangChain messages (any content-block style) as OpenAI chat-completions dicts.
+
+    Reasoning stays out of later requests: it is the model's scratchpad, not conversation.
+    """
+    return convert_to_openai_messages(list(messages))  # type: ignore[return-value]
+
+
+def usage_metadata(usage: Usage | None) -> UsageMetadata | None:
+    if usage is None:
+        return None
+    meta = UsageMetadata(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                         total_tokens=usage.total_tokens)
+    if usage.cache_read_tokens or usage.cache_creation_tokens:
+        meta["input_token_details"] = InputTokenDetails(
+            cache_read=usage.cache_read_tokens, cache_creation=usage.cache_creation_tokens)
+    if usage.reasoning_tokens:
+        meta["output_token_details"] = OutputTokenDetails(reasoning=usage.reasoning_tokens)
+    return meta
+
+
+def _response_metadata(model: str, finish_reason: str | None, provider: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"model_name": model, "model_provider": provider}
+    if finish_reason is not None:
+        meta["finish_reason"] = finish_reason
+    return meta
+
+
+def to_ai_message(response: ChatResponse, provider: str) -> AIMessage:
+    good = [c for c in response.tool_calls if c.error is None]
+    bad = [c for c in response.tool_calls if c.error is not None]
+    return AIMessage(
+        content=response.text,
+        tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in good],
+        invalid_tool_calls=[invalid_tool_call(name=c.name, args=c.raw_arguments, id=c.id,
+                                              error=c.error) for c in bad],
+        additional_kwargs={"reasoning_content": response.reasoning} if response.reasoning else {},
+        usage_metadata=usage_metadata(response.usage),
+        response_metadata=_response_metadata(response.model, response.finish_reason, provider),
+    )
+
+
+def to_ai_chunk(chunk: ChatChunk, provider: str) -> AIMessageChunk:
+    last = chunk.finish_reason is not None
+    return AIMessageChunk(
+        content=chunk.text,
+        tool_call_chunks=[tool_call_chunk(name=d.name, args=d.arguments or None, id=d.id,
+                                          index=d.index) for d in chunk.tool_calls],
+        additional_kwargs={"reasoning_content": chunk.reasoning} if chunk.reasoning else {},
+        usage_metadata=usage_metadata(chunk.usage),
+        response_metadata=_response_metadata(chunk.model, chunk.finish_reason, provider)
+        if last else {},
+        chunk_position="last" if last else None,
+    )

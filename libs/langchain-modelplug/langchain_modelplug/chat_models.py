@@ -1,0 +1,375 @@
+"""ChatModelPlug: a LangChain chat model over every modelplug backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.language_models.model_profile import ModelProfile
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import (
+    JsonOutputKeyToolsParser,
+    PydanticToolsParser,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from modelplug import ChatRequest, create_backend
+from modelplug.backends import Backend
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from langchain_modelplug._convert import to_ai_chunk, to_ai_message, to_openai_messages
+
+StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
+#: Per-call keyword arguments that map onto ChatRequest fields.
+_REQUEST_FIELDS = ("tools", "tool_choice", "response_format", "temperature", "top_p",
+                   "max_tokens", "stop", "seed", "reasoning")
+
+
+class ChatModelPlug(BaseChatModel):
+    """Chat model over any modelplug provider: cloud SDKs, local servers, in-process models.
+
+    Setup:
+        Install the package with the extra of the backend you use:
+
+        .. code-block:: bash
+
+            pip install "langchain-modelplug[llamacpp]"   # or [openai], [anthropic], [ollama], [hf]
+
+    Key init args — model:
+        model: str | None
+            ``"provider:model_id"`` (``"anthropic:claude-sonnet-4-6"``, ``"ollama:qwen3.5:9b"``,
+            ``"llamacpp:smollm2"``), a catalog name, or None for the first model available
+            locally (never a cloud, never a download).
+        **provider kwargs
+            Provider-specific settings, checked against the provider's row: ``model_path``,
+            ``n_ctx``, ``n_gpu_layers``, ``chat_format``, ``chat_handler``, ``verbose`` for
+            llamacpp; ``base_url`` for local servers; ``model_keep_alive_seconds`` for ollama.
+
+    Key init args — completion params:
+        temperature: float | None
+        max_tokens: int | None
+        top_p: float | None
+        stop: list[str] | None
+        seed: int | None
+
+    Key init args — client params:
+        timeout: float | None
+            Networked providers only, forwarded to the SDK (in-process: TypeError).
+        max_retries: int | None
+            Networked providers only, the SDK's own retry (in-process: TypeError).
+        api_key: SecretStr | None
+            Defaults to the provider's documented environment variable.
+        base_url: str | None
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_modelplug import ChatModelPlug
+
+            llm = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)
+
+    Invoke:
+        .. code-block:: python
+
+            llm.invoke("What is the capital of France? Answer in one sentence.")
+            # AIMessage(content='The capital of France is Paris.', usage_metadata={...})
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream("Count from 1 to 5."):
+                print(chunk.content, end="")
+
+    Async:
+        .. code-block:: python
+
+            await llm.ainvoke("Hello")
+            async for chunk in llm.astream("Hello"):
+                ...
+
+    Tool calling:
+        .. code-block:: python
+
+            from pydantic import BaseModel
+
+            class GetWeather(BaseModel):
+                '''Get the weather in a city.'''
+                city: str
+
+            llm_with_tools = llm.bind_tools([GetWeather], tool_choice="any")
+
+    Structured output:
+        .. code-block:: python
+
+            class Person(BaseModel):
+                name: str
+                age: int
+
+            llm.with_structured_output(Person).invoke("Invent a person.")
+            # method="json_schema" (default where the backend constrains output),
+            # "function_calling" or "json_mode"
+
+    Token usage:
+        .. code-block:: python
+
+            llm.invoke("Hello").usage_metadata
+            # {'input_tokens': 34, 'output_tokens': 9, 'total_tokens': 43}
+    """
+
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    seed: int | None = None
+    #: True/False switches reasoning on/off where the model supports the switch.
+    reasoning: bool | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    streaming: bool = False
+    #: Provider-specific settings (any keyword argument that is not a field above).
+    provider_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    _backend: Backend = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_provider_kwargs(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        names = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+        extra = {k: values[k] for k in list(values) if k not in names}
+        if extra:
+            values = {k: v for k, v in values.items() if k not in extra}
+            values["provider_kwargs"] = {**values.get("provider_kwargs", {}), **extra}
+        return values
+
+    @model_validator(mode="after")
+    def _build_backend(self) -> ChatModelPlug:
+        self._backend = create_backend(
+            self.model, timeout=self.timeout, max_retries=self.max_retries, api_key=self.api_key,
+            base_url=self.base_url, **self.provider_kwargs,
+        )
+        if self.model is None:
+            self.model = str(self._backend.ref)
+        if self.profile is None:  # BaseChatModel's own hook runs before the backend exists
+            self.profile = self._resolve_model_profile()
+        return self
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        """The modelplug backend this model calls (shared weights for in-process models)."""
+        return self._backend
+
+    @property
+    def _llm_type(self) -> str:
+        return "modelplug"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, **self._sampling_params()}
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_modelplug", "chat_models"]
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        env = self._backend.spec.api_key_env
+        return {"api_key": env} if env else {}
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        return ModelProfile(**self._backend.profile().as_dict())  # type: ignore[typeddict-item]
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        ref = self._backend.ref
+        params["ls_provider"] = ref.provider
+        params["ls_model_name"] = kwargs.get("model", ref.model_id)
+        params["ls_model_type"] = "chat"
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _sampling_params(self) -> dict[str, Any]:
+        params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed,
+                  "reasoning": self.reasoning}
+        return {k: v for k, v in params.items() if v is not None}
+
+    def _request(self, messages: list[BaseMessage], stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> ChatRequest:
+        fields = self._sampling_params()
+        fields.update({k: kwargs.pop(k) for k in _REQUEST_FIELDS if k in kwargs})
+        if stop is not None:
+            fields["stop"] = stop
+        kwargs.pop("stream", None)
+        return ChatRequest(messages=to_openai_messages(messages), extra=kwargs, **fields)
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None,
+                  **kwargs: Any) -> ChatResult:
+        if self.streaming:
+            return self._collect(self._stream(messages, stop, run_manager, **kwargs))
+        response = self._backend.chat(self._request(messages, stop, kwargs))
+        return ChatResult(generations=[ChatGeneration(
+            message=to_ai_message(response, self._backend.ref.provider))])
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> ChatResult:
+        if self.streaming:
+            chunks = [c async for c in self._astream(messages, stop, run_manager, **kwargs)]
+            return self._collect(iter(chunks))
+        response = await self._backend.achat(self._request(messages, stop, kwargs))
+        return ChatResult(generations=[ChatGeneration(
+            message=to_ai_message(response, self._backend.ref.provider))])
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        provider = self._backend.ref.provider
+        for chunk in self._backend.stream(self._request(messages, stop, kwargs)):
+            generation = ChatGenerationChunk(message=to_ai_chunk(chunk, provider))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(chunk.text, chunk=generation)
+            yield generation
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        provider = self._backend.ref.provider
+        async for chunk in self._backend.astream(self._request(messages, stop, kwargs)):
+            generation = ChatGenerationChunk(message=to_ai_chunk(chunk, provider))
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=generation)
+            yield generation
+
+    @staticmethod
+    def _collect(chunks: Iterator[ChatGenerationChunk]) -> ChatResult:
+        total: ChatGenerationChunk | None = None
+        for chunk in chunks:
+            total = chunk if total is None else total + chunk
+        message = total.message if total is not None else AIMessageChunk(content="")
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(
+            content=message.content, additional_kwargs=message.additional_kwargs,
+            response_metadata=message.response_metadata, usage_metadata=message.usage_metadata,
+            tool_calls=getattr(message, "tool_calls", []), id=message.id))])
+
+    # -- tools and structured output -----------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools (pydantic classes, functions, BaseTools or OpenAI dicts).
+
+        ``tool_choice``: ``"auto"``, ``"none"``, ``"any"``/``"required"``/``True`` (some
+        tool must be called), or a tool name (that tool must be called).
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        return self.bind(tools=formatted, tool_choice=_normalise_tool_choice(tool_choice, formatted),
+                         **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: StructuredOutputMethod | None = None,
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict | BaseModel]:
+        """Answers parsed into ``schema`` (a pydantic class, TypedDict or JSON schema).
+
+        ``method``: ``"json_schema"`` (constrained output: grammars in-process, the API's
+        json_schema response format elsewhere), ``"function_calling"`` (a forced tool call) or
+        ``"json_mode"`` (any JSON object; describe the shape in the prompt). The default is
+        json_schema where the backend constrains output, function_calling otherwise.
+        """
+        if kwargs:
+            raise ValueError(f"Received unsupported arguments {sorted(kwargs)}.")
+        if method is None:
+            structured = self._backend.profile().structured_output
+            method = "function_calling" if structured is False else "json_schema"
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        if method == "json_mode":
+            llm = self.bind(response_format={"type": "json_object"})
+            parser: Runnable = PydanticOutputParser(pydantic_object=schema) if is_pydantic \
+                else JsonOutputParser()
+        elif schema is None:
+            raise ValueError(f"schema is required for method={method!r}.")
+        elif method == "json_schema":
+            json_schema = convert_to_json_schema(schema)
+            name = json_schema.get("title", "response")
+            llm = self.bind(response_format={"type": "json_schema", "json_schema": {
+                "name": name, "schema": json_schema, "strict": bool(strict)}})
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic \
+                else JsonOutputParser()
+        elif method == "function_calling":
+            tool = convert_to_openai_tool(schema, strict=strict)
+            name = tool["function"]["name"]
+            llm = self.bind_tools([tool], tool_choice=name)
+            parser = PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic \
+                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        else:
+            raise ValueError(
+                f"Unknown structured output method {method!r}. Use 'json_schema', "
+                "'function_calling' or 'json_mode'."
+            )
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser,
+                                            parsing_error=lambda _: None)
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback],
+                                                            exception_key="parsing_error")
+
+
+def _normalise_tool_choice(choice: dict | str | bool | None,
+                           tools: list[dict[str, Any]]) -> str | None:
+    """LangChain's tool_choice spellings as ChatRequest's: auto, none, required or a name."""
+    if choice is None or choice == "auto":
+        return None if choice is None else "auto"
+    if choice is True or choice in ("any", "required"):
+        return "required"
+    if choice is False or choice == "none":
+        return "none"
+    if isinstance(choice, dict):
+        choice = choice.get("function", {}).get("name") or choice.get("name")
+    names = [t["function"]["name"] for t in tools]
+    if choice not in names:
+        raise ValueError(
+            f"tool_choice {choice!r} names no bound tool. Bound tools: {names}; or use "
+            "'auto', 'any', 'none'."
+        )
+    return choice

@@ -1,0 +1,1 @@
+"""LlamaIndex embeddings for modelplug. The integration classes land with the LlamaIndex issue."""

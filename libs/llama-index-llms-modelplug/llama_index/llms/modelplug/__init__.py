@@ -1,0 +1,1 @@
+"""LlamaIndex llms for modelplug. The integration classes land with the LlamaIndex issue."""

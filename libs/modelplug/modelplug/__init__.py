@@ -1,0 +1,72 @@
+"""modelplug: one registry of LLM backends behind neutral request/response types.
+
+Importing this package imports no SDK and no ML runtime; each loads when its provider is first
+used.
+"""
+
+from modelplug.backends import Backend, create_backend
+from modelplug.catalog import (
+    AnthropicModel,
+    GeminiModel,
+    HFModel,
+    LlamaCppModel,
+    ModelInfo,
+    OllamaModel,
+    OpenAIModel,
+    VLLMModel,
+)
+from modelplug.errors import (
+    AmbiguousModelError,
+    ConfigurationError,
+    MissingDependencyError,
+    ModelNotFoundError,
+    ModelPlugError,
+    UnknownModelError,
+    UnknownProviderError,
+    UnsupportedCapabilityError,
+)
+from modelplug.local import available_models, default_model
+from modelplug.profile import Profile
+from modelplug.registry import ProviderSpec, get_provider, installed_providers, providers
+from modelplug.spec import ModelRef, resolve_model
+from modelplug.types import ChatChunk, ChatRequest, ChatResponse, ToolCall, ToolCallDelta, Usage
+from modelplug.weights import unload
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousModelError",
+    "AnthropicModel",
+    "Backend",
+    "ChatChunk",
+    "ChatRequest",
+    "ChatResponse",
+    "ConfigurationError",
+    "GeminiModel",
+    "HFModel",
+    "LlamaCppModel",
+    "MissingDependencyError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ModelPlugError",
+    "ModelRef",
+    "OllamaModel",
+    "OpenAIModel",
+    "Profile",
+    "ProviderSpec",
+    "ToolCall",
+    "ToolCallDelta",
+    "UnknownModelError",
+    "UnknownProviderError",
+    "UnsupportedCapabilityError",
+    "Usage",
+    "VLLMModel",
+    "available_models",
+    "create_backend",
+    "default_model",
+    "get_provider",
+    "installed_providers",
+    "providers",
+    "resolve_model",
+    "unload",
+]

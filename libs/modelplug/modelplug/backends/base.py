@@ -1,0 +1,158 @@
+"""The backend protocol: the one seam between adapters and providers.
+
+A backend takes a :class:`ChatRequest` and returns a :class:`ChatResponse` or yields
+:class:`ChatChunk` objects, sync and async. It knows nothing of LangChain or LlamaIndex.
+Networked backends override the async methods with their SDK's async client; in-process backends
+keep the defaults here, which run the sync work in a thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from modelplug.errors import UnsupportedCapabilityError
+from modelplug.profile import Profile
+from modelplug.registry import ProviderSpec
+from modelplug.spec import ModelRef
+from modelplug.types import ChatChunk, ChatRequest, ChatResponse
+
+
+class Backend:
+    """Base class of every backend. Subclasses implement :meth:`chat` and :meth:`stream`."""
+
+    def __init__(self, ref: ModelRef, spec: ProviderSpec, settings: dict[str, Any]) -> None:
+        self.ref = ref
+        self.spec = spec
+        self.settings = settings
+
+    # -- what the model can do ---------------------------------------------------------------
+
+    def profile(self) -> Profile:
+        """Capabilities, cheap and without network: the catalog, refined by local probes."""
+        return Profile.from_ref(self.ref)
+
+    def check(self, request: ChatRequest) -> None:
+        """Refuse, before anything is sent, a request this model is known not to support."""
+        if not request.messages:
+            raise UnsupportedCapabilityError(
+                "The request has no messages. Pass at least one message (e.g. a user question)."
+            )
+        profile = self.profile()
+        if request.tools and request.tool_choice != "none" and profile.tool_calling is False:
+            raise UnsupportedCapabilityError(
+                f"Model '{self.ref}' does not support tool calling, but the request has "
+                f"{len(request.tools)} tool(s). Use a tool-capable model, or declare the "
+                f"capability of an ad-hoc model with '{self.ref};tools'."
+            )
+        if request.has_images and profile.image_inputs is False:
+            raise UnsupportedCapabilityError(
+                f"Model '{self.ref}' does not take image inputs, but the request has images. "
+                f"Use a vision model, or declare it with '{self.ref};vision'."
+            )
+        if request.response_format and profile.structured_output is False:
+            raise UnsupportedCapabilityError(
+                f"Model '{self.ref}' cannot honour response_format "
+                f"{request.response_format.get('type')!r}."
+            )
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def chat(self, request: ChatRequest) -> ChatResponse:
+        raise NotImplementedError
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        raise NotImplementedError
+
+    async def achat(self, request: ChatRequest) -> ChatResponse:
+        return await asyncio.to_thread(self.chat, request)
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        async for chunk in iterate_in_thread(lambda: self.stream(request)):
+            yield chunk
+
+    def batch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        """Answer several requests. In-process backends override this with batched generation."""
+        return [self.chat(r) for r in requests]
+
+    async def abatch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        return list(await asyncio.gather(*(self.achat(r) for r in requests)))
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text, in order. Backends with an embeddings endpoint override this."""
+        raise UnsupportedCapabilityError(
+            f"Provider {self.spec.key!r} has no embeddings in modelplug; use a provider that "
+            "has (openai, gemini, ollama, an OpenAI-compatible server, hf or llamacpp)."
+        )
+
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed, texts)
+
+
+def collect_stream(chunks: Iterator[ChatChunk]) -> ChatResponse:
+    """Fold a stream of text chunks into one response, for backends that generate by streaming."""
+    response, parts = ChatResponse(), []
+    for chunk in chunks:
+        parts.append(chunk.text)
+        response.reasoning += chunk.reasoning
+        response.usage = chunk.usage or response.usage
+        response.finish_reason = chunk.finish_reason or response.finish_reason
+        response.model = chunk.model or response.model
+    response.text = "".join(parts)
+    return response
+
+
+_DONE = object()
+
+
+async def iterate_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIterator[Any]:
+    """Drive a blocking iterator in a worker thread and yield its items on the event loop.
+
+    The loop stays free while the thread generates. If the consumer stops early (break,
+    cancellation, aclose), the thread is told to stop and closes the iterator at the next item,
+    which releases any model lock it holds.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def run() -> None:
+        iterator = None
+        try:
+            iterator = make_iter()
+            for item in iterator:
+                if stop.is_set():
+                    break
+                put(item)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the consumer)
+            put(_Raised(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            put(_DONE)
+
+    worker = loop.run_in_executor(None, run)
+    try:
+        while True:
+            item = await queue.get()
+            if item is _DONE:
+                break
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        await asyncio.shield(worker) if not worker.done() else None
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

@@ -1,0 +1,193 @@
+"""Provider rows: which backend serves a provider key, what it needs installed, what it accepts.
+
+Rows hold the backend as a ``"module:Class"`` string, so listing providers and building error
+messages imports nothing. A provider that is pure configuration (an OpenAI-compatible endpoint)
+is one row; only a provider with behaviour of its own has a backend module. Third-party packages
+add rows through the ``modelplug.providers`` entry-point group (each entry point names a
+:class:`ProviderSpec`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Literal
+
+from modelplug.errors import MissingDependencyError, UnknownProviderError
+
+if TYPE_CHECKING:
+    from modelplug.backends.base import Backend
+    from modelplug.spec import ModelRef
+
+Kind = Literal["cloud", "local-server", "in-process"]
+
+# Settings every networked backend understands; forwarded to the SDK client as-is.
+NETWORK_KWARGS = frozenset({"api_key", "base_url", "timeout", "max_retries", "default_headers",
+                            "model_kwargs"})
+LLAMACPP_KWARGS = frozenset({"model_path", "n_ctx", "n_gpu_layers", "n_threads", "n_batch",
+                             "chat_format", "chat_handler", "verbose", "model_kwargs"})
+HF_KWARGS = frozenset({"model_kwargs", "device", "torch_dtype", "allow_download",
+                       "trust_remote_code", "tool_call_format"})
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    key: str
+    backend: str
+    extra: str
+    kind: Kind
+    #: Import names that must be importable (checked without importing them).
+    requires: tuple[str, ...]
+    api_key_env: str | None = None
+    base_url: str | None = None
+    #: Provider-specific constructor kwargs, beyond the standard sampling params.
+    kwargs: frozenset[str] = NETWORK_KWARGS
+    #: A closed catalog: ids not in the catalog are rejected unless ``;flags`` declare them.
+    closed_catalog: bool = False
+    description: str = ""
+
+    @property
+    def in_process(self) -> bool:
+        return self.kind == "in-process"
+
+    @property
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(name) is not None for name in self.requires)
+
+    @property
+    def pip_hint(self) -> str:
+        return f"pip install 'modelplug[{self.extra}]'"
+
+    def backend_class(self) -> type[Backend]:
+        """Import the backend class; a missing SDK is an ImportError naming the extra."""
+        missing = [name for name in self.requires if importlib.util.find_spec(name) is None]
+        if missing:
+            raise MissingDependencyError(
+                f"Provider '{self.key}' needs the {', '.join(repr(m) for m in missing)} "
+                f"package, which is not installed. Install it with: {self.pip_hint}",
+                name=missing[0],
+            )
+        module_name, _, class_name = self.backend.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)
+
+    def create_backend(self, ref: ModelRef, settings: dict[str, Any]) -> Backend:
+        return self.backend_class()(ref, self, settings)
+
+
+def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
+            kind: Kind = "local-server", closed_catalog: bool = False) -> ProviderSpec:
+    """One OpenAI-compatible endpoint: pure configuration over the openai SDK."""
+    return ProviderSpec(
+        key=key,
+        backend="modelplug.backends.openai_compat:OpenAICompatBackend",
+        extra="openai",
+        kind=kind,
+        requires=("openai",),
+        api_key_env=api_key_env,
+        base_url=base_url,
+        closed_catalog=closed_catalog,
+        description=description,
+    )
+
+
+_BUILTIN: tuple[ProviderSpec, ...] = (
+    ProviderSpec("ollama", "modelplug.backends.ollama:OllamaBackend", "ollama", "local-server",
+                 ("ollama",), base_url="http://localhost:11434",
+                 kwargs=frozenset({"base_url", "timeout", "model_keep_alive_seconds",
+                                   "default_headers", "model_kwargs"}),
+                 description="Ollama's native API (ollama SDK)"),
+    ProviderSpec("hf", "modelplug.backends.hf:HFBackend", "hf", "in-process",
+                 ("torch", "transformers"), kwargs=HF_KWARGS,
+                 description="transformers, in-process"),
+    ProviderSpec("llamacpp", "modelplug.backends.llamacpp:LlamaCppBackend", "llamacpp",
+                 "in-process", ("llama_cpp",), kwargs=LLAMACPP_KWARGS,
+                 description="llama.cpp (llama-cpp-python), in-process GGUF"),
+    ProviderSpec("anthropic", "modelplug.backends.anthropic:AnthropicBackend", "anthropic", "cloud",
+                 ("anthropic",), api_key_env="ANTHROPIC_API_KEY",
+                 base_url="https://api.anthropic.com",
+                 kwargs=NETWORK_KWARGS | {"cache_prompt", "thinking_budget"}, closed_catalog=True,
+                 description="Anthropic Messages API (anthropic SDK)"),
+    _compat("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI (openai SDK)",
+            kind="cloud", closed_catalog=True),
+    _compat("gemini", "https://generativelanguage.googleapis.com/v1beta/openai/", "GOOGLE_API_KEY",
+            "Google Gemini through its OpenAI-compatible endpoint", kind="cloud",
+            closed_catalog=True),
+    _compat("lmstudio", "http://localhost:1234/v1", None, "LM Studio server"),
+    _compat("ollama-openai", "http://localhost:11434/v1", None,
+            "Ollama through its OpenAI-compatible API (supports max_retries)"),
+    _compat("hf-openai", "http://localhost:8000/v1", None, "Hugging Face transformers serve"),
+    _compat("vllm", "http://localhost:8000/v1", None, "vLLM server"),
+    _compat("llamaserver", "http://localhost:8080/v1", None, "llama.cpp llama-server"),
+    _compat("sglang", "http://localhost:30000/v1", None, "SGLang server"),
+    # OpenAI-compatible clouds: configuration only, free-form model ids.
+    _compat("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", "DeepSeek", "cloud"),
+    _compat("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "OpenRouter",
+            "cloud"),
+    _compat("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", "Groq", "cloud"),
+    _compat("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY", "Together AI", "cloud"),
+    _compat("fireworks", "https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
+            "Fireworks AI", "cloud"),
+    _compat("mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", "Mistral AI", "cloud"),
+    _compat("xai", "https://api.x.ai/v1", "XAI_API_KEY", "xAI", "cloud"),
+    _compat("perplexity", "https://api.perplexity.ai", "PERPLEXITY_API_KEY", "Perplexity", "cloud"),
+    _compat("deepinfra", "https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY", "DeepInfra",
+            "cloud"),
+)
+
+
+@cache
+def providers() -> dict[str, ProviderSpec]:
+    """Every provider row: built-ins, then entry-point plugins (which may not shadow them)."""
+    rows = {spec.key: spec for spec in _BUILTIN}
+    for ep in entry_points(group="modelplug.providers"):
+        spec = ep.load()
+        if isinstance(spec, ProviderSpec) and spec.key not in rows:
+            rows[spec.key] = spec
+    return rows
+
+
+def installed_providers() -> list[str]:
+    """Keys of providers whose dependencies are importable, in registry order."""
+    return [key for key, spec in providers().items() if spec.installed]
+
+
+def get_provider(key: str) -> ProviderSpec:
+    try:
+        return providers()[key]
+    except KeyError:
+        missing = [f"{s.key} ({s.pip_hint})" for s in providers().values() if not s.installed]
+        hint = f" Providers that need an extra: {', '.join(missing)}." if missing else ""
+        raise UnknownProviderError(
+            f"Unknown provider {key!r}. Available providers (with installed deps): "
+            f"{installed_providers()}.{hint}"
+        ) from None
+
+
+def check_kwargs(spec: ProviderSpec, kwargs: dict[str, Any]) -> None:
+    """Reject settings the provider does not take, before anything is built or sent."""
+    for name in kwargs:
+        if name in spec.kwargs:
+            continue
+        if spec.in_process and name in ("timeout", "max_retries"):
+            raise TypeError(
+                f"Provider {spec.key!r} runs in-process with no HTTP request, so it takes no "
+                f"{name!r}. Remove {name}=... (it only applies to networked providers)."
+            )
+        if spec.key == "ollama" and name == "max_retries":
+            raise ValueError(
+                "Provider 'ollama' (native API) has no request retry, so it takes no "
+                "'max_retries'. Use the 'ollama-openai' provider, which goes through the OpenAI "
+                "SDK and supports max_retries."
+            )
+        if name == "cache_prompt":
+            raise TypeError(
+                f"'cache_prompt' is an Anthropic-only setting; provider {spec.key!r} does not "
+                "take it. Remove it, or use an 'anthropic:' model."
+            )
+        raise TypeError(
+            f"Provider {spec.key!r} got an unexpected keyword argument {name!r}. "
+            f"It accepts: {sorted(spec.kwargs)}."
+        )

@@ -1,0 +1,119 @@
+"""Neutral request, response and chunk types, in OpenAI chat-completions shapes.
+
+Adapters convert framework messages into a :class:`ChatRequest` once, and a
+:class:`ChatResponse` / :class:`ChatChunk` back once; backends see nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: OpenAI-format messages: {"role": ..., "content": str | [content parts], "tool_calls": [...],
+#: "tool_call_id": ...}. Image parts are {"type": "image_url", "image_url": {"url": ...}}.
+Message = dict[str, Any]
+ToolChoice = Literal["auto", "none", "required"] | str | None
+
+
+@dataclass
+class ChatRequest:
+    messages: list[Message]
+    #: OpenAI tool definitions: {"type": "function", "function": {name, description, parameters}}.
+    tools: list[dict[str, Any]] | None = None
+    #: "auto", "none", "required" (any tool), or a tool name to force.
+    tool_choice: ToolChoice = None
+    #: {"type": "json_object"} or {"type": "json_schema", "json_schema": {name, schema, strict}}.
+    response_format: dict[str, Any] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    #: True/False switches reasoning on/off where the model supports the switch; None: default.
+    reasoning: bool | None = None
+    #: Provider-specific request fields, passed through untouched.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_images(self) -> bool:
+        return any(
+            isinstance(m.get("content"), list)
+            and any(p.get("type") == "image_url" for p in m["content"] if isinstance(p, dict))
+            for m in self.messages
+        )
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must follow, if the response format names one."""
+        rf = self.response_format or {}
+        if rf.get("type") == "json_schema":
+            return rf.get("json_schema", {}).get("schema")
+        return None
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    #: The arguments exactly as the model wrote them; ``error`` is set when they did not parse.
+    raw_arguments: str = ""
+    error: str | None = None
+
+    @classmethod
+    def parse(cls, id: str, name: str, raw_arguments: str | dict[str, Any] | None) -> ToolCall:
+        if isinstance(raw_arguments, dict):
+            return cls(id, name, raw_arguments, json.dumps(raw_arguments))
+        raw = raw_arguments or ""
+        try:
+            args = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as exc:
+            return cls(id, name, {}, raw, error=f"arguments are not valid JSON: {exc}")
+        if not isinstance(args, dict):
+            return cls(id, name, {}, raw, error="arguments are not a JSON object")
+        return cls(id, name, args, raw)
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class ChatResponse:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    reasoning: str = ""
+    usage: Usage | None = None
+    #: "stop", "length", "tool_calls" or "content_filter", as in OpenAI's API.
+    finish_reason: str | None = None
+    model: str = ""
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str | None = None
+    name: str | None = None
+    #: A fragment of the JSON arguments string.
+    arguments: str = ""
+
+
+@dataclass
+class ChatChunk:
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    #: Set on the last chunk of a stream.
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    model: str = ""
