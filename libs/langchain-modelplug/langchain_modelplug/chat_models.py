@@ -156,17 +156,18 @@ class ChatModelPlug(BaseChatModel):
             values["provider_kwargs"] = {**values.get("provider_kwargs", {}), **extra}
         return values
 
-    @model_validator(mode="after")
-    def _build_backend(self) -> ChatModelPlug:
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Built here rather than in a validator so typed errors (UnknownModelError,
+        # ModelNotFoundError, TypeError for a bad kwarg) reach the caller as themselves.
         self._backend = create_backend(
             self.model, timeout=self.timeout, max_retries=self.max_retries, api_key=self.api_key,
             base_url=self.base_url, **self.provider_kwargs,
         )
         if self.model is None:
             self.model = str(self._backend.ref)
-        if self.profile is None:  # BaseChatModel's own hook runs before the backend exists
+        if self.profile is None:  # BaseChatModel's own hook ran before the backend existed
             self.profile = self._resolve_model_profile()
-        return self
 
     # -- identity -------------------------------------------------------------------------------
 

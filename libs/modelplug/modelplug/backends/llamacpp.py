@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class LlamaCppBackend(Backend):
         path = self.model_path
         try:
             return read_gguf_info(str(path))
-        except (ValueError, OSError, KeyError, IndexError) as exc:  # struct errors too
+        except (ValueError, OSError, KeyError, IndexError, struct.error) as exc:
             raise ConfigurationError(
                 f"{path} is not a readable GGUF file ({exc}). llama.cpp loads GGUF files only; "
                 "check the file is complete and not another format."
@@ -145,7 +146,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         prompt_tokens = self._prompt_tokens(llm, request.messages)
-        n_ctx = llm.n_ctx()
+        n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
         if len(prompt_tokens) >= n_ctx:
             raise ConfigurationError(
                 f"The prompt has {len(prompt_tokens)} tokens but the context window of "

@@ -1,0 +1,19 @@
+"""Integration tests: real backends. The in-process ones run the real SmolLM2-135M-Instruct GGUF
+that `make test` fetches (the same file the demo uses)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelplug import LlamaCppModel
+from modelplug.local import packaged_model_path
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    path = packaged_model_path(LlamaCppModel.SMOLLM2.info)
+    if path is None:
+        pytest.fail("SmolLM2 GGUF not found: run `make fetch-model` (make test does it).")
+    return path

@@ -1,0 +1,107 @@
+"""Provider rows, extras, kwargs checks and import hygiene."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from modelplug import MissingDependencyError, create_backend, get_provider, providers
+from modelplug.registry import ProviderSpec
+
+SEED_TEXT_PROVIDERS = {
+    # key: (extra, api key variable, default endpoint host:port or None)
+    "ollama": ("ollama", None, "localhost:11434"),
+    "hf": ("hf", None, None),
+    "llamacpp": ("llamacpp", None, None),
+    "anthropic": ("anthropic", "ANTHROPIC_API_KEY", "api.anthropic.com"),
+    "openai": ("openai", "OPENAI_API_KEY", "api.openai.com"),
+    "gemini": ("openai", "GOOGLE_API_KEY", "generativelanguage.googleapis.com"),
+    "lmstudio": ("openai", None, "localhost:1234"),
+    "ollama-openai": ("openai", None, "localhost:11434"),
+    "hf-openai": ("openai", None, "localhost:8000"),
+    "vllm": ("openai", None, "localhost:8000"),
+    "llamaserver": ("openai", None, "localhost:8080"),
+    "sglang": ("openai", None, "localhost:30000"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SEED_TEXT_PROVIDERS))
+def test_every_seed_text_provider_has_its_row(key: str) -> None:
+    extra, env, endpoint = SEED_TEXT_PROVIDERS[key]
+    spec = get_provider(key)
+    assert spec.extra == extra
+    assert spec.api_key_env == env
+    if endpoint is None:
+        assert spec.base_url is None
+    else:
+        assert endpoint in spec.base_url
+    assert ":" in spec.backend  # "module:Class", imported only on use
+
+
+def test_compatible_clouds_are_data_rows() -> None:
+    for key in ("deepseek", "openrouter", "groq", "together", "fireworks", "mistral", "xai",
+                "perplexity", "deepinfra"):
+        spec = providers()[key]
+        assert spec.backend == "modelplug.backends.openai_compat:OpenAICompatBackend"
+        assert spec.api_key_env and spec.api_key_env.endswith("_API_KEY")
+        assert spec.base_url.startswith("https://")
+
+
+def test_in_process_providers_reject_timeout_and_max_retries() -> None:
+    for name in ("timeout", "max_retries"):
+        with pytest.raises(TypeError) as err:
+            create_backend("llamacpp:smollm2", **{name: 5})
+        assert f"takes no {name!r}" in str(err.value)
+        assert "runs in-process" in str(err.value)
+
+
+def test_ollama_native_rejects_max_retries_and_points_to_ollama_openai() -> None:
+    with pytest.raises(ValueError, match="Use the 'ollama-openai' provider"):
+        create_backend("ollama:qwen3:8b", max_retries=3)
+
+
+def test_cache_prompt_is_anthropic_only() -> None:
+    with pytest.raises(TypeError, match="'cache_prompt' is an Anthropic-only setting"):
+        create_backend("vllm:m", cache_prompt=True)
+
+
+def test_unknown_kwarg_names_it_and_lists_accepted_ones() -> None:
+    with pytest.raises(TypeError) as err:
+        create_backend("llamacpp:smollm2", n_cxt=4096)
+    message = str(err.value)
+    assert "unexpected keyword argument 'n_cxt'" in message
+    assert "'n_ctx'" in message and "'model_path'" in message
+
+
+def test_missing_dependency_names_the_extra() -> None:
+    spec = ProviderSpec("phantom", "modelplug.backends.llamacpp:LlamaCppBackend", "phantom",
+                        "in-process", ("modelplug_no_such_runtime",))
+    assert spec.installed is False
+    with pytest.raises(MissingDependencyError) as err:
+        spec.backend_class()
+    assert isinstance(err.value, ImportError)
+    assert "pip install 'modelplug[phantom]'" in str(err.value)
+    assert "'modelplug_no_such_runtime'" in str(err.value)
+
+
+HEAVY = ("torch", "transformers", "llama_cpp", "openai", "anthropic", "ollama", "diffusers",
+         "google.genai", "numpy")
+
+
+@pytest.mark.parametrize("module", ["modelplug", "langchain_modelplug",
+                                    "llama_index.llms.modelplug",
+                                    "llama_index.embeddings.modelplug"])
+def test_importing_our_packages_loads_no_sdk_or_runtime(module: str) -> None:
+    code = (f"import sys, {module}; "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_construction_loads_no_runtime() -> None:
+    code = ("import sys; from langchain_modelplug import ChatModelPlug; "
+            "ChatModelPlug(model='llamacpp:smollm2'); ChatModelPlug(model='vllm:m'); "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,60 @@
+"""langchain-tests' ChatModelUnitTests standard suite for ChatModelPlug.
+
+The in-process configuration drops ``timeout``, ``max_retries`` and ``api_key`` from the suite's
+standard params: seed 000's rule is that in-process providers refuse them (TypeError), which
+``unit_tests/test_registry.py`` asserts. Construction reads only the GGUF header, no weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_modelplug import ChatModelPlug
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+IN_PROCESS_REFUSED = ("timeout", "max_retries", "api_key")
+
+
+class TestChatModelPlugLlamaCpp(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[ChatModelPlug]:
+        return ChatModelPlug
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": "llamacpp:smollm2"}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        params = super().standard_chat_model_params
+        return {k: v for k, v in params.items() if k not in IN_PROCESS_REFUSED}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True  # bind_tools binds; calling without tool support fails before generating
+
+    @pytest.mark.xfail(reason="langchain-core's load(allowed_objects='all') admits only classes "
+                       "in its own mapping, so no third-party package can pass this; the "
+                       "round trip with an explicit allowlist is test_serialization_round_trip",
+                       strict=True)
+    def test_serdes(self, *args: Any, **kwargs: Any) -> None:
+        super().test_serdes(*args, **kwargs)
+
+
+def test_serialization_round_trip() -> None:
+    from langchain_core.load import dumpd, dumps, load
+
+    model = ChatModelPlug(model="llamacpp:smollm2", temperature=0.2, max_tokens=7, n_ctx=2048)
+    restored = load(dumpd(model), allowed_objects=[ChatModelPlug],
+                    valid_namespaces=["langchain_modelplug"])
+    assert isinstance(restored, ChatModelPlug)
+    assert restored.model_dump() == model.model_dump()
+    assert restored.profile["max_input_tokens"] == 2048  # provider kwargs survive
+    assert "n_ctx" in dumps(model)
+
+
+def test_in_process_refuses_what_the_suite_would_pass() -> None:
+    for name, value in (("timeout", 60), ("max_retries", 2)):
+        with pytest.raises(TypeError, match=f"takes no '{name}'"):
+            ChatModelPlug(model="llamacpp:smollm2", **{name: value})
