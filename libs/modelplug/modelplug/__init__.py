@@ -29,7 +29,15 @@ from modelplug.local import available_models, default_model
 from modelplug.profile import Profile
 from modelplug.registry import ProviderSpec, get_provider, installed_providers, providers
 from modelplug.spec import ModelRef, resolve_model
-from modelplug.types import ChatChunk, ChatRequest, ChatResponse, ToolCall, ToolCallDelta, Usage
+from modelplug.types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
 from modelplug.weights import unload
 
 __version__ = "0.1.0"
@@ -41,6 +49,7 @@ __all__ = [
     "ChatChunk",
     "ChatRequest",
     "ChatResponse",
+    "CompletionRequest",
     "ConfigurationError",
     "GeminiModel",
     "HFModel",

@@ -17,6 +17,19 @@ ToolChoice = Literal["auto", "none", "required"] | str | None
 
 
 @dataclass
+class CompletionRequest:
+    """Raw text completion: the prompt is sent as-is, no chat template."""
+
+    prompt: str
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ChatRequest:
     messages: list[Message]
     #: OpenAI tool definitions: {"type": "function", "function": {name, description, parameters}}.

@@ -17,7 +17,14 @@ from modelplug.errors import UnsupportedCapabilityError
 from modelplug.profile import Profile
 from modelplug.registry import ProviderSpec
 from modelplug.spec import ModelRef
-from modelplug.types import ChatChunk, ChatRequest, ChatResponse
+from modelplug.types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    ToolCall,
+    ToolCallDelta,
+)
 
 
 class Backend:
@@ -80,6 +87,23 @@ class Backend:
     async def abatch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
         return list(await asyncio.gather(*(self.achat(r) for r in requests)))
 
+    def complete(self, request: CompletionRequest) -> ChatResponse:
+        """Raw text completion (no chat template), for backends that have it."""
+        return collect_stream(self.stream_complete(request))
+
+    def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
+        raise UnsupportedCapabilityError(
+            f"Provider {self.spec.key!r} has no raw text completion in modelplug; use a chat "
+            "model (ChatModelPlug) instead."
+        )
+
+    async def acomplete(self, request: CompletionRequest) -> ChatResponse:
+        return await asyncio.to_thread(self.complete, request)
+
+    async def astream_complete(self, request: CompletionRequest) -> AsyncIterator[ChatChunk]:
+        async for chunk in iterate_in_thread(lambda: self.stream_complete(request)):
+            yield chunk
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         """One vector per text, in order. Backends with an embeddings endpoint override this."""
         raise UnsupportedCapabilityError(
@@ -92,15 +116,23 @@ class Backend:
 
 
 def collect_stream(chunks: Iterator[ChatChunk]) -> ChatResponse:
-    """Fold a stream of text chunks into one response, for backends that generate by streaming."""
+    """Fold a stream into one response: text and reasoning joined, tool-call deltas assembled."""
     response, parts = ChatResponse(), []
+    calls: dict[int, ToolCallDelta] = {}
     for chunk in chunks:
         parts.append(chunk.text)
         response.reasoning += chunk.reasoning
+        for delta in chunk.tool_calls:
+            call = calls.setdefault(delta.index, ToolCallDelta(delta.index))
+            call.id = call.id or delta.id
+            call.name = call.name or delta.name
+            call.arguments += delta.arguments
         response.usage = chunk.usage or response.usage
         response.finish_reason = chunk.finish_reason or response.finish_reason
         response.model = chunk.model or response.model
     response.text = "".join(parts)
+    response.tool_calls = [ToolCall.parse(c.id or f"call_{i}", c.name or "", c.arguments)
+                           for i, c in sorted(calls.items())]
     return response
 
 
@@ -129,7 +161,7 @@ async def iterate_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIter
                 if stop.is_set():
                     break
                 put(item)
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the consumer)
+        except BaseException as exc:
             put(_Raised(exc))
         finally:
             close = getattr(iterator, "close", None)

@@ -16,11 +16,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from modelplug.backends import tooling
 from modelplug.backends.base import Backend, collect_stream
 from modelplug.errors import ConfigurationError, ModelNotFoundError
 from modelplug.local import packaged_model_path
 from modelplug.profile import GGUFInfo, Profile, read_gguf_info
-from modelplug.types import ChatChunk, ChatRequest, ChatResponse, Message, Usage
+from modelplug.types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    CompletionRequest,
+    Message,
+    ToolCallDelta,
+    Usage,
+)
 from modelplug.weights import LoadedModel, get_or_load
 
 #: Default context size when n_ctx is not given: the model's trained length, capped here because
@@ -101,14 +110,15 @@ class LlamaCppBackend(Backend):
     def _loaded(self) -> LoadedModel:
         return get_or_load(self._load_key(), self._load)
 
-    def _load(self) -> Any:
+    def _load(self, **extra: Any) -> Any:
         from llama_cpp import Llama
 
         s = self.settings
         kwargs = {k: s[k] for k in ("n_gpu_layers", "n_threads", "n_batch", "chat_format",
                                     "chat_handler") if k in s}
         return Llama(model_path=str(self.model_path), n_ctx=self.n_ctx,
-                     verbose=s.get("verbose", False), **kwargs, **(s.get("model_kwargs") or {}))
+                     verbose=s.get("verbose", False), **kwargs, **extra,
+                     **(s.get("model_kwargs") or {}))
 
     @property
     def _delegates(self) -> bool:
@@ -118,12 +128,14 @@ class LlamaCppBackend(Backend):
     # -- profile ------------------------------------------------------------------------------
 
     def profile(self) -> Profile:
+        # Tools go through a JSON-schema grammar, which any GGUF chat model can follow; the
+        # delegated path (chat_handler / chat_format) has no grammar tool path.
+        tools = not self._delegates
         return Profile.from_ref(self.ref).merged(
             max_input_tokens=self.n_ctx,
-            # Tool calls need the grammar tool path, which this backend does not have yet.
-            tool_calling=False,
-            tool_choice=False,
-            tool_call_streaming=False,
+            tool_calling=tools,
+            tool_choice=tools,
+            tool_call_streaming=tools,
             structured_output=True,
             image_inputs="chat_handler" in self.settings,
         )
@@ -137,15 +149,59 @@ class LlamaCppBackend(Backend):
         self.check(request)
         loaded = self._loaded()
         with loaded.lock:
+            llm = loaded.model
             if self._delegates:
-                yield from self._delegate_stream(loaded.model, request)
+                yield from self._delegate_stream(llm, request)
+            elif tooling.constrained(request):
+                yield self._tool_turn(llm, request)
             else:
-                yield from self._generate(loaded.model, request)
+                tokens = self._chat_tokens(llm, request.messages)
+                yield from self._generate(llm, tokens, request, _grammar(request))
 
-    def _generate(self, llm: Any, request: ChatRequest) -> Iterator[ChatChunk]:
+    def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
+        loaded = self._loaded()
+        with loaded.lock:
+            llm = loaded.model
+            tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
+            yield from self._generate(llm, tokens, request, None)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Mean-pooled, L2-normalised embeddings from the same GGUF, loaded in embedding mode."""
+        loaded = get_or_load(("embedding", *self._load_key()), self._load_embedder)
+        with loaded.lock:
+            return [list(map(float, v)) for v in loaded.model.embed(texts, normalize=True)]
+
+    def _load_embedder(self) -> Any:
         import llama_cpp
 
-        prompt_tokens = self._prompt_tokens(llm, request.messages)
+        return self._load(embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+
+    def _tool_turn(self, llm: Any, request: ChatRequest) -> ChatChunk:
+        """One constrained turn: a tool call or a plain answer, parsed whole (so one chunk)."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        template_has_tools = "tools" in (self._gguf().chat_template or "")
+        if template_has_tools:
+            tokens = self._chat_tokens(llm, request.messages, tools=request.tools)
+        else:
+            tokens = self._chat_tokens(
+                llm, tooling.plain_messages(request.messages, tooling.tools_prompt(request)))
+        grammar = LlamaGrammar.from_json_schema(json.dumps(tooling.output_schema(request)),
+                                                verbose=False)
+        raw = collect_stream(self._generate(llm, tokens, request, grammar))
+        text, calls = tooling.parse_output(raw.text)
+        return ChatChunk(
+            text=text,
+            tool_calls=[ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.raw_arguments)
+                        for i, c in enumerate(calls)],
+            usage=raw.usage, model=raw.model,
+            finish_reason="tool_calls" if calls else raw.finish_reason,
+        )
+
+    def _generate(self, llm: Any, prompt_tokens: list[int],
+                  request: ChatRequest | CompletionRequest, grammar: Any) -> Iterator[ChatChunk]:
+        import llama_cpp
+
         n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
         if len(prompt_tokens) >= n_ctx:
             raise ConfigurationError(
@@ -161,9 +217,9 @@ class LlamaCppBackend(Backend):
             sampling["top_p"] = request.top_p
         stops = StopScanner(request.stop or [])
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        vocab = llm._model.vocab  # noqa: SLF001  (no public end-of-generation check)
+        vocab = llm._model.vocab
         n_out, finish = 0, "length"
-        for token in llm.generate(prompt_tokens, grammar=_grammar(request), **sampling):
+        for token in llm.generate(prompt_tokens, grammar=grammar, **sampling):
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 finish = "stop"
                 break
@@ -180,7 +236,9 @@ class LlamaCppBackend(Backend):
         yield ChatChunk(text=tail, finish_reason=finish, model=self.ref.model_id,
                         usage=Usage(input_tokens=len(prompt_tokens), output_tokens=n_out))
 
-    def _prompt_tokens(self, llm: Any, messages: list[Message]) -> list[int]:
+    def _chat_tokens(self, llm: Any, messages: list[Message],
+                     tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The conversation rendered with the GGUF's chat template, tokenized."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = self._gguf().chat_template
@@ -189,13 +247,16 @@ class LlamaCppBackend(Backend):
                 f"{self.model_path.name} has no chat template in its GGUF metadata. Pass "
                 "chat_format= (e.g. 'chatml') or use a chat model's GGUF."
             )
-        model = llm._model  # noqa: SLF001
+        model = llm._model
         formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=model.token_get_text(llm.token_eos()),
             bos_token=model.token_get_text(llm.token_bos()),
         )
-        rendered = formatter(messages=[_plain_text(m) for m in messages])
+        if tools is None:  # a template without tool support renders role/content turns
+            messages = [{**m, "content": tooling.text_content(m.get("content"))}
+                        for m in messages]
+        rendered = formatter(messages=messages, tools=tools)
         return llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
                             special=True)
 
@@ -236,14 +297,6 @@ class StopScanner:
     def flush(self, text: str = "") -> str:
         out, self.pending = self.pending + text, ""
         return out
-
-
-def _plain_text(message: Message) -> Message:
-    """Chat templates of text models expect string content."""
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return {**message, "content": content or ""}
 
 
 def _grammar(request: ChatRequest) -> Any:

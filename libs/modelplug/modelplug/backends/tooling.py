@@ -1,0 +1,131 @@
+"""Tool calling for in-process models by constrained decoding.
+
+A small local model does not call tools reliably on its own, so when tools are in play the answer
+is constrained by a JSON schema (a llama.cpp grammar, or a transformers logits processor):
+
+- ``tool_choice="required"`` or a tool name: the output must be ``{"name": ..., "arguments": ...}``
+  for an allowed tool, its arguments valid against that tool's parameters;
+- ``tool_choice="auto"`` (or None): the output is either such a call or ``{"response": "..."}``,
+  a plain answer;
+- ``tool_choice="none"``: no constraint and no tools in the prompt.
+
+One call per turn (parallel calls are not offered by this path). For chat templates that know no
+tools, the tools are described in a system message and earlier calls and results are written as
+plain turns, so any chat model's template can render the conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from modelplug.errors import ConfigurationError
+from modelplug.types import ChatRequest, Message, ToolCall
+
+RESPONSE_KEY = "response"
+
+
+def constrained(request: ChatRequest) -> bool:
+    """Whether this request's tools take part (tools given and tool_choice is not "none")."""
+    return bool(request.tools) and request.tool_choice != "none"
+
+
+def _allowed_tools(request: ChatRequest) -> list[dict[str, Any]]:
+    tools = [t["function"] for t in request.tools or []]
+    choice = request.tool_choice
+    if choice in (None, "auto", "required", "none"):
+        return tools
+    chosen = [t for t in tools if t["name"] == choice]
+    if not chosen:
+        raise ConfigurationError(
+            f"tool_choice {choice!r} names no tool of the request. Tools: "
+            f"{[t['name'] for t in tools]}."
+        )
+    return chosen
+
+
+def _call_schema(function: dict[str, Any]) -> dict[str, Any]:
+    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+        "required": ["name", "arguments"],
+    }
+
+
+def output_schema(request: ChatRequest) -> dict[str, Any]:
+    """The JSON schema the answer must follow when the request's tools take part."""
+    options = [_call_schema(f) for f in _allowed_tools(request)]
+    if request.tool_choice in (None, "auto"):
+        options.append({"type": "object", "properties": {RESPONSE_KEY: {"type": "string"}},
+                        "required": [RESPONSE_KEY]})
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def tools_prompt(request: ChatRequest) -> str:
+    """A system-prompt section describing the tools and the expected JSON answer."""
+    lines = ["You can call these tools:"]
+    for function in _allowed_tools(request):
+        params = json.dumps(function.get("parameters") or {}, separators=(",", ":"))
+        lines.append(f"- {function['name']}: {function.get('description', '')} "
+                     f"Parameters (JSON schema): {params}")
+    lines.append('To call a tool, answer with JSON: {"name": <tool name>, "arguments": {...}}.')
+    if request.tool_choice in (None, "auto"):
+        lines.append(f'To answer without a tool, answer with JSON: {{"{RESPONSE_KEY}": "..."}}.')
+    return "\n".join(lines)
+
+
+def plain_messages(messages: list[Message], extra_system: str | None = None) -> list[Message]:
+    """The conversation as role/content turns any chat template renders.
+
+    Earlier tool calls become the assistant's JSON; tool results become user turns naming the
+    tool call they answer. ``extra_system`` is appended to (or becomes) the system message.
+    """
+    names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
+    out: list[Message] = []
+    for message in messages:
+        role, content = message["role"], text_content(message.get("content"))
+        if role == "assistant" and message.get("tool_calls"):
+            calls = [{"name": c["function"]["name"],
+                      "arguments": _loads(c["function"].get("arguments") or "{}")}
+                     for c in message["tool_calls"]]
+            content = "\n".join(filter(None, [content, *map(json.dumps, calls)]))
+        elif role == "tool":
+            name = names.get(message.get("tool_call_id"), "tool")
+            role, content = "user", f"Result of {name}: {content}"
+        out.append({"role": role, "content": content})
+    if extra_system:
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{extra_system}"}
+        else:
+            out.insert(0, {"role": "system", "content": extra_system})
+    return out
+
+
+def text_content(content: Any) -> str:
+    """String content from OpenAI content (a string or a list of parts)."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def _loads(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_output(text: str) -> tuple[str, list[ToolCall]]:
+    """Split constrained output into (answer text, tool calls)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return text, []  # cut short (max_tokens): the text as generated
+    if isinstance(data, dict) and "name" in data and "arguments" in data:
+        call_id = f"call_{uuid.uuid4().hex[:24]}"
+        return "", [ToolCall.parse(call_id, data["name"], data["arguments"])]
+    if isinstance(data, dict) and isinstance(data.get(RESPONSE_KEY), str):
+        return data[RESPONSE_KEY], []
+    return text, []
