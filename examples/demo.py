@@ -8,6 +8,7 @@ import time
 
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+
 from langchain_modelplug import ChatModelPlug
 
 
@@ -41,7 +42,7 @@ def main() -> None:
         return [r.content for r in replies]
 
     for question, reply in zip(["What is 2 + 2?", "Name a primary colour."],
-                               asyncio.run(ask_both())):
+                               asyncio.run(ask_both()), strict=True):
         print(f"[async]  {question} -> {reply}")
 
 

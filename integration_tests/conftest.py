@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hf_model import smollm2_hf_path  # noqa: F401  (session fixture: the hf: model folder)
+
+# Session fixtures: a real llama-server (and one with /v1/embeddings) on 127.0.0.1.
+from llama_server import llama_server, llama_server_embeddings, llama_server_v1  # noqa: F401
 
 from modelplug import LlamaCppModel
 from modelplug.local import packaged_model_path

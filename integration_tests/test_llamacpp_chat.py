@@ -9,10 +9,11 @@ import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from pydantic import BaseModel
+
 from langchain_modelplug import ChatModelPlug
 from modelplug import UnsupportedCapabilityError
 from modelplug.errors import ConfigurationError, ModelNotFoundError
-from pydantic import BaseModel
 
 PARIS = "What is the capital of France? Answer in one sentence."
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from modelplug import MissingDependencyError, create_backend, get_provider, providers
 from modelplug.registry import ProviderSpec
 
@@ -86,7 +87,7 @@ def test_missing_dependency_names_the_extra() -> None:
 
 
 HEAVY = ("torch", "transformers", "llama_cpp", "openai", "anthropic", "ollama", "diffusers",
-         "google.genai", "numpy")
+         "google.genai")
 
 
 @pytest.mark.parametrize("module", ["modelplug", "langchain_modelplug",

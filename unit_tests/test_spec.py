@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import modelplug
 import pytest
+
+import modelplug
 from modelplug import (
     AmbiguousModelError,
     AnthropicModel,

@@ -13,6 +13,7 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+
 from modelplug.types import ChatChunk, ChatResponse, Message, Usage
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any, Literal
@@ -21,11 +22,11 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from modelplug import ChatRequest, create_backend
-from modelplug.backends import Backend
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from langchain_modelplug._convert import to_ai_chunk, to_ai_message, to_openai_messages
+from modelplug import ChatRequest, create_backend
+from modelplug.backends import Backend, collect_provider_kwargs
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 #: Per-call keyword arguments that map onto ChatRequest fields.
@@ -147,14 +148,7 @@ class ChatModelPlug(BaseChatModel):
     @model_validator(mode="before")
     @classmethod
     def _collect_provider_kwargs(cls, values: Any) -> Any:
-        if not isinstance(values, dict):
-            return values
-        names = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
-        extra = {k: values[k] for k in list(values) if k not in names}
-        if extra:
-            values = {k: v for k, v in values.items() if k not in extra}
-            values["provider_kwargs"] = {**values.get("provider_kwargs", {}), **extra}
-        return values
+        return collect_provider_kwargs(cls, values)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -166,6 +160,9 @@ class ChatModelPlug(BaseChatModel):
         )
         if self.model is None:
             self.model = str(self._backend.ref)
+        env = self._backend.spec.api_key_env
+        if self.api_key is None and env and os.environ.get(env):
+            self.api_key = SecretStr(os.environ[env])  # the key in use, as LangChain models show it
         if self.profile is None:  # BaseChatModel's own hook ran before the backend existed
             self.profile = self._resolve_model_profile()
 
@@ -194,8 +191,9 @@ class ChatModelPlug(BaseChatModel):
 
     @property
     def lc_secrets(self) -> dict[str, str]:
-        env = self._backend.spec.api_key_env
-        return {"api_key": env} if env else {}
+        # Local servers document no key variable; a secured one still needs a name to load from.
+        spec = self._backend.spec
+        return {"api_key": spec.api_key_env or f"{spec.key.upper().replace('-', '_')}_API_KEY"}
 
     def _resolve_model_profile(self) -> ModelProfile | None:
         return ModelProfile(**self._backend.profile().as_dict())  # type: ignore[typeddict-item]
@@ -231,7 +229,8 @@ class ChatModelPlug(BaseChatModel):
         if stop is not None:
             fields["stop"] = stop
         kwargs.pop("stream", None)
-        return ChatRequest(messages=to_openai_messages(messages), extra=kwargs, **fields)
+        extra = {k: v for k, v in kwargs.items() if not k.startswith("ls_")}  # tracing keys
+        return ChatRequest(messages=to_openai_messages(messages), extra=extra, **fields)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None,
@@ -323,8 +322,12 @@ class ChatModelPlug(BaseChatModel):
             structured = self._backend.profile().structured_output
             method = "function_calling" if structured is False else "json_schema"
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        # Reported to callbacks (on_chat_model_start options) for tracing, as ChatOpenAI does.
+        traced = {"ls_structured_output_format": {
+            "kwargs": {"method": method, "strict": strict},
+            "schema": convert_to_json_schema(schema) if schema is not None else None}}
         if method == "json_mode":
-            llm = self.bind(response_format={"type": "json_object"})
+            llm = self.bind(response_format={"type": "json_object"}, **traced)
             parser: Runnable = PydanticOutputParser(pydantic_object=schema) if is_pydantic \
                 else JsonOutputParser()
         elif schema is None:
@@ -333,13 +336,13 @@ class ChatModelPlug(BaseChatModel):
             json_schema = convert_to_json_schema(schema)
             name = json_schema.get("title", "response")
             llm = self.bind(response_format={"type": "json_schema", "json_schema": {
-                "name": name, "schema": json_schema, "strict": bool(strict)}})
+                "name": name, "schema": json_schema, "strict": bool(strict)}}, **traced)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic \
                 else JsonOutputParser()
         elif method == "function_calling":
             tool = convert_to_openai_tool(schema, strict=strict)
             name = tool["function"]["name"]
-            llm = self.bind_tools([tool], tool_choice=name)
+            llm = self.bind_tools([tool], tool_choice=name, **traced)
             parser = PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic \
                 else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
         else:
@@ -354,6 +357,106 @@ class ChatModelPlug(BaseChatModel):
         fallback = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback],
                                                             exception_key="parsing_error")
+
+
+    # -- batched generation for in-process backends (hf: one left-padded generate) -------------
+    # LangChain's default batch() runs invoke() per input in a thread pool; an in-process model
+    # answers a whole batch in one generation instead. Callbacks get one run per input, as with
+    # invoke(). Cached, streaming or single-input batches take LangChain's default path.
+
+    def _batches_natively(self, inputs: Sequence[Any]) -> bool:
+        from langchain_core.globals import get_llm_cache
+
+        cache_on = self.cache is not False and (self.cache is not None
+                                                or get_llm_cache() is not None)
+        return (self._backend.spec.in_process and len(inputs) > 1 and not self.streaming
+                and not cache_on and self.rate_limiter is None)
+
+    def _batch_requests(self, inputs: Sequence[Any], kwargs: dict[str, Any],
+                        ) -> tuple[list[list[BaseMessage]], list[ChatRequest], list[str] | None]:
+        stop = kwargs.pop("stop", None)
+        for key in ("ls_structured_output_format", "structured_output_format"):
+            kwargs.pop(key, None)
+        message_lists = [self._convert_input(i).to_messages() for i in inputs]
+        return message_lists, [self._request(m, stop, dict(kwargs)) for m in message_lists], stop
+
+    def _batch_run_kwargs(self, messages: list[BaseMessage], stop: list[str] | None,
+                          config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"serialized": self._serialized, "messages": [messages],
+                "invocation_params": self._get_invocation_params(stop=stop, **kwargs),
+                "options": {"stop": stop}, "name": config.get("run_name"),
+                "run_id": config.get("run_id"), "batch_size": 1}
+
+    def _batch_messages(self, responses: list[Any], run_ids: list[Any]) -> list[AIMessage]:
+        from langchain_core.utils.utils import LC_ID_PREFIX
+
+        provider = self._backend.ref.provider
+        messages = [to_ai_message(r, provider) for r in responses]
+        for message, run_id in zip(messages, run_ids, strict=True):
+            message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
+        return messages
+
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
+              **kwargs: Any) -> list[Any]:
+        if not self._batches_natively(inputs):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        from langchain_core.callbacks import CallbackManager
+        from langchain_core.outputs import LLMResult
+        from langchain_core.runnables.config import get_config_list
+
+        message_lists, requests, stop = self._batch_requests(inputs, kwargs)
+        run_managers = []
+        for messages, cfg in zip(message_lists, get_config_list(config, len(inputs)),
+                                 strict=True):
+            manager = CallbackManager.configure(cfg.get("callbacks"), self.callbacks,
+                                                self.verbose, cfg.get("tags"), self.tags,
+                                                cfg.get("metadata"), self.metadata)
+            run_managers += manager.on_chat_model_start(
+                **self._batch_run_kwargs(messages, stop, cfg, kwargs))
+        try:
+            responses = self._backend.batch(requests)
+        except BaseException as exc:
+            for run_manager in run_managers:
+                run_manager.on_llm_error(exc)
+            if return_exceptions and isinstance(exc, Exception):
+                return [exc] * len(inputs)
+            raise
+        messages = self._batch_messages(responses, [m.run_id for m in run_managers])
+        for run_manager, message in zip(run_managers, messages, strict=True):
+            run_manager.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
+        return messages
+
+    async def abatch(self, inputs: list[Any], config: Any = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+        if not self._batches_natively(inputs):
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions,
+                                        **kwargs)
+        from langchain_core.callbacks import AsyncCallbackManager
+        from langchain_core.outputs import LLMResult
+        from langchain_core.runnables.config import get_config_list
+
+        message_lists, requests, stop = self._batch_requests(inputs, kwargs)
+        run_managers = []
+        for messages, cfg in zip(message_lists, get_config_list(config, len(inputs)),
+                                 strict=True):
+            manager = AsyncCallbackManager.configure(cfg.get("callbacks"), self.callbacks,
+                                                     self.verbose, cfg.get("tags"), self.tags,
+                                                     cfg.get("metadata"), self.metadata)
+            run_managers += await manager.on_chat_model_start(
+                **self._batch_run_kwargs(messages, stop, cfg, kwargs))
+        try:
+            responses = await self._backend.abatch(requests)
+        except BaseException as exc:
+            for run_manager in run_managers:
+                await run_manager.on_llm_error(exc)
+            if return_exceptions and isinstance(exc, Exception):
+                return [exc] * len(inputs)
+            raise
+        messages = self._batch_messages(responses, [m.run_id for m in run_managers])
+        for run_manager, message in zip(run_managers, messages, strict=True):
+            await run_manager.on_llm_end(
+                LLMResult(generations=[[ChatGeneration(message=message)]]))
+        return messages
 
 
 def _normalise_tool_choice(choice: dict | str | bool | None,

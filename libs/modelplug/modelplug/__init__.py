@@ -18,6 +18,7 @@ from modelplug.catalog import (
 from modelplug.errors import (
     AmbiguousModelError,
     ConfigurationError,
+    FallbackExhaustedError,
     MissingDependencyError,
     ModelNotFoundError,
     ModelPlugError,
@@ -51,6 +52,7 @@ __all__ = [
     "ChatResponse",
     "CompletionRequest",
     "ConfigurationError",
+    "FallbackExhaustedError",
     "GeminiModel",
     "HFModel",
     "LlamaCppModel",

@@ -43,7 +43,7 @@ def packaged_model_path(info: ModelInfo) -> Path | None:
 
 def _get_json(url: str) -> dict | None:
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as resp:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as resp:
             return json.load(resp)
     except (OSError, ValueError):
         return None

@@ -24,4 +24,18 @@ def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
     return spec.create_backend(ref, settings)
 
 
-__all__ = ["Backend", "create_backend"]
+def collect_provider_kwargs(model_cls: type, values: Any) -> Any:
+    """For the adapters' pydantic models: keyword arguments that are not fields (nor aliases)
+    move into ``values["provider_kwargs"]``, to be checked against the provider's row."""
+    if not isinstance(values, dict):
+        return values
+    fields = model_cls.model_fields  # type: ignore[attr-defined]
+    names = set(fields) | {f.alias for f in fields.values() if f.alias}
+    extra = {k: v for k, v in values.items() if k not in names}
+    if not extra:
+        return values
+    kept = {k: v for k, v in values.items() if k not in extra}
+    return {**kept, "provider_kwargs": {**values.get("provider_kwargs", {}), **extra}}
+
+
+__all__ = ["Backend", "collect_provider_kwargs", "create_backend"]

@@ -88,6 +88,7 @@ def find(provider: str, model_id: str) -> ModelInfo | None:
 
 
 __all__ = [
+    "TEXT_MODEL_ENUMS",
     "AnthropicModel",
     "CatalogModel",
     "GeminiModel",
@@ -96,7 +97,6 @@ __all__ = [
     "ModelInfo",
     "OllamaModel",
     "OpenAIModel",
-    "TEXT_MODEL_ENUMS",
     "VLLMModel",
     "all_models",
     "find",

@@ -1,1 +1,5 @@
-"""LlamaIndex embeddings for modelplug. The integration classes land with the LlamaIndex issue."""
+"""LlamaIndex embeddings for every modelplug backend: ``ModelPlugEmbedding``."""
+
+from llama_index.embeddings.modelplug.base import ModelPlugEmbedding
+
+__all__ = ["ModelPlugEmbedding"]

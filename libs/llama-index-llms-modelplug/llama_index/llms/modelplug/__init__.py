@@ -1,1 +1,7 @@
-"""LlamaIndex llms for modelplug. The integration classes land with the LlamaIndex issue."""
+"""LlamaIndex LLMs for every modelplug backend: ``ModelPlug`` (a FunctionCallingLLM) and
+``FallbackLLM`` (the first of several LLMs that answers)."""
+
+from llama_index.llms.modelplug.base import ModelPlug
+from llama_index.llms.modelplug.fallback import FallbackLLM
+
+__all__ = ["FallbackLLM", "ModelPlug"]

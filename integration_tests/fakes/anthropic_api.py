@@ -1,0 +1,192 @@
+"""A loopback fake of Anthropic's Messages API (``POST /v1/messages``).
+
+It replays the documented shapes: a ``message`` object for plain requests, and for
+``"stream": true`` the documented SSE sequence (``message_start``, ``content_block_start`` /
+``content_block_delta`` / ``content_block_stop`` per block, ``ping``, ``message_delta`` with the
+stop reason and cumulative usage, ``message_stop``). It also refuses, with the API's
+``invalid_request_error`` shape, requests the real API refuses (a missing max_tokens, turns that do
+not alternate, a thinking budget not below max_tokens, forced tool use with thinking, sampling
+params with adaptive thinking), so a backend bug shows up as a failed request.
+
+Tests queue replies with :meth:`FakeAnthropic.reply` and read what the SDK sent in
+:attr:`FakeAnthropic.requests`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "test"
+
+
+def _error(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"type": "error", "error": {"type": kind, "message": message}},
+                        status_code=status)
+
+
+class FakeAnthropic:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._replies: deque[dict[str, Any]] = deque()
+        self._count = 0
+        self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
+
+    # -- scripting ------------------------------------------------------------------------------
+
+    def reply(self, content: list[dict[str, Any]], *, stop_reason: str = "end_turn",
+              input_tokens: int = 10, output_tokens: int = 5,
+              cache_creation_input_tokens: int | None = None,
+              cache_read_input_tokens: int | None = None) -> None:
+        """Queue the next answer: Anthropic content blocks (text, thinking, tool_use)."""
+        usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+        if cache_creation_input_tokens is not None:
+            usage["cache_creation_input_tokens"] = cache_creation_input_tokens
+        if cache_read_input_tokens is not None:
+            usage["cache_read_input_tokens"] = cache_read_input_tokens
+        self._replies.append({"content": content, "stop_reason": stop_reason, "usage": usage})
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.requests[-1]
+
+    # -- the endpoint ---------------------------------------------------------------------------
+
+    async def _messages(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        # Older SDKs send x-api-key, newer ones a bearer token; the API takes either.
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if API_KEY not in (request.headers.get("x-api-key"), bearer):
+            return _error(401, "authentication_error", "invalid x-api-key")
+        problem = validate(body)
+        if problem:
+            return _error(400, "invalid_request_error", problem)
+        if not self._replies:
+            return _error(500, "api_error", "the test queued no reply for this request")
+        script = self._replies.popleft()
+        self._count += 1
+        message = {
+            "id": f"msg_fake{self._count:04d}", "type": "message", "role": "assistant",
+            "model": body["model"], "content": script["content"],
+            "stop_reason": script["stop_reason"], "stop_sequence": None,
+            "usage": script["usage"],
+        }
+        if body.get("stream"):
+            return StreamingResponse(_sse(message), media_type="text/event-stream")
+        return JSONResponse(message, headers={"request-id": f"req_fake{self._count:04d}"})
+
+
+#: Top-level request fields the Messages API documents; anything else is refused there.
+FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stream", "temperature", "top_p",
+                    "top_k", "stop_sequences", "tools", "tool_choice", "thinking", "metadata",
+                    "output_config", "service_tier", "cache_control", "container",
+                    "inference_geo", "speed"})
+
+
+def validate(body: dict[str, Any]) -> str | None:
+    """What the real API would refuse in ``body`` (a subset of its documented rules), or None."""
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        return f"{unknown[0]}: Extra inputs are not permitted"
+    if not isinstance(body.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    messages = body.get("messages") or []
+    if not messages:
+        return "messages: at least one message is required"
+    for i, (a, b) in enumerate(itertools.pairwise(messages)):
+        if a["role"] == b["role"]:
+            return f"messages.{i + 1}: roles must alternate between 'user' and 'assistant'"
+    for i, m in enumerate(messages):
+        if m["role"] not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if isinstance(m["content"], list) and not m["content"]:
+            return f"messages.{i}: all messages must have non-empty content"
+    used = {b["id"] for m in messages if isinstance(m["content"], list) for b in m["content"]
+            if b.get("type") == "tool_use"}
+    for m in messages:
+        for b in m["content"] if isinstance(m["content"], list) else []:
+            if b.get("type") == "tool_result" and b.get("tool_use_id") not in used:
+                return f"tool_result block(s) reference an unknown tool_use id {b['tool_use_id']}"
+    thinking = body.get("thinking") or {}
+    if thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        if budget >= body["max_tokens"]:
+            return "`max_tokens` must be greater than `thinking.budget_tokens`"
+    if thinking.get("type") in ("enabled", "adaptive"):
+        if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+            return "Thinking may not be enabled when tool_choice forces tool use."
+    if thinking.get("type") == "adaptive" and ("temperature" in body or "top_p" in body):
+        return "temperature and top_p may not be set with adaptive thinking"
+    names = [t.get("name") for t in body.get("tools") or []]
+    choice = body.get("tool_choice") or {}
+    if choice.get("type") == "tool" and choice.get("name") not in names:
+        return f"tool_choice.name: no tool named {choice.get('name')!r}"
+    return None
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _pieces(text: str, size: int = 7) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
+
+
+async def _sse(message: dict[str, Any]):
+    """The documented event sequence of one streamed message."""
+    usage = message["usage"]
+    start_usage = {k: v for k, v in usage.items() if k != "output_tokens"}
+    start_usage["output_tokens"] = 1
+    yield _event("message_start", {"type": "message_start", "message": {
+        **message, "content": [], "stop_reason": None, "usage": start_usage}})
+    for index, block in enumerate(message["content"]):
+        kind = block["type"]
+        if kind == "text":
+            yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": {"type": "text", "text": ""}})
+            if index == 0:
+                yield _event("ping", {"type": "ping"})
+            for piece in _pieces(block["text"]):
+                yield _event("content_block_delta", {"type": "content_block_delta",
+                                                     "index": index,
+                                                     "delta": {"type": "text_delta",
+                                                               "text": piece}})
+        elif kind == "thinking":
+            yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": {"type": "thinking",
+                                                                   "thinking": "",
+                                                                   "signature": ""}})
+            for piece in _pieces(block["thinking"]):
+                yield _event("content_block_delta", {"type": "content_block_delta",
+                                                     "index": index,
+                                                     "delta": {"type": "thinking_delta",
+                                                               "thinking": piece}})
+            yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                 "delta": {"type": "signature_delta",
+                                                           "signature": block["signature"]}})
+        elif kind == "tool_use":
+            yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": {**block, "input": {}}})
+            for piece in ["", *_pieces(json.dumps(block["input"]), 5)]:
+                yield _event("content_block_delta", {"type": "content_block_delta",
+                                                     "index": index,
+                                                     "delta": {"type": "input_json_delta",
+                                                               "partial_json": piece}})
+        yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+    yield _event("message_delta", {"type": "message_delta",
+                                   "delta": {"stop_reason": message["stop_reason"],
+                                             "stop_sequence": None},
+                                   "usage": {"output_tokens": usage["output_tokens"]}})
+    yield _event("message_stop", {"type": "message_stop"})

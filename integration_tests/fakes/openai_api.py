@@ -1,0 +1,144 @@
+"""A loopback fake of OpenAI's chat-completions API, for what llama-server cannot show.
+
+It replays the documented shapes: a ``chat.completion`` object for plain requests and, for
+``"stream": true``, server-sent ``chat.completion.chunk`` events ending in ``data: [DONE]``, with
+the usage chunk (empty ``choices``) last when ``stream_options.include_usage`` is set. Usage
+carries ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``
+as the API documents them; reasoning deltas use the ``reasoning_content`` field of DeepSeek and
+vLLM. Like the real API it refuses, with its error shape, requests it would refuse: a wrong or
+missing bearer key (401), ``max_tokens`` or a non-default ``temperature`` on an o-series
+reasoning model (400). Replies queued with ``fail`` answer a status code first (for the SDK's
+retries).
+
+Tests queue replies with :meth:`FakeOpenAI.reply` / :meth:`FakeOpenAI.reply_stream` and read
+what the SDK sent in :attr:`FakeOpenAI.requests` and :attr:`FakeOpenAI.headers`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "sk-test-key"
+_O_SERIES = re.compile(r"^o\d")
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
+                                   "code": code}}, status_code=status)
+
+
+class FakeOpenAI:
+    def __init__(self, api_key: str = API_KEY) -> None:
+        self.api_key = api_key
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._replies: deque[Any] = deque()
+        self._count = 0
+        self.app = Starlette(routes=[
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+        ])
+
+    # -- scripting ------------------------------------------------------------------------------
+
+    def reply(self, message: dict[str, Any], *, finish_reason: str = "stop",
+              usage: dict[str, Any] | None = None) -> None:
+        """Queue a non-streamed answer: an assistant message (content, tool_calls, extras)."""
+        self._replies.append(("message", {"role": "assistant", **message}, finish_reason,
+                              usage or usage_block()))
+
+    def reply_stream(self, deltas: list[dict[str, Any]], *, finish_reason: str = "stop",
+                     usage: dict[str, Any] | None = None) -> None:
+        """Queue a streamed answer: the ``delta`` objects of successive chunks."""
+        self._replies.append(("stream", deltas, finish_reason, usage or usage_block()))
+
+    def fail(self, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` requests with ``status`` (a server error to retry on)."""
+        for _ in range(times):
+            self._replies.append(("fail", status, None, None))
+
+    # -- the endpoint ---------------------------------------------------------------------------
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error",
+                          code="invalid_api_key")
+        model = body.get("model", "")
+        if _O_SERIES.match(model):
+            if "max_tokens" in body:
+                return _error(400, "Unsupported parameter: 'max_tokens' is not supported with "
+                              "this model. Use 'max_completion_tokens' instead.",
+                              "invalid_request_error", "max_tokens", "unsupported_parameter")
+            if body.get("temperature", 1) != 1:
+                return _error(400, f"Unsupported value: 'temperature' does not support "
+                              f"{body['temperature']} with this model. Only the default (1) "
+                              "value is supported.", "invalid_request_error", "temperature",
+                              "unsupported_value")
+        if not self._replies:
+            return _error(500, "the fake has no reply queued for this request", "server_error")
+        kind, payload, finish_reason, usage = self._replies.popleft()
+        if kind == "fail":
+            # retry-after-ms keeps the SDK's backoff short; it is part of OpenAI's API.
+            return JSONResponse({"error": {"message": "The server had an error.",
+                                           "type": "server_error", "param": None,
+                                           "code": None}},
+                                status_code=payload, headers={"retry-after-ms": "10"})
+        self._count += 1
+        ident = f"chatcmpl-fake{self._count}"
+        if kind == "message":
+            if not body.get("stream"):
+                return JSONResponse({
+                    "id": ident, "object": "chat.completion", "created": 1_700_000_000,
+                    "model": model, "system_fingerprint": "fp_fake",
+                    "choices": [{"index": 0, "message": {"refusal": None, **payload},
+                                 "logprobs": None, "finish_reason": finish_reason}],
+                    "usage": usage,
+                })
+        include_usage = (body.get("stream_options") or {}).get("include_usage", False)
+        deltas = payload if kind == "stream" else [payload]
+
+        def events() -> Any:
+            base = {"id": ident, "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": model, "system_fingerprint": "fp_fake"}
+            first = {"role": "assistant", "content": ""}
+            for delta in [first, *deltas]:
+                chunk = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                              "finish_reason": None}]}
+                if include_usage:
+                    chunk["usage"] = None
+                yield f"data: {json.dumps(chunk)}\n\n"
+            last = {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                         "finish_reason": finish_reason}]}
+            yield f"data: {json.dumps(last)}\n\n"
+            if include_usage:
+                yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        if not body.get("stream"):
+            return _error(500, "a streamed reply was queued for a non-streamed request",
+                          "server_error")
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def usage_block(prompt: int = 12, completion: int = 7, cached: int = 0,
+           reasoning: int = 0) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt, "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
+    }
+

@@ -1,0 +1,465 @@
+"""FallbackChatModel and modelplug.fallback on real parts.
+
+The "down" candidate is an OpenAI-compatible provider pointed at a loopback port nobody listens
+on; the candidate that answers is the in-process SmolLM2 GGUF, or a loopback server speaking
+OpenAI's wire format (status_server.py) where a test needs to see what each candidate received
+or needs an HTTP status (429, 500, 400, 401, ...).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import RunnableWithFallbacks
+from pydantic import BaseModel
+from status_server import ANSWER, StatusServer
+
+from langchain_modelplug import ChatModelPlug, FallbackChatModel
+from modelplug import FallbackExhaustedError, UnsupportedCapabilityError
+from modelplug.fallback import FallbackPolicy, is_retryable
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+TOOL_QUESTION = "What is the value of magic_function(3)?"
+
+
+def magic_function(input: int) -> int:
+    """Applies a magic function to an input."""
+    return input + 2
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[StatusServer]:
+    with StatusServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def local() -> ChatModelPlug:
+    return ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=24)
+
+
+def down() -> ChatModelPlug:
+    return ChatModelPlug(model="vllm:x", base_url=f"http://127.0.0.1:{closed_port()}/v1",
+                         max_retries=0, timeout=10)
+
+
+def at(server: StatusServer, mode: str, **kwargs) -> ChatModelPlug:
+    return ChatModelPlug(model="vllm:x", base_url=server.url(mode), max_retries=0, timeout=10,
+                         **kwargs)
+
+
+# -- the default policy on real SDK errors -----------------------------------------------------
+
+
+def test_importing_the_policy_imports_no_sdk() -> None:
+    code = ("import sys, modelplug.fallback, langchain_modelplug; "
+            "bad = [m for m in ('openai', 'anthropic', 'ollama', 'httpx', 'llama_cpp') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("status", "retryable"), [
+    (429, True), (500, True), (503, True), (529, True),
+    (400, False), (401, False), (403, False), (404, False),
+])
+def test_openai_sdk_status_errors(server: StatusServer, status: int, retryable: bool) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=server.url(f"status-{status}"), api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == status
+    assert is_retryable(info.value) is retryable
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(429, True), (529, True), (401, False)])
+def test_anthropic_sdk_status_errors(server: StatusServer, status: int, retryable: bool) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=server.root(f"status-{status}"), api_key="x",
+                                 max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        client.messages.create(model="claude-x", max_tokens=8,
+                               messages=[{"role": "user", "content": "hi"}])
+    assert is_retryable(info.value) is retryable
+
+
+def test_connection_errors_of_every_sdk_are_retryable() -> None:
+    import anthropic
+    import httpx
+    import ollama
+    import openai
+
+    url = f"http://127.0.0.1:{closed_port()}"
+    errors = []
+    for call in (
+        lambda: openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        .chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}]),
+        lambda: anthropic.Anthropic(base_url=url, api_key="x", max_retries=0)
+        .messages.create(model="c", max_tokens=8, messages=[{"role": "user", "content": "hi"}]),
+        lambda: ollama.Client(host=url).chat(model="m", messages=[{"role": "user",
+                                                                   "content": "hi"}]),
+        lambda: httpx.get(url),
+        lambda: httpx.get(url.replace("127.0.0.1", "10.255.255.1"), timeout=0.001),
+    ):
+        with pytest.raises(Exception) as info:
+            call()
+        errors.append(info.value)
+    assert [type(e).__name__ for e in errors[:4]] == [
+        "APIConnectionError", "APIConnectionError", "ConnectionError", "ConnectError"]
+    assert all(is_retryable(e) for e in errors), [(type(e), e) for e in errors]
+
+
+def test_builtin_and_validation_errors() -> None:
+    import ollama
+
+    assert is_retryable(ConnectionRefusedError("refused"))
+    assert is_retryable(TimeoutError("slow"))
+    assert is_retryable(ollama.ResponseError("busy", 503))
+    assert not is_retryable(ollama.ResponseError("model 'x' not found", 404))
+    assert not is_retryable(ValueError("bad value"))
+    assert not is_retryable(TypeError("bad type"))
+    assert not is_retryable(KeyError("k"))
+    from pydantic import ValidationError
+
+    class M(BaseModel):
+        x: int
+
+    with pytest.raises(ValidationError) as info:
+        M(x="no")
+    assert not is_retryable(info.value)
+
+
+def test_retry_on_rejects_non_exceptions() -> None:
+    with pytest.raises(TypeError, match="retry_on must"):
+        FallbackPolicy(retry_on=("ConnectionError",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="retry_on must"):
+        FallbackChatModel([down(), down()], retry_on=42)
+
+
+# -- failing over --------------------------------------------------------------------------------
+
+
+def test_first_candidate_down_second_answers(local: ChatModelPlug) -> None:
+    llm = FallbackChatModel([down(), local])
+    message = llm.invoke(QUESTION)
+    assert "Paris" in message.content
+    assert message.response_metadata["fallback_model"] == "llamacpp:smollm2"
+    assert message.response_metadata["fallback_failures"][0].startswith(
+        "vllm:x: APIConnectionError")
+    assert message.usage_metadata["output_tokens"] > 0
+
+
+def test_model_strings_and_shared_kwargs() -> None:
+    llm = FallbackChatModel(["vllm:x", "llamacpp:smollm2"], temperature=0, max_tokens=24)
+    assert all(isinstance(m, ChatModelPlug) for m in llm.models)
+    assert [(m.temperature, m.max_tokens) for m in llm.models] == [(0, 24), (0, 24)]
+    assert llm.names == ["vllm:x", "llamacpp:smollm2"]
+    with pytest.raises(TypeError, match="BaseChatModel instance"):
+        FallbackChatModel([ChatModelPlug(model="llamacpp:smollm2").bind(stop=["x"])])
+    with pytest.raises(ValueError, match="at least one candidate"):
+        FallbackChatModel([])
+
+
+def test_a_third_party_chat_model_is_a_candidate(local: ChatModelPlug) -> None:
+    from langchain_openai import ChatOpenAI
+
+    openai_down = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0,
+                             base_url=f"http://127.0.0.1:{closed_port()}/v1")
+    llm = FallbackChatModel([openai_down, local])
+    assert llm.names == ["openai:gpt-4o-mini", "llamacpp:smollm2"]
+    message = llm.invoke(QUESTION)
+    assert "Paris" in message.content
+    assert message.response_metadata["fallback_model"] == "llamacpp:smollm2"
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_transient_statuses_fail_over(server: StatusServer, status: int) -> None:
+    llm = FallbackChatModel([at(server, f"status-{status}"), at(server, "ok")])
+    message = llm.invoke("hi")
+    assert message.content == ANSWER
+    assert message.response_metadata["fallback_failures"][0].startswith("vllm:x: ")
+    assert server.seen(f"status-{status}")  # it was tried
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_permanent_statuses_do_not_fail_over(server: StatusServer, status: int) -> None:
+    import openai
+
+    before = len(server.seen("ok"))
+    llm = FallbackChatModel([at(server, f"status-{status}"), at(server, "ok")])
+    with pytest.raises(openai.APIStatusError) as info:
+        llm.invoke("hi")
+    assert info.value.status_code == status
+    assert len(server.seen("ok")) == before  # the second candidate was never called
+
+
+def test_retry_on_narrows_what_fails_over(server: StatusServer) -> None:
+    import openai
+
+    # Only timeouts fail over: a refused connection surfaces at once.
+    llm = FallbackChatModel([down(), at(server, "ok")], retry_on=TimeoutError)
+    with pytest.raises(openai.APIConnectionError):
+        llm.invoke("hi")
+    # A predicate widens it: here even a 400 fails over.
+    llm = FallbackChatModel([at(server, "status-400"), at(server, "ok")],
+                            retry_on=lambda exc: getattr(exc, "status_code", None) == 400)
+    assert llm.invoke("hi").content == ANSWER
+
+
+def test_conversation_reaches_the_next_candidate_intact(server: StatusServer) -> None:
+    conversation = [
+        SystemMessage("You are terse."),
+        HumanMessage("My name is Ada."),
+        AIMessage("Hello Ada."),
+        HumanMessage("What is my name?"),
+    ]
+    llm = FallbackChatModel([at(server, "status-500"), at(server, "ok")]).bind_tools(
+        [magic_function])
+    assert llm.invoke(conversation).content == ANSWER
+    failed, answered = server.seen("status-500")[-1], server.seen("ok")[-1]
+    assert failed["messages"] == answered["messages"]
+    assert [m["role"] for m in answered["messages"]] == ["system", "user", "assistant", "user"]
+    assert answered["messages"][2]["content"] == "Hello Ada."
+    # bind_tools bound the tools on every candidate
+    assert failed["tools"] == answered["tools"]
+    assert answered["tools"][0]["function"]["name"] == "magic_function"
+
+
+def test_exhausted_carries_every_error(server: StatusServer) -> None:
+    import openai
+
+    llm = FallbackChatModel([down(), at(server, "status-503"), at(server, "status-429")])
+    with pytest.raises(FallbackExhaustedError) as info:
+        llm.invoke("hi")
+    error = info.value
+    assert [name for name, _ in error.errors] == ["vllm:x", "vllm:x", "vllm:x"]
+    kinds = [type(e) for e in error.exceptions]
+    assert kinds == [openai.APIConnectionError, openai.InternalServerError,
+                     openai.RateLimitError]
+    assert error.__cause__ is error.exceptions[-1]
+    assert "503" in str(error) or "overloaded" in str(error)
+    assert error.retryable  # an outer fallback set moves on
+
+
+async def test_async_invoke_and_stream_fail_over(local: ChatModelPlug) -> None:
+    llm = FallbackChatModel([down(), local])
+    message = await llm.ainvoke(QUESTION)
+    assert "Paris" in message.content
+    chunks = [chunk async for chunk in llm.astream(QUESTION)]
+    assert len(chunks) > 2
+    full = chunks[0]
+    for chunk in chunks[1:]:
+        full += chunk
+    assert "Paris" in full.content
+    assert full.response_metadata["fallback_model"] == "llamacpp:smollm2"
+
+
+def test_stream_fails_over_before_the_first_chunk(local: ChatModelPlug) -> None:
+    llm = FallbackChatModel([down(), local])
+    chunks = list(llm.stream(QUESTION))
+    assert len(chunks) > 2
+    assert "Paris" in "".join(c.content for c in chunks)
+
+
+def test_stream_error_after_the_first_chunk_propagates(server: StatusServer) -> None:
+    before = len(server.seen("ok"))
+    llm = FallbackChatModel([at(server, "partial"), at(server, "ok")])
+    received = []
+    with pytest.raises(Exception) as info:
+        for chunk in llm.stream("hi"):
+            received.append(chunk.content)
+    assert received[0] == "Hel"  # part of an answer reached the caller ...
+    assert not isinstance(info.value, FallbackExhaustedError)
+    assert len(server.seen("ok")) == before  # ... so it was not replayed from another model
+    # The same cut before any chunk would have failed over:
+    assert is_retryable(info.value)
+
+
+async def test_async_stream_error_after_the_first_chunk_propagates(
+        server: StatusServer) -> None:
+    before = len(server.seen("ok"))
+    llm = FallbackChatModel([at(server, "partial"), at(server, "ok")])
+    received = []
+    with pytest.raises(Exception):  # noqa: B017
+        async for chunk in llm.astream("hi"):
+            received.append(chunk.content)
+    assert received[0] == "Hel"
+    assert len(server.seen("ok")) == before
+
+
+# -- skipping by capability -------------------------------------------------------------------
+
+
+def test_candidate_without_tools_is_skipped_for_tools(server: StatusServer) -> None:
+    # chat_format= routes llama.cpp through its own chat handler, which has no tool path.
+    no_tools = ChatModelPlug(model="llamacpp:smollm2", chat_format="chatml", max_tokens=8)
+    assert no_tools.profile["tool_calling"] is False
+    llm = FallbackChatModel([no_tools, at(server, "ok")])
+    assert llm.profile["tool_calling"] is False  # not every candidate has it
+    message = llm.bind_tools([magic_function]).invoke(TOOL_QUESTION)
+    assert message.response_metadata["fallback_model"] == "vllm:x"
+    assert "skipped" in message.response_metadata["fallback_failures"][0]
+    assert "tool calling" in message.response_metadata["fallback_failures"][0]
+
+
+def test_candidate_with_a_small_window_is_skipped_for_a_long_prompt(server: StatusServer) -> None:
+    small = ChatModelPlug(model="llamacpp:smollm2", n_ctx=64)  # never loaded: skipped
+    llm = FallbackChatModel([small, at(server, "ok")])
+    message = llm.invoke("Summarise this. " + "The quick brown fox jumps. " * 40)
+    assert message.response_metadata["fallback_model"] == "vllm:x"
+    assert "context window of 64" in message.response_metadata["fallback_failures"][0]
+
+
+def test_candidate_without_vision_is_skipped_for_images(server: StatusServer) -> None:
+    pixel = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42"
+             "mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    image_message = HumanMessage(content=[
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image_url", "image_url": {"url": pixel}},
+    ])
+    text_only = ChatModelPlug(model="llamacpp:smollm2")
+    assert text_only.profile["image_inputs"] is False
+    llm = FallbackChatModel([text_only, at(server, "ok")])
+    message = llm.invoke([image_message])
+    assert message.response_metadata["fallback_model"] == "vllm:x"
+    assert "image" in message.response_metadata["fallback_failures"][0]
+    parts = server.seen("ok")[-1]["messages"][0]["content"]
+    assert any(p.get("type") == "image_url" for p in parts)  # the image reached the next one
+
+
+def test_every_candidate_skipped_is_exhausted() -> None:
+    llm = FallbackChatModel([ChatModelPlug(model="llamacpp:smollm2", chat_format="chatml")])
+    with pytest.raises(FallbackExhaustedError) as info:
+        llm.bind_tools([magic_function]).invoke(TOOL_QUESTION)
+    [(_, error)] = info.value.errors
+    assert isinstance(error, UnsupportedCapabilityError)
+
+
+# -- tools, structured output, profile, tracing -------------------------------------------------
+
+
+def test_bind_tools_on_every_candidate_and_failover(local: ChatModelPlug) -> None:
+    llm = FallbackChatModel([down(), local])
+    message = llm.bind_tools([magic_function], tool_choice="any").invoke(TOOL_QUESTION)
+    [call] = message.tool_calls
+    assert call["name"] == "magic_function" and call["args"] == {"input": 3}
+
+
+@pytest.mark.parametrize("method", [None, "json_schema"])
+def test_with_structured_output_on_every_candidate(method: str | None) -> None:
+    class Capital(BaseModel):
+        country: str
+        city: str
+
+    local = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)
+    llm = FallbackChatModel([down(), local])
+    structured = llm.with_structured_output(Capital, **({"method": method} if method else {}))
+    answer = structured.invoke("The capital of France is Paris. Fill in the fields.")
+    assert isinstance(answer, Capital)
+    assert answer.city and answer.country
+
+
+def test_profile_and_ls_params_describe_the_set(local: ChatModelPlug) -> None:
+    tools_declared = ChatModelPlug(model="vllm:x;tools", base_url="http://127.0.0.1:9/v1")
+    llm = FallbackChatModel([tools_declared, local])
+    assert llm.profiles == [tools_declared.profile, local.profile]
+    assert llm.profile["tool_calling"] is True  # both have it
+    # llamacpp says False for images; the vllm row says nothing, so the set cannot promise it.
+    assert llm.profile["image_inputs"] is False
+    assert "max_input_tokens" not in llm.profile  # the vllm window is unknown
+    params = llm._get_ls_params(stop=["\n"])
+    assert params["ls_provider"] == "fallback"
+    assert params["ls_model_name"] == "vllm:x, llamacpp:smollm2"
+    assert params["ls_model_type"] == "chat" and params["ls_stop"] == ["\n"]
+
+
+def test_one_run_per_call_and_usage_counted_once(local: ChatModelPlug) -> None:
+    from langchain_core.callbacks import BaseCallbackHandler, UsageMetadataCallbackHandler
+
+    class Recorder(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        def on_chat_model_start(self, serialized, messages, **kwargs):
+            self.events.append("start")
+
+        def on_llm_new_token(self, token, **kwargs):
+            self.events.append("token")
+
+        def on_llm_end(self, response, **kwargs):
+            self.events.append("end")
+
+        def on_llm_error(self, error, **kwargs):
+            self.events.append("error")
+
+    recorder, usage = Recorder(), UsageMetadataCallbackHandler()
+    llm = FallbackChatModel([down(), local])
+    message = llm.invoke(QUESTION, config={"callbacks": [recorder, usage]})
+    # The candidates run inside the fallback run: one start, one end; the failed candidate is
+    # in the answer's metadata, not an error event.
+    assert recorder.events == ["start", "end"]
+    assert usage.usage_metadata == {"smollm2": message.usage_metadata}
+
+    recorder = Recorder()
+    chunks = list(llm.stream(QUESTION, config={"callbacks": [recorder]}))
+    assert recorder.events[0] == "start" and recorder.events[-1] == "end"
+    assert recorder.events.count("token") == len(chunks)  # each token reported once
+
+
+# -- agents ----------------------------------------------------------------------------------------
+
+
+def _tool_turns():
+    """Agent middleware: a tool call is forced on the first turn and refused after the tool's
+    answer, so the 135M model's agent run is deterministic (a limit of the model: unforced, it
+    does not reliably choose between calling and answering)."""
+    from langchain.agents.middleware import wrap_model_call
+
+    @wrap_model_call
+    def force(request, handler):
+        answered = any(isinstance(m, ToolMessage) for m in request.messages)
+        return handler(request.override(tool_choice="none" if answered else "any"))
+
+    return force
+
+
+@pytest.mark.parametrize("kind", ["fallback", "in-process"])
+def test_create_agent_with_tools(local: ChatModelPlug, kind: str) -> None:
+    from langchain.agents import create_agent
+
+    model = FallbackChatModel([down(), local]) if kind == "fallback" else local
+    agent = create_agent(model=model, tools=[magic_function], middleware=[_tool_turns()])
+    result = agent.invoke({"messages": [HumanMessage(TOOL_QUESTION)]},
+                          config={"recursion_limit": 8})
+    messages = result["messages"]
+    calls = [c for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
+    assert calls[0]["name"] == "magic_function" and calls[0]["args"] == {"input": 3}
+    [tool_message] = [m for m in messages if isinstance(m, ToolMessage)]
+    assert tool_message.content == "5"
+    assert isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls
+    assert messages[-1].content
+
+
+def test_runnable_with_fallbacks_is_no_chat_model_but_this_is(local: ChatModelPlug) -> None:
+    """Why FallbackChatModel exists (langchain issue #33129): ``with_fallbacks`` gives a
+    RunnableWithFallbacks, which is no BaseChatModel, so code typed for chat models (create_agent
+    and its middleware: profile, provider structured output) does not see one."""
+    from langchain_core.language_models import BaseChatModel
+
+    wrapped = down().with_fallbacks([local])
+    assert isinstance(wrapped, RunnableWithFallbacks)
+    assert not isinstance(wrapped, BaseChatModel)
+    assert isinstance(FallbackChatModel([down(), local]), BaseChatModel)

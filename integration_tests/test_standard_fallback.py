@@ -1,0 +1,98 @@
+"""langchain-tests' ChatModelIntegrationTests for a FallbackChatModel whose first candidate is
+down (an OpenAI-compatible provider on a loopback port nobody listens on) and whose second is the
+in-process SmolLM2 GGUF. Every call fails over; every xfail names a limit of the 135M model."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_modelplug import ChatModelPlug, FallbackChatModel
+
+IN_PROCESS_REFUSED = ("timeout", "max_retries", "api_key")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TestFallbackChatModelIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[FallbackChatModel]:
+        return FallbackChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        down = ChatModelPlug(model="vllm:x", base_url=f"http://127.0.0.1:{_closed_port()}/v1",
+                             max_retries=0)
+        return {"models": [down, "llamacpp:smollm2"], "temperature": 0, "seed": 0}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # Applied to the string candidate (llamacpp), which refuses client settings.
+        # max_tokens 48 instead of 100 keeps the suite fast at ~30 tokens/s on 2 shared cores.
+        params = {**super().standard_chat_model_params, "max_tokens": 48}
+        return {k: v for k, v in params.items() if k not in IN_PROCESS_REFUSED}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    # -- limits of SmolLM2-135M (ChatModelPlug on the same model does the same) ---------------
+
+    _REPEATS = ("SmolLM2-135M repeats itself inside the JSON it is constrained to ('a cat is a cat, "
+                "a cat is ...') until max_tokens, so the object never closes")
+
+    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
+    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
+        super().test_structured_output_optional_param(model)
+
+    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    def test_json_mode(self, model: BaseChatModel) -> None:
+        super().test_json_mode(model)
+
+    @pytest.mark.xfail(reason="with tool_choice unforced, SmolLM2-135M answers the weather "
+                       "question in text instead of calling get_weather (forced, it calls it: "
+                       "test_fallback.py::test_create_agent_with_tools)", strict=False)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    def test_unicode_tool_call_integration(self, model: BaseChatModel, **kwargs: Any) -> None:
+        # Japanese text takes several tokens a character: the suite's max_tokens (48 here) cuts
+        # the call short, so this one test gets room for it.
+        roomy = self.chat_model_class(**{**self.standard_chat_model_params, "max_tokens": 160,
+                                         **self.chat_model_params})
+        super().test_unicode_tool_call_integration(roomy, **kwargs)

@@ -1,0 +1,88 @@
+"""langchain-tests' ChatModelIntegrationTests for ChatModelPlug on SmolLM2 through transformers.
+
+The model folder is the GGUF converted by the ``smollm2_hf_path`` fixture. Every xfail names a
+limit of the 135M model, not of the adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hf_model import smollm2_hf_dir
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_modelplug import ChatModelPlug
+
+IN_PROCESS_REFUSED = ("timeout", "max_retries", "api_key")
+_LOOPS = "The 135M model loops inside the 'setup' string until max_tokens, so no punchline"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def converted_model(smollm2_hf_path: Path):
+    """Convert the folder first; one torch thread (2 cores shared with other jobs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield smollm2_hf_path
+    torch.set_num_threads(before)
+
+
+class TestChatModelPlugHFIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[ChatModelPlug]:
+        return ChatModelPlug
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # max_tokens: without it a call may run to the end of the 8k context when the 135M
+        # model repeats itself, which takes minutes on 2 shared CPU cores.
+        return {"model": f"hf:{smollm2_hf_dir()}", "temperature": 0, "seed": 0,
+                "max_tokens": 64}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        params = super().standard_chat_model_params
+        return {k: v for k, v in params.items() if k not in IN_PROCESS_REFUSED}
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @pytest.mark.xfail(reason="With tool_choice auto the 135M model often answers in prose "
+                       "({'response': ...}) instead of calling get_weather; forced calls work "
+                       "(test_tool_choice, test_hf_chat.py).")
+    def test_agent_loop(self, model: Any) -> None:
+        super().test_agent_loop(model)
+
+    # The 135M model repeats a phrase inside the JSON string until max_tokens cuts it: the output
+    # follows the Joke schema up to the cut (constrained decoding), but a cut answer lacks the
+    # punchline. test_hf_chat.py checks structured output on a task the model can finish.
+
+    @pytest.mark.xfail(reason=_LOOPS + " (pydantic variant; the others xpass)", strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    def test_structured_output(self, model: Any, schema_type: str) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @pytest.mark.xfail(reason=_LOOPS + " (pydantic variant; the others xpass)", strict=False)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    async def test_structured_output_async(self, model: Any, schema_type: str) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
+    @pytest.mark.xfail(reason=_LOOPS)
+    def test_structured_output_pydantic_2_v1(self, model: Any) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @pytest.mark.xfail(reason="json_mode constrains to a JSON object, not to keys; the 135M "
+                       "model writes a 'setup' and closes the object without a 'punchline'")
+    def test_json_mode(self, model: Any) -> None:
+        super().test_json_mode(model)

@@ -1,0 +1,76 @@
+"""langchain-tests' ChatModelIntegrationTests for ChatModelPlug on the in-process SmolLM2 GGUF.
+
+Every xfail names a limit of the 135M model, not of the adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_modelplug import ChatModelPlug
+
+IN_PROCESS_REFUSED = ("timeout", "max_retries", "api_key")
+TINY_JOKE = ("SmolLM2-135M cannot write the suite's Joke: under the JSON-schema grammar it loops "
+             "inside the 'setup' string ('samu, samu, ...') until max_tokens, so the JSON never "
+             "closes. Grammar-constrained output that the model can finish is tested in "
+             "test_llamacpp_tools.py::test_structured_output_validates.")
+
+
+class TestChatModelPlugLlamaCppIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[ChatModelPlug]:
+        return ChatModelPlug
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        # The integration suite sets no max_tokens; bound generation so a looping 135M model
+        # cannot run to the end of its 8k context.
+        return {"model": "llamacpp:smollm2", "temperature": 0, "seed": 0, "max_tokens": 100}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        params = super().standard_chat_model_params
+        return {k: v for k, v in params.items() if k not in IN_PROCESS_REFUSED}
+
+    # Overrides keep the base signatures (and parametrizations): pytest fills fixtures by name.
+    @pytest.mark.xfail(reason=TINY_JOKE, strict=True)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @pytest.mark.xfail(reason=TINY_JOKE, strict=True)
+    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
+        await super().test_structured_output_async(model, schema_type)
+
+    @pytest.mark.xfail(reason=TINY_JOKE, strict=True)
+    def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
+        super().test_structured_output_pydantic_2_v1(model)
+
+    @pytest.mark.xfail(reason=TINY_JOKE + " In JSON mode it nests 'setup' objects instead.",
+                       strict=True)
+    def test_json_mode(self, model: BaseChatModel) -> None:
+        super().test_json_mode(model)
+
+    @pytest.mark.xfail(reason="With tool_choice left to the model, SmolLM2-135M answers the "
+                       "weather question in prose instead of calling get_weather (the grammar "
+                       "offers both). Forced calls pass: test_tool_calling, test_tool_choice.",
+                       strict=True)
+    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
+    def test_agent_loop(self, model: BaseChatModel) -> None:
+        super().test_agent_loop(model)
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True

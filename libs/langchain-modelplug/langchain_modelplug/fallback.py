@@ -1,0 +1,596 @@
+"""FallbackChatModel: an ordered set of chat models that is itself a chat model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForChainRun,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForChainRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.language_models.model_profile import ModelProfile
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables.config import ensure_config, patch_config
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from langchain_modelplug._convert import to_openai_messages
+from modelplug.fallback import Candidate, FallbackPolicy, Needs, RetryOn
+from modelplug.types import ChatRequest
+
+#: LangGraph's tag for runs whose tokens its "messages" stream must not repeat: the fallback
+#: run reports every token itself, so the candidate run under it is tagged.
+_NOSTREAM = "nostream"
+
+#: Profile fields that are booleans, combined over candidates.
+_BOOL_FIELDS = ("tool_calling", "tool_choice", "tool_call_streaming", "structured_output",
+                "image_inputs", "image_url_inputs", "pdf_inputs", "audio_inputs", "video_inputs",
+                "reasoning_output", "text_inputs", "text_outputs")
+
+
+def candidate_name(model: BaseChatModel) -> str:
+    """``provider:model`` for a candidate, from our model string or its LangSmith params."""
+    ref = getattr(getattr(model, "backend", None), "ref", None)
+    if ref is not None and type(model).__module__.startswith("langchain_modelplug"):
+        return f"{ref.provider}:{ref.model_id}"
+    try:
+        params = model._get_ls_params()
+        provider, name = params.get("ls_provider"), params.get("ls_model_name")
+    except Exception:  # a third-party model whose ls params need a call's kwargs
+        provider, name = None, None
+    name = name or getattr(model, "model_name", None) or getattr(model, "model", None)
+    provider = provider or model._llm_type
+    return f"{provider}:{name}" if name else str(provider)
+
+
+def combined_profile(profiles: Sequence[ModelProfile | None]) -> ModelProfile:
+    """What the set guarantees whichever candidate answers.
+
+    A capability is True only when every candidate has it, False when any lacks it, and left out
+    (unknown) otherwise; ``max_input_tokens`` / ``max_output_tokens`` are the smallest, when every
+    candidate states one.
+    """
+    out: dict[str, Any] = {}
+    for key in _BOOL_FIELDS:
+        values = [(p or {}).get(key) for p in profiles]
+        if any(v is False for v in values):
+            out[key] = False
+        elif values and all(v is True for v in values):
+            out[key] = True
+    for key in ("max_input_tokens", "max_output_tokens"):
+        values = [(p or {}).get(key) for p in profiles]
+        if values and all(isinstance(v, int) for v in values):
+            out[key] = min(values)
+    return ModelProfile(**out)  # type: ignore[typeddict-item]
+
+
+def _as_messages(value: LanguageModelInput) -> list[BaseMessage]:
+    if isinstance(value, PromptValue):
+        return value.to_messages()
+    if isinstance(value, str):
+        return convert_to_messages([("human", value)])
+    return convert_to_messages(value)  # type: ignore[arg-type]
+
+
+def request_needs(messages: Sequence[BaseMessage], tools: list[dict[str, Any]] | None,
+                  tool_choice: Any) -> Needs | None:
+    """What the request needs (tools, images, context), or None when it cannot be told."""
+    try:
+        request = ChatRequest(messages=to_openai_messages(messages), tools=tools or None,
+                              tool_choice="none" if tool_choice in ("none", False) else None)
+        return Needs.of_request(request)
+    except Exception:  # unusual content the converter refuses: skip nothing, let models decide
+        return None
+
+
+def _unwrap(runnable: Runnable) -> tuple[BaseChatModel, dict[str, Any]] | None:
+    """The chat model under ``bind``/``bind_tools`` bindings and their merged kwargs, or None
+    for anything else (a binding with its own config, a sequence)."""
+    kwargs: dict[str, Any] = {}
+    while isinstance(runnable, RunnableBinding):
+        if runnable.config or runnable.config_factories:
+            return None
+        kwargs = {**runnable.kwargs, **kwargs}  # the outer binding wins
+        runnable = runnable.bound
+    return (runnable, kwargs) if isinstance(runnable, BaseChatModel) else None
+
+
+def _call_kwargs(bound: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    merged = {**bound, **kwargs}
+    # Tracing-only keys BaseChatModel.invoke pops before _generate; this run reports them.
+    merged.pop("ls_structured_output_format", None)
+    merged.pop("structured_output_format", None)
+    return merged
+
+
+def _as_generation_chunk(message: Any) -> ChatGenerationChunk:
+    """A chunk for a whole message (a candidate that does not stream) or a streamed chunk."""
+    if isinstance(message, AIMessageChunk):
+        return ChatGenerationChunk(message=message)
+    if isinstance(message, AIMessage):
+        chunk = AIMessageChunk(
+            content=message.content, additional_kwargs=message.additional_kwargs,
+            response_metadata=message.response_metadata, usage_metadata=message.usage_metadata,
+            id=message.id, chunk_position="last",
+            tool_call_chunks=[tool_call_chunk(name=c["name"], args=json.dumps(c["args"]),
+                                              id=c.get("id"), index=i)
+                              for i, c in enumerate(message.tool_calls)])
+        return ChatGenerationChunk(message=chunk)
+    return ChatGenerationChunk(message=AIMessageChunk(content=getattr(message, "content",
+                                                                      str(message))))
+
+
+class FallbackChatModel(BaseChatModel):
+    """A chat model that answers with the first of several chat models that can.
+
+    The candidates are tried in order with the same conversation. A candidate that fails with a
+    transient error (connection refused, timeout, HTTP 429 or 5xx) hands the request to the next;
+    a permanent error (400, 401, 404, a validation error) is raised at once. A candidate whose
+    profile says it cannot serve the request (tools, images, context length) is skipped without a
+    call. Streams fail over only before their first chunk. When every candidate fails or is
+    skipped, ``modelplug.FallbackExhaustedError`` carries every error, the last chained as cause.
+
+    Unlike ``model.with_fallbacks([...])`` (a ``RunnableWithFallbacks``), this stays a
+    ``BaseChatModel``: ``bind_tools`` and ``with_structured_output`` apply to every candidate,
+    and it works as the model of ``langchain.agents.create_agent``.
+
+    Each call is one chat-model run: the candidates run inside it, so callbacks see one start and
+    one end, tokens once, and usage counted once. The answer's ``response_metadata`` names the
+    candidate that answered (``fallback_model``) and the failures before it
+    (``fallback_failures``).
+
+    Setup:
+        .. code-block:: bash
+
+            pip install "langchain-modelplug[openai,llamacpp]"
+
+    Key init args:
+        models: list[str | BaseChatModel]
+            The candidates, preferred first: model strings (built as ``ChatModelPlug``) or any
+            LangChain chat model instances (``ChatModelPlug``, ``ChatOpenAI``, ...).
+        retry_on: type | tuple[type, ...] | Callable[[BaseException], bool] | None
+            What fails over: exception classes, or a predicate. Default:
+            ``modelplug.fallback.is_retryable`` (connection errors, timeouts, 429, 5xx).
+        **kwargs
+            Applied to every candidate given as a string (e.g. ``temperature=0``,
+            ``max_tokens=256``). Configure instances yourself.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_modelplug import ChatModelPlug, FallbackChatModel
+
+            llm = FallbackChatModel(
+                [
+                    ChatModelPlug(model="openai:gpt-4o-mini", timeout=30, max_retries=1),
+                    "llamacpp:smollm2",  # last resort, in-process
+                ],
+                temperature=0,
+            )
+
+    Invoke:
+        .. code-block:: python
+
+            msg = llm.invoke("What is the capital of France? Answer in one sentence.")
+            msg.response_metadata["fallback_model"]  # which candidate answered
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream("Count from 1 to 5."):
+                print(chunk.content, end="")
+
+    Async:
+        .. code-block:: python
+
+            await llm.ainvoke("Hello")
+            async for chunk in llm.astream("Hello"):
+                ...
+
+    Tool calling:
+        .. code-block:: python
+
+            llm_with_tools = llm.bind_tools([get_weather])   # bound on every candidate
+
+            from langchain.agents import create_agent
+            agent = create_agent(model=llm, tools=[get_weather])
+
+    Structured output:
+        .. code-block:: python
+
+            llm.with_structured_output(Person).invoke("Invent a person.")
+
+    Profile:
+        .. code-block:: python
+
+            llm.profile    # what every candidate guarantees (see ``combined_profile``)
+            llm.profiles   # each candidate's own profile
+    """
+
+    models: list[BaseChatModel] = Field(min_length=1)
+    retry_on: Any = Field(default=None, exclude=True)
+    #: Settings applied to the candidates given as model strings.
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    _policy: FallbackPolicy = PrivateAttr()
+    #: Per-candidate runnables after bind_tools (None: the model itself; False: cannot bind).
+    _bound: list[Runnable | bool | None] | None = PrivateAttr(default=None)
+    _tools: list[dict[str, Any]] | None = PrivateAttr(default=None)
+    _tool_choice: Any = PrivateAttr(default=None)
+
+    def __init__(self, models: Sequence[str | BaseChatModel] | None = None, **kwargs: Any) -> None:
+        if models is None:
+            models = kwargs.pop("models", None)
+        if not models:
+            raise ValueError(
+                "FallbackChatModel needs at least one candidate, e.g. "
+                "FallbackChatModel(['openai:gpt-4o-mini', 'llamacpp:smollm2'])."
+            )
+        names = set(type(self).model_fields) | {"callbacks", "tags", "metadata"}
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        model_kwargs = {**kwargs.pop("model_kwargs", {}), **extra}
+        built = [self._build(m, model_kwargs, i) for i, m in enumerate(models)]
+        super().__init__(models=built, model_kwargs=model_kwargs, **kwargs)
+        self._policy = FallbackPolicy(self.retry_on)  # also validates retry_on
+
+    @staticmethod
+    def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> BaseChatModel:
+        if isinstance(model, BaseChatModel):
+            return model
+        if isinstance(model, str):
+            from langchain_modelplug.chat_models import ChatModelPlug
+
+            return ChatModelPlug(model=model, **model_kwargs)
+        raise TypeError(
+            f"Candidate {index} of FallbackChatModel is {model!r} ({type(model).__name__}); pass a "
+            "model string ('provider:model_id') or a LangChain BaseChatModel instance. A bound "
+            "runnable (model.bind_tools(...)) cannot be a candidate: bind tools on the "
+            "FallbackChatModel instead, which binds them on every candidate."
+        )
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "modelplug-fallback"
+
+    @property
+    def names(self) -> list[str]:
+        """Each candidate as ``provider:model``, in the order they are tried."""
+        return [candidate_name(m) for m in self.models]
+
+    @property
+    def profiles(self) -> list[ModelProfile | None]:
+        """Each candidate's own profile, in order."""
+        return [getattr(m, "profile", None) for m in self.models]
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"models": self.names}
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        return combined_profile(self.profiles)
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        # The parent run names the whole set; the candidate that answers runs as a child run
+        # with its own provider and model name (so token costs are counted there).
+        params = LangSmithParams(ls_provider="fallback", ls_model_name=", ".join(self.names),
+                                 ls_model_type="chat")
+        if kwargs.get("temperature") is not None:
+            params["ls_temperature"] = kwargs["temperature"]
+        if kwargs.get("max_tokens") is not None:
+            params["ls_max_tokens"] = kwargs["max_tokens"]
+        if stop:
+            params["ls_stop"] = stop
+        return params
+
+    # -- candidates -----------------------------------------------------------------------------
+
+    def _candidates(self) -> list[Candidate[Runnable]]:
+        out = []
+        for i, model in enumerate(self.models):
+            bound = self._bound[i] if self._bound is not None else None
+            if bound is False:  # cannot bind tools: a profile that says so makes it skipped
+                out.append(Candidate(candidate_name(model), model, {"tool_calling": False}))
+            else:
+                out.append(Candidate(candidate_name(model), bound or model,
+                                     getattr(model, "profile", None)))
+        return out
+
+    def _needs(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> Needs | None:
+        tools = kwargs.get("tools") or self._tools
+        choice = kwargs.get("tool_choice", self._tool_choice)
+        return request_needs(messages, tools, choice)
+
+    @staticmethod
+    def _child_config(run_manager: Any) -> RunnableConfig:
+        """Callbacks for a candidate that must run as a runnable of its own (one that is not a
+        chat model under bindings): a child of this run, tagged so LangGraph's messages stream
+        does not repeat its tokens (this run reports them)."""
+        if run_manager is None:
+            return RunnableConfig()
+        manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
+        manager.set_handlers(run_manager.inheritable_handlers)
+        manager.add_tags(run_manager.inheritable_tags)
+        manager.add_metadata(run_manager.inheritable_metadata)
+        manager.add_tags([_NOSTREAM], inherit=False)
+        return RunnableConfig(callbacks=manager)
+
+    @staticmethod
+    def _result(result: ChatResult, name: str, failures: list) -> ChatResult:
+        failed = [f"{n}: {type(e).__name__}: {e}" for n, e in failures]
+        generations = []
+        for generation in result.generations:
+            meta = {**generation.message.response_metadata, "fallback_model": name}
+            if failed:
+                meta["fallback_failures"] = failed
+            generations.append(ChatGeneration(
+                message=generation.message.model_copy(update={"response_metadata": meta}),
+                generation_info=generation.generation_info))
+        return ChatResult(generations=generations, llm_output=result.llm_output)
+
+    # -- calls ----------------------------------------------------------------------------------
+    #
+    # A candidate that is a chat model (possibly under bind/bind_tools bindings) runs inside this
+    # run: its _generate/_stream get this run's manager, so callbacks see one chat-model run per
+    # call (one start, one end, usage counted once) and tokens stream once. Anything else runs
+    # as a child runnable.
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None,
+                  **kwargs: Any) -> ChatResult:
+        def call(target: Runnable) -> ChatResult:
+            unwrapped = _unwrap(target)
+            if unwrapped is None:
+                message = target.invoke(messages, self._child_config(run_manager), stop=stop,
+                                        **kwargs)
+                return ChatResult(generations=[ChatGeneration(message=message)])
+            model, bound = unwrapped
+            return model._generate_with_cache(messages, stop=stop, run_manager=run_manager,
+                                              **_call_kwargs(bound, kwargs))
+
+        outcome = self._policy.run(self._candidates(), call,
+                                   needs=self._needs(messages, kwargs))
+        return self._result(outcome.value, outcome.candidate.name, outcome.failures)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> ChatResult:
+        async def call(target: Runnable) -> ChatResult:
+            unwrapped = _unwrap(target)
+            if unwrapped is None:
+                message = await target.ainvoke(messages, self._child_config(run_manager),
+                                               stop=stop, **kwargs)
+                return ChatResult(generations=[ChatGeneration(message=message)])
+            model, bound = unwrapped
+            return await model._agenerate_with_cache(messages, stop=stop,
+                                                     run_manager=run_manager,
+                                                     **_call_kwargs(bound, kwargs))
+
+        outcome = await self._policy.arun(self._candidates(), call,
+                                          needs=self._needs(messages, kwargs))
+        return self._result(outcome.value, outcome.candidate.name, outcome.failures)
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        chosen: list[str] = []
+
+        def start(target: Runnable) -> Iterator[ChatGenerationChunk]:
+            unwrapped = _unwrap(target)
+            if unwrapped is None:
+                return (self._emit(_as_generation_chunk(c), run_manager) for c in target.stream(
+                    messages, self._child_config(run_manager), stop=stop, **kwargs))
+            model, bound = unwrapped
+            call_kwargs = _call_kwargs(bound, kwargs)
+            if model._should_stream(async_api=False, run_manager=run_manager,
+                                    **{**call_kwargs, "stream": True}):
+                return model._stream(messages, stop=stop, run_manager=run_manager,
+                                     **call_kwargs)
+            result = model._generate_with_cache(messages, stop=stop, run_manager=run_manager,
+                                                **call_kwargs)
+            return iter([self._emit(_as_generation_chunk(result.generations[0].message),
+                                    run_manager)])
+
+        for chunk in self._policy.stream(
+            self._candidates(), start, needs=self._needs(messages, kwargs),
+            on_select=lambda outcome: chosen.append(outcome.candidate.name),
+        ):
+            yield self._mark(chunk, chosen)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        chosen: list[str] = []
+
+        async def start(target: Runnable) -> AsyncIterator[ChatGenerationChunk]:
+            unwrapped = _unwrap(target)
+            if unwrapped is None:
+                async for c in target.astream(messages, self._child_config(run_manager),
+                                              stop=stop, **kwargs):
+                    generation = _as_generation_chunk(c)
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(generation.text, chunk=generation)
+                    yield generation
+                return
+            model, bound = unwrapped
+            call_kwargs = _call_kwargs(bound, kwargs)
+            if model._should_stream(async_api=True, run_manager=run_manager,
+                                    **{**call_kwargs, "stream": True}):
+                async for generation in model._astream(messages, stop=stop,
+                                                       run_manager=run_manager, **call_kwargs):
+                    yield generation
+                return
+            result = await model._agenerate_with_cache(messages, stop=stop,
+                                                       run_manager=run_manager, **call_kwargs)
+            generation = _as_generation_chunk(result.generations[0].message)
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(generation.text, chunk=generation)
+            yield generation
+
+        async for chunk in self._policy.astream(
+            self._candidates(), start, needs=self._needs(messages, kwargs),
+            on_select=lambda outcome: chosen.append(outcome.candidate.name),
+        ):
+            yield self._mark(chunk, chosen)
+
+    @staticmethod
+    def _emit(generation: ChatGenerationChunk, run_manager: Any) -> ChatGenerationChunk:
+        if run_manager is not None:
+            run_manager.on_llm_new_token(generation.text, chunk=generation)
+        return generation
+
+    @staticmethod
+    def _mark(generation: ChatGenerationChunk, chosen: list[str]) -> ChatGenerationChunk:
+        """Name the answering candidate on the last chunk's metadata."""
+        message = generation.message
+        if chosen and (message.chunk_position == "last"  # type: ignore[union-attr]
+                       or message.response_metadata.get("finish_reason")):
+            meta = {**message.response_metadata, "fallback_model": chosen[0]}
+            generation = ChatGenerationChunk(
+                message=message.model_copy(update={"response_metadata": meta}),
+                generation_info=generation.generation_info)
+        return generation
+
+    # -- tools and structured output -----------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind ``tools`` on every candidate (each in its own provider's format).
+
+        Returns a FallbackChatModel whose candidates are the bound models. Binding again binds on
+        the original candidates, replacing the earlier tools. A candidate that cannot bind tools
+        is skipped while tools are bound.
+        """
+        # A tracing-only key (set by BaseChatModel.with_structured_output): this run reports it.
+        ls_format = kwargs.pop("ls_structured_output_format", None)
+        bound: list[Runnable | bool | None] = []
+        for model in self.models:
+            try:
+                if tool_choice is None:
+                    bound.append(model.bind_tools(tools, **kwargs))
+                else:
+                    bound.append(model.bind_tools(tools, tool_choice=tool_choice, **kwargs))
+            except NotImplementedError:
+                bound.append(False)
+        if not any(b is not False for b in bound):
+            raise NotImplementedError(
+                f"No candidate of this FallbackChatModel can bind tools ({self.names}). Add a "
+                "tool-calling chat model to the candidates."
+            )
+        new = self.model_copy()
+        new._policy = self._policy
+        new._bound = bound
+        new._tools = [convert_to_openai_tool(t) for t in tools] if tools else None
+        new._tool_choice = tool_choice
+        return new.bind(ls_structured_output_format=ls_format) if ls_format else new
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        include_raw: bool = False,
+        method: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict | BaseModel]:
+        """Answers parsed into ``schema``, with the same failover rules.
+
+        ``method=None`` or ``"function_calling"``: the schema is bound as a forced tool on every
+        candidate (the method every tool-calling model shares), and the set runs as one chat
+        model run. Any other ``method`` (``"json_schema"``, ``"json_mode"``) and extra keyword
+        arguments (``strict=``) go to each candidate's own ``with_structured_output``; the
+        candidates are then tried in order as child runs.
+        """
+        if method in (None, "function_calling") and not kwargs:
+            return super().with_structured_output(schema, include_raw=include_raw)
+        runnables: list[Candidate[Runnable]] = []
+        refused: list[str] = []
+        for model, name in zip(self.models, self.names, strict=True):
+            try:
+                structured = model.with_structured_output(
+                    schema, include_raw=include_raw,
+                    **({"method": method} if method else {}), **kwargs)
+            except NotImplementedError:
+                refused.append(name)
+                continue
+            runnables.append(Candidate(name, structured, getattr(model, "profile", None)))
+        if not runnables:
+            raise NotImplementedError(
+                f"No candidate of this FallbackChatModel supports with_structured_output "
+                f"({refused})."
+            )
+        return FallbackRunnable(runnables, self._policy)
+
+
+class FallbackRunnable(Runnable[LanguageModelInput, Any]):
+    """Runnables tried in order under a fallback policy (the result of
+    ``FallbackChatModel.with_structured_output``)."""
+
+    def __init__(self, candidates: list[Candidate[Runnable]], policy: FallbackPolicy) -> None:
+        self.candidates = candidates
+        self.policy = policy
+
+    def _needs(self, value: LanguageModelInput) -> Needs | None:
+        try:
+            return request_needs(_as_messages(value), None, None)
+        except Exception:
+            return None
+
+    def _invoke(self, value: LanguageModelInput, run_manager: CallbackManagerForChainRun,
+                config: RunnableConfig, **kwargs: Any) -> Any:
+        child = patch_config(config, callbacks=run_manager.get_child())
+        return self.policy.run(self.candidates, lambda r: r.invoke(value, child, **kwargs),
+                               needs=self._needs(value)).value
+
+    async def _ainvoke(self, value: LanguageModelInput,
+                       run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig,
+                       **kwargs: Any) -> Any:
+        child = patch_config(config, callbacks=run_manager.get_child())
+        outcome = await self.policy.arun(self.candidates,
+                                         lambda r: r.ainvoke(value, child, **kwargs),
+                                         needs=self._needs(value))
+        return outcome.value
+
+    def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None,
+               **kwargs: Any) -> Any:
+        return self._call_with_config(self._invoke, input, ensure_config(config), **kwargs)
+
+    async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None,
+                      **kwargs: Any) -> Any:
+        return await self._acall_with_config(self._ainvoke, input, ensure_config(config),
+                                             **kwargs)
+
+    def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None,
+               **kwargs: Any) -> Iterator[Any]:
+        yield from self.policy.stream(self.candidates,
+                                      lambda r: r.stream(input, config, **kwargs),
+                                      needs=self._needs(input))
+
+    async def astream(self, input: LanguageModelInput, config: RunnableConfig | None = None,
+                      **kwargs: Any) -> AsyncIterator[Any]:
+        async for item in self.policy.astream(self.candidates,
+                                              lambda r: r.astream(input, config, **kwargs),
+                                              needs=self._needs(input)):
+            yield item
+
+
+__all__ = ["FallbackChatModel", "FallbackRunnable", "RetryOn", "combined_profile"]

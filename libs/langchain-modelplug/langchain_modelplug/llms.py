@@ -1,0 +1,247 @@
+"""ModelPlugLLM: a LangChain text-completion LLM over modelplug backends that have completion."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseLLM, LangSmithParams
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+
+from modelplug import CompletionRequest, create_backend
+from modelplug.backends import Backend, collect_provider_kwargs
+from modelplug.types import ChatChunk, ChatResponse, Usage
+
+_REQUEST_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+
+
+def _usage_dict(usage: Usage | None) -> dict[str, int]:
+    if usage is None:
+        return {}
+    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+class ModelPlugLLM(BaseLLM):
+    """Text completion (no chat template) over modelplug providers that have it.
+
+    The prompt is sent as-is: in-process models (``llamacpp:``) complete it directly, and
+    providers with a completion endpoint use it. A provider without raw completion raises
+    ``UnsupportedCapabilityError`` on the first call, naming ``ChatModelPlug`` as the fix.
+
+    Setup:
+        .. code-block:: bash
+
+            pip install "langchain-modelplug[llamacpp]"
+
+    Key init args — model:
+        model: str | None
+            ``"provider:model_id"`` (``"llamacpp:smollm2"``), or None for the first local model.
+        **provider kwargs
+            Provider-specific settings (``model_path``, ``n_ctx`` for llamacpp; ``base_url``).
+
+    Key init args — completion params:
+        temperature: float | None
+        max_tokens: int | None
+        top_p: float | None
+        stop: list[str] | None
+        seed: int | None
+
+    Key init args — client params:
+        timeout: float | None
+        max_retries: int | None
+        api_key: SecretStr | None
+        base_url: str | None
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_modelplug import ModelPlugLLM
+
+            llm = ModelPlugLLM(model="llamacpp:smollm2", temperature=0, max_tokens=32)
+
+    Invoke:
+        .. code-block:: python
+
+            llm.invoke("The capital of France is")
+            # ' Paris, ...'
+
+    Stream:
+        .. code-block:: python
+
+            for text in llm.stream("Once upon a time"):
+                print(text, end="")
+
+    Async:
+        .. code-block:: python
+
+            await llm.ainvoke("The capital of France is")
+            async for text in llm.astream("Once upon a time"):
+                ...
+
+    Token usage:
+        .. code-block:: python
+
+            result = llm.generate(["The capital of France is"])
+            result.llm_output["token_usage"]
+            # {'prompt_tokens': 6, 'completion_tokens': 32, 'total_tokens': 38}
+    """
+
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    seed: int | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    streaming: bool = False
+    #: Provider-specific settings (any keyword argument that is not a field above).
+    provider_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    _backend: Backend = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_provider_kwargs(cls, values: Any) -> Any:
+        return collect_provider_kwargs(cls, values)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._backend = create_backend(
+            self.model, timeout=self.timeout, max_retries=self.max_retries, api_key=self.api_key,
+            base_url=self.base_url, **self.provider_kwargs,
+        )
+        if self.model is None:
+            self.model = str(self._backend.ref)
+
+    @property
+    def backend(self) -> Backend:
+        """The modelplug backend (shared weights for in-process models)."""
+        return self._backend
+
+    @property
+    def _llm_type(self) -> str:
+        return "modelplug-llm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model": self.model, **self._sampling_params()}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        ref = self._backend.ref
+        params = LangSmithParams(ls_provider=ref.provider, ls_model_name=ref.model_id,
+                                 ls_model_type="llm")
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if stop or self.stop:
+            params["ls_stop"] = stop or self.stop
+        return params
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _sampling_params(self) -> dict[str, Any]:
+        params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed}
+        return {k: v for k, v in params.items() if v is not None}
+
+    def _request(self, prompt: str, stop: list[str] | None,
+                 kwargs: dict[str, Any]) -> CompletionRequest:
+        fields = self._sampling_params()
+        fields.update({k: kwargs[k] for k in _REQUEST_FIELDS if k in kwargs})
+        if stop is not None:
+            fields["stop"] = stop
+        extra = {k: v for k, v in kwargs.items() if k not in _REQUEST_FIELDS and k != "stream"}
+        return CompletionRequest(prompt=prompt, extra=extra, **fields)
+
+    @staticmethod
+    def _info(finish_reason: str | None, model: str) -> dict[str, Any]:
+        return {"finish_reason": finish_reason, "model_name": model}
+
+    def _result(self, responses: list[ChatResponse]) -> LLMResult:
+        total = Usage()
+        for response in responses:
+            if response.usage is not None:
+                total.input_tokens += response.usage.input_tokens
+                total.output_tokens += response.usage.output_tokens
+        return LLMResult(
+            generations=[[Generation(text=r.text, generation_info=self._info(
+                r.finish_reason, r.model))] for r in responses],
+            llm_output={"token_usage": _usage_dict(total), "model_name": self.model},
+        )
+
+    def _generation_chunk(self, chunk: ChatChunk) -> GenerationChunk:
+        info = None
+        if chunk.finish_reason is not None or chunk.usage is not None:
+            info = {**self._info(chunk.finish_reason, chunk.model),
+                    "token_usage": _usage_dict(chunk.usage)}
+        return GenerationChunk(text=chunk.text, generation_info=info)
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def _generate(self, prompts: list[str], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None,
+                  **kwargs: Any) -> LLMResult:
+        responses = []
+        for prompt in prompts:
+            if self.streaming:
+                responses.append(self._fold(self._stream(prompt, stop, run_manager, **kwargs)))
+            else:
+                responses.append(self._backend.complete(self._request(prompt, stop, kwargs)))
+        return self._result(responses)
+
+    async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> LLMResult:
+        responses = []
+        for prompt in prompts:
+            if self.streaming:
+                chunks = [c async for c in self._astream(prompt, stop, run_manager, **kwargs)]
+                responses.append(self._fold(iter(chunks)))
+            else:
+                responses.append(
+                    await self._backend.acomplete(self._request(prompt, stop, kwargs)))
+        return self._result(responses)
+
+    def _stream(self, prompt: str, stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None,
+                **kwargs: Any) -> Iterator[GenerationChunk]:
+        for chunk in self._backend.stream_complete(self._request(prompt, stop, kwargs)):
+            generation = self._generation_chunk(chunk)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(chunk.text, chunk=generation)
+            yield generation
+
+    async def _astream(self, prompt: str, stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self._backend.astream_complete(self._request(prompt, stop, kwargs)):
+            generation = self._generation_chunk(chunk)
+            if run_manager is not None:
+                await run_manager.on_llm_new_token(chunk.text, chunk=generation)
+            yield generation
+
+    @staticmethod
+    def _fold(chunks: Iterator[GenerationChunk]) -> ChatResponse:
+        response, parts = ChatResponse(), []
+        for chunk in chunks:
+            parts.append(chunk.text)
+            info = chunk.generation_info or {}
+            response.finish_reason = info.get("finish_reason") or response.finish_reason
+            response.model = info.get("model_name") or response.model
+            usage = info.get("token_usage")
+            if usage:
+                response.usage = Usage(input_tokens=usage["prompt_tokens"],
+                                       output_tokens=usage["completion_tokens"])
+        response.text = "".join(parts)
+        return response

@@ -1,0 +1,580 @@
+"""ModelPlug: a LlamaIndex FunctionCallingLLM over every modelplug backend."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncGenerator, Generator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.types import Model, PydanticProgramMode
+from llama_index.llms.modelplug._convert import (
+    StreamAccumulator,
+    completion_from_chat,
+    to_chat_response,
+    to_completion_response,
+    to_openai_messages,
+)
+
+from modelplug import ChatRequest, CompletionRequest, create_backend
+from modelplug.backends import Backend, collect_provider_kwargs
+
+if TYPE_CHECKING:
+    from llama_index.core.program.utils import FlexibleModel
+    from llama_index.core.tools.types import BaseTool
+
+#: Per-call keyword arguments that map onto ChatRequest fields.
+_REQUEST_FIELDS = ("tools", "tool_choice", "response_format", "temperature", "top_p",
+                   "max_tokens", "stop", "seed", "reasoning")
+#: Per-call keyword arguments LlamaIndex passes that are not request fields.
+_DROPPED = ("formatted", "strict", "tool_required")
+_OPENAI_COMPAT = "modelplug.backends.openai_compat:"
+
+
+class ModelPlug(FunctionCallingLLM):
+    """LlamaIndex LLM over any modelplug provider: cloud SDKs, local servers, in-process models.
+
+    Setup:
+        Install the package with the extra of the backend you use:
+
+        .. code-block:: bash
+
+            pip install llama-index-llms-modelplug "modelplug[llamacpp]"  # or [openai], ...
+
+    Key init args — model:
+        model: str | None
+            ``"provider:model_id"`` (``"anthropic:claude-sonnet-4-6"``, ``"ollama:qwen3.5:9b"``,
+            ``"llamaserver:smollm2"``, ``"llamacpp:smollm2"``), a catalog name, or None for the
+            first model available locally (never a cloud, never a download).
+        **provider kwargs
+            Provider-specific settings, checked against the provider's row (an unknown one is a
+            TypeError naming the accepted ones): ``model_path``, ``n_ctx``, ``n_gpu_layers``,
+            ``chat_format``, ``chat_handler`` for llamacpp; ``base_url`` for local servers.
+
+    Key init args — completion params:
+        temperature, max_tokens, top_p, stop, seed: sampling, as the provider understands them.
+        reasoning: bool | None
+            Switch reasoning on/off where the model has the switch.
+        context_window: int | None
+            Overrides the context window the profile reports (``metadata.context_window``).
+        raw_completion: bool
+            ``complete`` sends the prompt as-is (no chat template) where the backend has raw
+            completion (llamacpp); by default ``complete`` is a one-message chat.
+
+    Key init args — client params:
+        timeout, max_retries: networked providers only (in-process: TypeError).
+        api_key: SecretStr | None (defaults to the provider's environment variable).
+        base_url: str | None
+
+    Instantiate:
+        .. code-block:: python
+
+            from llama_index.core import Settings
+            from llama_index.llms.modelplug import ModelPlug
+
+            llm = ModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)
+            Settings.llm = llm
+
+    Chat and complete:
+        .. code-block:: python
+
+            from llama_index.core.llms import ChatMessage
+
+            llm.chat([ChatMessage(role="user", content="What is the capital of France?")])
+            llm.complete("What is the capital of France?").text
+            # 'The capital of France is Paris.'
+
+    Stream and async:
+        .. code-block:: python
+
+            for step in llm.stream_chat(messages):
+                print(step.delta, end="")
+            await llm.achat(messages)
+            async for step in await llm.astream_chat(messages):
+                ...
+
+    Tool calling:
+        .. code-block:: python
+
+            from llama_index.core.tools import FunctionTool
+
+            tool = FunctionTool.from_defaults(fn=magic_function)
+            response = llm.chat_with_tools([tool], user_msg="magic_function(3)?",
+                                           tool_required=True)
+            llm.get_tool_calls_from_response(response)
+            # [ToolSelection(tool_id='call_...', tool_name='magic_function',
+            #                tool_kwargs={'input': 3})]
+
+        ``tool_choice`` takes ``"auto"``, ``"none"``, ``"required"`` or a tool name; agents
+        (``FunctionAgent``) work as with any FunctionCallingLLM, streaming included.
+
+    Structured output:
+        .. code-block:: python
+
+            from pydantic import BaseModel
+
+            class City(BaseModel):
+                name: str
+                country: str
+
+            llm.structured_predict(City, PromptTemplate("Paris is in {country}."), country="X")
+            llm.as_structured_llm(City).chat(messages)
+
+        Uses the backend's native ``json_schema`` response format (a grammar in-process) when
+        the model supports structured output; a forced tool call otherwise.
+
+    Token usage and reasoning:
+        ``response.additional_kwargs`` holds ``prompt_tokens``, ``completion_tokens`` and
+        ``total_tokens`` (``raw["usage"]`` too, for TokenCountingHandler); reasoning arrives as
+        a ThinkingBlock, and in streams as ``additional_kwargs["thinking_delta"]``.
+    """
+
+    model: str | None = Field(default=None, description="'provider:model_id' or a catalog name.")
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    reasoning: bool | None = None
+    context_window: int | None = Field(
+        default=None, description="Overrides the context window from the model's profile.")
+    raw_completion: bool = Field(
+        default=False, description="complete() sends the prompt without a chat template.")
+    timeout: float | None = None
+    max_retries: int | None = None
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    provider_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Provider-specific settings (any other keyword).")
+
+    _backend: Backend = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_provider_kwargs(cls, values: Any) -> Any:
+        return collect_provider_kwargs(cls, values)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Built here, not in a validator, so typed errors (UnknownModelError, ModelNotFoundError,
+        # TypeError for a bad provider kwarg) reach the caller as themselves.
+        self._backend = create_backend(
+            self.model, timeout=self.timeout, max_retries=self.max_retries,
+            api_key=self.api_key, base_url=self.base_url,
+            **self.provider_kwargs,
+        )
+        if self.model is None:
+            self.model = str(self._backend.ref)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "ModelPlug"
+
+    @property
+    def backend(self) -> Backend:
+        """The modelplug backend this LLM calls (shared weights for in-process models)."""
+        return self._backend
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """From the model's profile: catalog data and local file headers, never the network."""
+        profile = self._backend.profile()
+        return LLMMetadata(
+            context_window=self.context_window or profile.max_input_tokens
+            or DEFAULT_CONTEXT_WINDOW,
+            num_output=self.max_tokens or profile.max_output_tokens or DEFAULT_NUM_OUTPUTS,
+            is_chat_model=True,
+            is_function_calling_model=profile.tool_calling is not False,
+            model_name=self.model or str(self._backend.ref),
+            system_role=MessageRole.SYSTEM,
+        )
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _sampling(self) -> dict[str, Any]:
+        params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed,
+                  "reasoning": self.reasoning}
+        return {k: v for k, v in params.items() if v is not None}
+
+    def _request(self, messages: Sequence[ChatMessage],
+                 kwargs: dict[str, Any]) -> tuple[ChatRequest, bool]:
+        """The neutral request, and whether only one tool call may come back."""
+        kwargs = dict(kwargs)  # the caller's dict stays as it was
+        fields = self._sampling()
+        fields.update({k: kwargs.pop(k) for k in _REQUEST_FIELDS if k in kwargs})
+        required = bool(kwargs.get("tool_required"))
+        for name in _DROPPED:
+            kwargs.pop(name, None)
+        tools = fields.get("tools")
+        if tools:
+            fields["tools"] = [_openai_tool(t) for t in tools]
+            choice = fields.get("tool_choice")
+            if choice is None and required:
+                choice = "required"
+            fields["tool_choice"] = _tool_choice(choice, fields["tools"])
+        else:
+            fields.pop("tools", None)
+            fields.pop("tool_choice", None)
+        single = kwargs.pop("parallel_tool_calls", None) is False and bool(tools)
+        if single and self._backend.spec.backend.startswith(_OPENAI_COMPAT):
+            kwargs["parallel_tool_calls"] = False
+        return ChatRequest(messages=to_openai_messages(messages), extra=kwargs, **fields), single
+
+    def _completion_request(self, prompt: str, formatted: bool,
+                            kwargs: dict[str, Any]) -> CompletionRequest:
+        fields = {k: v for k, v in self._sampling().items() if k != "reasoning"}
+        kwargs = dict(kwargs)
+        fields.update({k: kwargs.pop(k) for k in ("temperature", "top_p", "max_tokens", "stop",
+                                                  "seed") if k in kwargs})
+        if not formatted:
+            prompt = self.completion_to_prompt(prompt)
+        return CompletionRequest(prompt=prompt, extra=kwargs, **fields)
+
+    @property
+    def _provider(self) -> str:
+        return self._backend.ref.provider
+
+    # -- chat -----------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request, single = self._request(messages, kwargs)
+        return _single(to_chat_response(self._backend.chat(request), self._provider), single)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request, single = self._request(messages, kwargs)
+        return _single(to_chat_response(await self._backend.achat(request), self._provider),
+                       single)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        request, single = self._request(messages, kwargs)
+
+        def gen() -> ChatResponseGen:
+            acc = StreamAccumulator(self._provider, single_tool_call=single)
+            for chunk in self._backend.stream(request):
+                yield acc.feed(chunk)
+
+        return gen()
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage],
+                           **kwargs: Any) -> ChatResponseAsyncGen:
+        request, single = self._request(messages, kwargs)
+
+        async def gen() -> ChatResponseAsyncGen:
+            acc = StreamAccumulator(self._provider, single_tool_call=single)
+            async for chunk in self._backend.astream(request):
+                yield acc.feed(chunk)
+
+        return gen()
+
+    # -- complete -------------------------------------------------------------------------------
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False,
+                 **kwargs: Any) -> CompletionResponse:
+        if self.raw_completion:
+            request = self._completion_request(prompt, formatted, kwargs)
+            return to_completion_response(self._backend.complete(request), self._provider)
+        return completion_from_chat(self.chat(_as_messages(prompt), **kwargs))
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False,
+                        **kwargs: Any) -> CompletionResponse:
+        if self.raw_completion:
+            request = self._completion_request(prompt, formatted, kwargs)
+            return to_completion_response(await self._backend.acomplete(request),
+                                          self._provider)
+        return completion_from_chat(await self.achat(_as_messages(prompt), **kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False,
+                        **kwargs: Any) -> CompletionResponseGen:
+        if self.raw_completion:
+            request = self._completion_request(prompt, formatted, kwargs)
+
+            def raw_gen() -> CompletionResponseGen:
+                acc = StreamAccumulator(self._provider)
+                for chunk in self._backend.stream_complete(request):
+                    yield completion_from_chat(acc.feed(chunk))
+
+            return raw_gen()
+        steps = self.stream_chat(_as_messages(prompt), **kwargs)
+
+        def gen() -> CompletionResponseGen:
+            for step in steps:
+                yield completion_from_chat(step)
+
+        return gen()
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        if self.raw_completion:
+            request = self._completion_request(prompt, formatted, kwargs)
+
+            async def raw_gen() -> CompletionResponseAsyncGen:
+                acc = StreamAccumulator(self._provider)
+                async for chunk in self._backend.astream_complete(request):
+                    yield completion_from_chat(acc.feed(chunk))
+
+            return raw_gen()
+        steps = await self.astream_chat(_as_messages(prompt), **kwargs)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            async for step in steps:
+                yield completion_from_chat(step)
+
+        return gen()
+
+    # -- tools ----------------------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Chat kwargs for a turn with tools. ``chat_history`` is copied, never appended to."""
+        specs = [_openai_tool(t) for t in tools]
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        if tool_choice is None and tool_required:
+            tool_choice = "required"
+        out: dict[str, Any] = {"messages": messages, **kwargs}
+        if specs:
+            out["tools"] = specs
+            out["tool_choice"] = _tool_choice(tool_choice, specs)
+            out["parallel_tool_calls"] = allow_parallel_tool_calls
+        return out
+
+    def _validate_chat_with_tools_response(
+        self,
+        response: ChatResponse,
+        tools: Sequence[BaseTool],
+        allow_parallel_tool_calls: bool = False,
+        **kwargs: Any,
+    ) -> ChatResponse:
+        return response if allow_parallel_tool_calls else _single(response, True)
+
+    def get_tool_calls_from_response(
+        self,
+        response: ChatResponse,
+        error_on_no_tool_call: bool = True,
+        **kwargs: Any,
+    ) -> list[ToolSelection]:
+        """The response's ToolCallBlocks as ToolSelections (partial JSON arguments parsed)."""
+        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+        if not calls:
+            if error_on_no_tool_call:
+                raise ValueError(
+                    "Expected at least one tool call, but the response has none "
+                    f"(text: {(response.message.content or '')[:200]!r}). Pass "
+                    "tool_required=True (or tool_choice='<tool name>') to force a call."
+                )
+            return []
+        selections = []
+        for call in calls:
+            kwargs_ = call.tool_kwargs
+            if isinstance(kwargs_, str):
+                try:
+                    kwargs_ = parse_partial_json(kwargs_) if kwargs_.strip() else {}
+                except (ValueError, TypeError, json.JSONDecodeError):
+                    kwargs_ = {}
+            selections.append(ToolSelection(tool_id=call.tool_call_id or "",
+                                            tool_name=call.tool_name,
+                                            tool_kwargs=kwargs_ if isinstance(kwargs_, dict)
+                                            else {}))
+        return selections
+
+    # -- structured output ----------------------------------------------------------------------
+
+    def _native_structured(self) -> bool:
+        return (self.pydantic_program_mode == PydanticProgramMode.DEFAULT
+                and self._backend.profile().structured_output is not False)
+
+    @staticmethod
+    def _schema_kwargs(llm_kwargs: dict[str, Any] | None,
+                       output_cls: type[Model]) -> dict[str, Any]:
+        kwargs = dict(llm_kwargs or {})
+        kwargs.pop("tool_choice", None)
+        name = re.sub(r"[^a-zA-Z0-9_-]", "_", output_cls.__name__)[:64]
+        kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": name, "schema": output_cls.model_json_schema(), "strict": False}}
+        return kwargs
+
+    @staticmethod
+    def _forced_tool_kwargs(llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        kwargs = dict(llm_kwargs or {})
+        kwargs.setdefault("tool_choice", "required")
+        return kwargs
+
+    def structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
+                           llm_kwargs: dict[str, Any] | None = None,
+                           **prompt_args: Any) -> Model:
+        """An instance of ``output_cls``: native json_schema output where the model has it."""
+        if not self._native_structured():
+            return super().structured_predict(
+                output_cls, prompt, llm_kwargs=self._forced_tool_kwargs(llm_kwargs),
+                **prompt_args)
+        messages = self._extend_messages(prompt.format_messages(**prompt_args))
+        response = self.chat(messages, **self._schema_kwargs(llm_kwargs, output_cls))
+        return _parse(output_cls, response)
+
+    async def astructured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
+                                  llm_kwargs: dict[str, Any] | None = None,
+                                  **prompt_args: Any) -> Model:
+        if not self._native_structured():
+            return await super().astructured_predict(
+                output_cls, prompt, llm_kwargs=self._forced_tool_kwargs(llm_kwargs),
+                **prompt_args)
+        messages = self._extend_messages(prompt.format_messages(**prompt_args))
+        response = await self.achat(messages, **self._schema_kwargs(llm_kwargs, output_cls))
+        return _parse(output_cls, response)
+
+    def _structured_stream_call(
+        self, output_cls: type[Model], prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any,
+    ) -> Generator[Model | list[Model] | FlexibleModel | list[FlexibleModel], None, None]:
+        if not self._native_structured():
+            return super()._structured_stream_call(
+                output_cls, prompt, self._forced_tool_kwargs(llm_kwargs), **prompt_args)
+        from llama_index.core.program.streaming_utils import (
+            process_streaming_content_incremental,
+        )
+
+        messages = self._extend_messages(prompt.format_messages(**prompt_args))
+        steps = self.stream_chat(messages, **self._schema_kwargs(llm_kwargs, output_cls))
+
+        def gen() -> Generator[Any, None, None]:
+            current = None
+            for step in steps:
+                current = process_streaming_content_incremental(step, output_cls, current)
+                yield current
+
+        return gen()
+
+    async def _structured_astream_call(
+        self, output_cls: type[Model], prompt: PromptTemplate,
+        llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any,
+    ) -> AsyncGenerator[Model | list[Model] | FlexibleModel | list[FlexibleModel], None]:
+        if not self._native_structured():
+            return await super()._structured_astream_call(
+                output_cls, prompt, self._forced_tool_kwargs(llm_kwargs), **prompt_args)
+        from llama_index.core.program.streaming_utils import (
+            process_streaming_content_incremental,
+        )
+
+        messages = self._extend_messages(prompt.format_messages(**prompt_args))
+        steps = await self.astream_chat(messages, **self._schema_kwargs(llm_kwargs, output_cls))
+
+        async def gen() -> AsyncGenerator[Any, None]:
+            current = None
+            async for step in steps:
+                current = process_streaming_content_incremental(step, output_cls, current)
+                yield current
+
+        return gen()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _as_messages(prompt: str) -> list[ChatMessage]:
+    return [ChatMessage(role=MessageRole.USER, content=prompt)]
+
+
+def _openai_tool(tool: Any) -> dict[str, Any]:
+    """A LlamaIndex tool (anything with ``.metadata``) or an OpenAI tool dict, as an OpenAI dict."""
+    if isinstance(tool, dict):
+        if tool.get("type") == "function" and "function" in tool:
+            return tool
+        raise ValueError(
+            f"Tool dicts must be OpenAI tools ({{'type': 'function', 'function': {{...}}}}); "
+            f"got keys {sorted(tool)}. Or pass a LlamaIndex tool (FunctionTool.from_defaults)."
+        )
+    metadata = getattr(tool, "metadata", None)
+    if metadata is None or not hasattr(metadata, "to_openai_tool"):
+        raise TypeError(
+            f"Cannot use {tool!r} as a tool. Pass LlamaIndex tools (e.g. "
+            "FunctionTool.from_defaults(fn=...)) or OpenAI tool dicts."
+        )
+    return metadata.to_openai_tool(skip_length_check=True)
+
+
+def _tool_choice(choice: str | dict[str, Any] | None, tools: list[dict[str, Any]]) -> str | None:
+    """LlamaIndex/OpenAI tool_choice spellings as ChatRequest's: auto, none, required or a name."""
+    if choice is None:
+        return None
+    if isinstance(choice, dict):
+        choice = (choice.get("function") or {}).get("name") or choice.get("name") \
+            or choice.get("type")
+    if choice in ("auto", "none", "required"):
+        return choice
+    if choice == "any":
+        return "required"
+    names = [t["function"]["name"] for t in tools]
+    if choice not in names:
+        raise ValueError(
+            f"tool_choice {choice!r} names no tool of this call. Tools: {names}; or use "
+            "'auto', 'none' or 'required'."
+        )
+    return choice
+
+
+def _single(response: ChatResponse, single: bool) -> ChatResponse:
+    """The response with at most one tool call, when parallel tool calls are not allowed."""
+    if not single:
+        return response
+    calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+    if len(calls) <= 1:
+        return response
+    blocks = [b for b in response.message.blocks
+              if not isinstance(b, ToolCallBlock) or b is calls[0]]
+    message = response.message.model_copy(update={"blocks": blocks})
+    return response.model_copy(update={"message": message})
+
+
+def _parse(output_cls: type[Model], response: ChatResponse) -> Model:
+    text = response.message.content or ""
+    try:
+        return output_cls.model_validate_json(text)
+    except ValueError as exc:
+        finish = (response.raw or {}).get("finish_reason") if isinstance(response.raw, dict) \
+            else None
+        hint = " The answer was cut short (finish_reason='length'): raise max_tokens." \
+            if finish == "length" else ""
+        raise ValueError(
+            f"The model's answer does not parse as {output_cls.__name__}: {exc}.{hint} "
+            f"Answer: {text[:300]!r}"
+        ) from exc

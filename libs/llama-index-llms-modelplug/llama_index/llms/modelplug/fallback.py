@@ -1,0 +1,397 @@
+"""FallbackLLM: a LlamaIndex FunctionCallingLLM answering with the first of several LLMs that can.
+
+The policy (what fails over, skipping by profile, streams failing over only before their first
+chunk, FallbackExhaustedError) is modelplug's shared :mod:`modelplug.fallback`, the same one
+LangChain's FallbackChatModel runs on; this module only adapts LlamaIndex calls to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import LLM, ToolSelection
+from llama_index.core.llms.utils import parse_partial_json
+from llama_index.core.prompts import PromptTemplate
+from llama_index.core.tools.types import BaseTool
+from llama_index.core.types import Model
+from llama_index.llms.modelplug._convert import to_openai_messages
+
+from modelplug.fallback import Candidate, FallbackPolicy, Needs, Outcome
+from modelplug.types import ChatRequest
+
+#: Keyword arguments of a tool turn, as FallbackLLM._prepare_chat_with_tools passes them to chat.
+_TOOL_KEYS = ("tool_required", "tool_choice", "allow_parallel_tool_calls")
+_FALLBACK_KEY = "fallback_model"
+
+
+def candidate_name(llm: LLM) -> str:
+    """``provider:model`` for ModelPlug, else the class and its metadata's model name."""
+    model = getattr(llm, "model", None)
+    if isinstance(model, str) and type(llm).__name__ == "ModelPlug":
+        return model
+    try:
+        name = llm.metadata.model_name
+    except Exception:  # a metadata property that needs a client must not break naming
+        name = "unknown"
+    return f"{type(llm).__name__}:{name}"
+
+
+def candidate_profile(llm: LLM) -> dict[str, Any]:
+    """What the policy compares a request with: tool calling and the context window."""
+    backend = getattr(llm, "backend", None)
+    if backend is not None and hasattr(backend, "profile"):
+        return backend.profile().as_dict()
+    meta = llm.metadata
+    return {"tool_calling": isinstance(llm, FunctionCallingLLM)
+            and meta.is_function_calling_model, "max_input_tokens": meta.context_window}
+
+
+class FallbackLLM(FunctionCallingLLM):
+    """An LLM that answers with the first of several LLMs that can.
+
+    The candidates are tried in order with the same messages. A transient error (connection
+    refused, timeout, HTTP 429 or 5xx) hands the request to the next candidate; a permanent one
+    (400, 401, 404, a validation error) is raised at once. A candidate whose profile says it
+    cannot serve the request (tools, context length) is skipped without a call. Streams fail
+    over only before their first chunk. When every candidate fails or is skipped,
+    ``modelplug.FallbackExhaustedError`` lists every error. The policy is the one LangChain's
+    ``FallbackChatModel`` uses (``modelplug.fallback``).
+
+    Setup:
+        .. code-block:: bash
+
+            pip install llama-index-llms-modelplug "modelplug[openai,llamacpp]"
+
+    Key init args:
+        models: list[str | LLM]
+            Candidates, preferred first: model strings (built as ``ModelPlug``) or any LlamaIndex
+            LLM instances (``ModelPlug``, ``OpenAI``, ...).
+        retry_on: exception class, tuple of them, or ``exc -> bool``
+            What fails over. Default: ``modelplug.fallback.is_retryable``.
+        **kwargs
+            Applied to every candidate given as a string (``temperature=0``,
+            ``max_tokens=256``...).
+
+    Instantiate:
+        .. code-block:: python
+
+            from llama_index.llms.modelplug import FallbackLLM, ModelPlug
+
+            llm = FallbackLLM(
+                [ModelPlug(model="openai:gpt-4o-mini", timeout=30, max_retries=1),
+                 "llamacpp:smollm2"],  # last resort, in-process
+                temperature=0,
+            )
+
+    Use:
+        As any FunctionCallingLLM: ``chat``/``complete``, their streams and async twins,
+        ``chat_with_tools`` (each candidate formats tools its own way), ``FunctionAgent``,
+        query engines, ``structured_predict``. ``response.additional_kwargs["fallback_model"]``
+        names the candidate that answered.
+    """
+
+    models: list[LLM] = Field(min_length=1)
+    retry_on: Any = Field(default=None, exclude=True)
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    _policy: FallbackPolicy = PrivateAttr()
+
+    def __init__(self, models: Sequence[str | LLM] | None = None, **kwargs: Any) -> None:
+        if models is None:
+            models = kwargs.pop("models", None)
+        if not models:
+            raise ValueError(
+                "FallbackLLM needs at least one candidate, e.g. "
+                "FallbackLLM(['openai:gpt-4o-mini', 'llamacpp:smollm2'])."
+            )
+        names = set(type(self).model_fields)
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        model_kwargs = {**kwargs.pop("model_kwargs", {}), **extra}
+        built = [_build(m, model_kwargs, i) for i, m in enumerate(models)]
+        super().__init__(models=built, model_kwargs=model_kwargs, **kwargs)
+        self._policy = FallbackPolicy(self.retry_on)  # also validates retry_on
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FallbackLLM"
+
+    @property
+    def names(self) -> list[str]:
+        """Each candidate's name, in the order they are tried."""
+        return [candidate_name(m) for m in self.models]
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        """What every candidate can take: the smallest window and output; tools if any has."""
+        metas = [m.metadata for m in self.models]
+        return LLMMetadata(
+            context_window=min(m.context_window for m in metas),
+            num_output=min(m.num_output for m in metas),
+            is_chat_model=True,
+            is_function_calling_model=any(isinstance(m, FunctionCallingLLM)
+                                          and meta.is_function_calling_model
+                                          for m, meta in zip(self.models, metas, strict=True)),
+            model_name=", ".join(self.names),
+            system_role=MessageRole.SYSTEM,
+        )
+
+    # -- the policy -----------------------------------------------------------------------------
+
+    def _candidates(self) -> list[Candidate[LLM]]:
+        return [Candidate(candidate_name(m), m, candidate_profile(m)) for m in self.models]
+
+    @staticmethod
+    def _needs(messages: Sequence[ChatMessage], tools: Sequence[Any] | None,
+               kwargs: dict[str, Any]) -> Needs | None:
+        try:
+            specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools or []]
+            choice = "none" if kwargs.get("tool_choice") == "none" else None
+            return Needs.of_request(ChatRequest(messages=to_openai_messages(messages),
+                                                tools=specs or None, tool_choice=choice))
+        except Exception:  # content the converter refuses: skip nothing, let models decide
+            return None
+
+    @staticmethod
+    def _split(kwargs: dict[str, Any]) -> tuple[list[BaseTool] | None, dict[str, Any],
+                                                 dict[str, Any]]:
+        kwargs = dict(kwargs)
+        tools = kwargs.pop("tools", None)
+        tool_kwargs = {k: kwargs.pop(k) for k in _TOOL_KEYS if k in kwargs}
+        return tools, tool_kwargs, kwargs
+
+    @staticmethod
+    def _chat_call(messages: Sequence[ChatMessage], tools: list[BaseTool] | None,
+                   tool_kwargs: dict[str, Any], kwargs: dict[str, Any],
+                   stream: bool = False, aio: bool = False) -> Callable[[LLM], Any]:
+        """One candidate's call: its own tool formatting when tools are in play."""
+
+        def call(llm: LLM) -> Any:
+            if tools and isinstance(llm, FunctionCallingLLM):
+                method = {(False, False): llm.chat_with_tools,
+                          (True, False): llm.stream_chat_with_tools,
+                          (False, True): llm.achat_with_tools,
+                          (True, True): llm.astream_chat_with_tools}[stream, aio]
+                return method(tools, chat_history=list(messages), **tool_kwargs, **kwargs)
+            method = {(False, False): llm.chat, (True, False): llm.stream_chat,
+                      (False, True): llm.achat, (True, True): llm.astream_chat}[stream, aio]
+            return method(list(messages), **kwargs)
+
+        return call
+
+    @staticmethod
+    def _tag(response: Any, name: str) -> Any:
+        response.additional_kwargs = {**response.additional_kwargs, _FALLBACK_KEY: name}
+        return response
+
+    def _tagged_stream(self, steps: Any, chosen: list[str]) -> Generator[Any, None, None]:
+        for step in steps:
+            yield self._tag(step, chosen[0]) if chosen else step
+
+    async def _atagged_stream(self, steps: Any, chosen: list[str]) -> AsyncGenerator[Any, None]:
+        async for step in steps:
+            yield self._tag(step, chosen[0]) if chosen else step
+
+    # -- chat -----------------------------------------------------------------------------------
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        tools, tool_kwargs, rest = self._split(kwargs)
+        outcome = self._policy.run(self._candidates(),
+                                   self._chat_call(messages, tools, tool_kwargs, rest),
+                                   needs=self._needs(messages, tools, tool_kwargs))
+        return self._tag(outcome.value, outcome.candidate.name)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        tools, tool_kwargs, rest = self._split(kwargs)
+        outcome = await self._policy.arun(
+            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, aio=True),
+            needs=self._needs(messages, tools, tool_kwargs))
+        return self._tag(outcome.value, outcome.candidate.name)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        tools, tool_kwargs, rest = self._split(kwargs)
+        chosen: list[str] = []
+        steps = self._policy.stream(
+            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, stream=True),
+            needs=self._needs(messages, tools, tool_kwargs),
+            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+        return self._tagged_stream(steps, chosen)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage],
+                           **kwargs: Any) -> ChatResponseAsyncGen:
+        tools, tool_kwargs, rest = self._split(kwargs)
+        call = self._chat_call(messages, tools, tool_kwargs, rest, stream=True, aio=True)
+
+        async def start(llm: LLM) -> AsyncIterator[ChatResponse]:
+            async for step in await call(llm):
+                yield step
+
+        chosen: list[str] = []
+        steps = self._policy.astream(
+            self._candidates(), start, needs=self._needs(messages, tools, tool_kwargs),
+            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+        return self._atagged_stream(steps, chosen)
+
+    # -- complete -------------------------------------------------------------------------------
+
+    def _prompt_needs(self, prompt: str) -> Needs | None:
+        return self._needs([ChatMessage(role=MessageRole.USER, content=prompt)], None, {})
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False,
+                 **kwargs: Any) -> CompletionResponse:
+        outcome = self._policy.run(
+            self._candidates(), lambda llm: llm.complete(prompt, formatted=formatted, **kwargs),
+            needs=self._prompt_needs(prompt))
+        return self._tag(outcome.value, outcome.candidate.name)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False,
+                        **kwargs: Any) -> CompletionResponse:
+        outcome = await self._policy.arun(
+            self._candidates(), lambda llm: llm.acomplete(prompt, formatted=formatted, **kwargs),
+            needs=self._prompt_needs(prompt))
+        return self._tag(outcome.value, outcome.candidate.name)
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False,
+                        **kwargs: Any) -> CompletionResponseGen:
+        chosen: list[str] = []
+        steps = self._policy.stream(
+            self._candidates(),
+            lambda llm: llm.stream_complete(prompt, formatted=formatted, **kwargs),
+            needs=self._prompt_needs(prompt),
+            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+        return self._tagged_stream(steps, chosen)
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False,
+                               **kwargs: Any) -> CompletionResponseAsyncGen:
+        async def start(llm: LLM) -> AsyncIterator[CompletionResponse]:
+            async for step in await llm.astream_complete(prompt, formatted=formatted, **kwargs):
+                yield step
+
+        chosen: list[str] = []
+        steps = self._policy.astream(
+            self._candidates(), start, needs=self._prompt_needs(prompt),
+            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+        return self._atagged_stream(steps, chosen)
+
+    # -- tools ----------------------------------------------------------------------------------
+
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        tool_choice: str | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """The tools stay LlamaIndex tools: each candidate formats them its own way."""
+        messages = list(chat_history or [])
+        if isinstance(user_msg, str):
+            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
+        if user_msg is not None:
+            messages.append(user_msg)
+        out: dict[str, Any] = {"messages": messages, **kwargs}
+        if tools:
+            out.update(tools=list(tools), tool_required=tool_required,
+                       allow_parallel_tool_calls=allow_parallel_tool_calls)
+            if tool_choice is not None:
+                out["tool_choice"] = tool_choice
+        return out
+
+    def get_tool_calls_from_response(self, response: ChatResponse,
+                                     error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        """Read by the candidate that answered (``additional_kwargs['fallback_model']``)."""
+        name = response.additional_kwargs.get(_FALLBACK_KEY)
+        for llm in self.models:
+            if candidate_name(llm) == name and isinstance(llm, FunctionCallingLLM):
+                return llm.get_tool_calls_from_response(
+                    response, error_on_no_tool_call=error_on_no_tool_call, **kwargs)
+        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
+        if not calls and error_on_no_tool_call:
+            raise ValueError("Expected at least one tool call, but the response has none.")
+        out = []
+        for call in calls:
+            args = call.tool_kwargs
+            if isinstance(args, str):
+                try:
+                    args = parse_partial_json(args) if args.strip() else {}
+                except (ValueError, json.JSONDecodeError):
+                    args = {}
+            out.append(ToolSelection(tool_id=call.tool_call_id or "", tool_name=call.tool_name,
+                                     tool_kwargs=args if isinstance(args, dict) else {}))
+        return out
+
+    # -- structured output: each candidate's own method (native json_schema where it has it) --
+
+    def structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
+                           llm_kwargs: dict[str, Any] | None = None,
+                           **prompt_args: Any) -> Model:
+        return self._policy.run(self._candidates(), lambda llm: llm.structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)).value
+
+    async def astructured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
+                                  llm_kwargs: dict[str, Any] | None = None,
+                                  **prompt_args: Any) -> Model:
+        outcome: Outcome[Model] = await self._policy.arun(
+            self._candidates(), lambda llm: llm.astructured_predict(
+                output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args))
+        return outcome.value
+
+    def stream_structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
+                                  llm_kwargs: dict[str, Any] | None = None,
+                                  **prompt_args: Any) -> Generator[Any, None, None]:
+        return self._policy.stream(self._candidates(), lambda llm: llm.stream_structured_predict(
+            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args))
+
+    async def astream_structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
+                                         llm_kwargs: dict[str, Any] | None = None,
+                                         **prompt_args: Any) -> AsyncGenerator[Any, None]:
+        async def start(llm: LLM) -> AsyncIterator[Any]:
+            async for item in await llm.astream_structured_predict(
+                    output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args):
+                yield item
+
+        return self._policy.astream(self._candidates(), start)
+
+
+def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> LLM:
+    if isinstance(model, LLM):
+        return model
+    if isinstance(model, str):
+        from llama_index.llms.modelplug.base import ModelPlug
+
+        # Its own (empty) callback manager: the FallbackLLM's events already cover the call,
+        # so token counting through Settings.callback_manager does not count it twice.
+        return ModelPlug(model=model, callback_manager=CallbackManager([]), **model_kwargs)
+    raise TypeError(
+        f"Candidate {index} of FallbackLLM is {model!r} ({type(model).__name__}); pass a model "
+        "string ('provider:model_id') or a LlamaIndex LLM instance."
+    )

@@ -1,0 +1,307 @@
+"""Every OpenAI-compatible endpoint through the official ``openai`` SDK.
+
+One backend serves OpenAI itself, Gemini's OpenAI-compatible endpoint, the local servers
+(llama-server, vLLM, SGLang, LM Studio, Ollama's /v1, transformers serve) and the compatible
+clouds; the registry row supplies the base URL and the API-key variable. Timeouts and retries
+are the SDK's own (``timeout`` / ``max_retries`` go to the client unchanged). Reasoning arrives
+as ``reasoning_content`` / ``reasoning`` fields or as ``<think>`` tags in the text, and is
+routed out of the answer either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from modelplug.backends.base import Backend
+from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
+from modelplug.errors import ConfigurationError, UnsupportedCapabilityError
+from modelplug.types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+#: Local servers ignore the key, but the SDK refuses to build a client without one. An explicit
+#: placeholder also keeps the SDK from sending a real OPENAI_API_KEY to a local server.
+LOCAL_PLACEHOLDER_KEY = "modelplug-local"
+
+#: OpenAI's reasoning models (o1, o1-mini, o3, o3-mini, o4-mini, ...): they take
+#: max_completion_tokens instead of max_tokens and only the default temperature (1).
+_O_SERIES = re.compile(r"^o\d")
+
+#: Fields LangChain may leave in per-call kwargs for its own tracing; never request fields.
+_NOT_REQUEST_FIELDS = frozenset({"ls_structured_output_format"})
+
+
+class OpenAICompatBackend(Backend):
+    """Chat and embeddings over ``/v1/chat/completions`` and ``/v1/embeddings``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        self._client: Any = None
+        # One async client per event loop: an async connection pool belongs to the loop that
+        # opened it, and reusing it from another loop fails.
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._check_api_key()  # a missing key fails here, before any request
+
+    # -- configuration -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str | None:
+        return self.settings.get("base_url") or self.spec.base_url
+
+    @property
+    def is_o_series(self) -> bool:
+        return self.spec.key == "openai" and bool(_O_SERIES.match(self.ref.model_id))
+
+    def _check_api_key(self) -> None:
+        if self.settings.get("api_key") is not None or self.spec.kind != "cloud":
+            return
+        env = self.spec.api_key_env
+        if env is None or not os.environ.get(env):
+            where = f"set the {env} environment variable or pass" if env else "pass"
+            raise ConfigurationError(
+                f"Provider {self.spec.key!r} needs an API key and none was found: {where} "
+                f"api_key=... (e.g. ChatModelPlug(model='{self.ref}', api_key=...))."
+            )
+
+    def _api_key(self) -> str:
+        key = self.settings.get("api_key")
+        if key is not None:
+            # SecretStr stays wrapped until the client is built.
+            return key.get_secret_value() if hasattr(key, "get_secret_value") else str(key)
+        env = self.spec.api_key_env
+        if env and os.environ.get(env):
+            return os.environ[env]
+        return LOCAL_PLACEHOLDER_KEY
+
+    def _client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"api_key": self._api_key(), "base_url": self.base_url}
+        for name in ("timeout", "max_retries", "default_headers"):
+            if self.settings.get(name) is not None:  # unset: the SDK's own default
+                kwargs[name] = self.settings[name]
+        return kwargs
+
+    @property
+    def client(self) -> Any:
+        """The sync ``openai.OpenAI`` client, built on first use."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import openai
+
+                    self._client = openai.OpenAI(**self._client_kwargs())
+        return self._client
+
+    @property
+    def aclient(self) -> Any:
+        """The ``openai.AsyncOpenAI`` client of the running event loop, built on first use."""
+        import openai
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._aclients.get(loop)
+            if client is None:
+                client = self._aclients[loop] = openai.AsyncOpenAI(**self._client_kwargs())
+        return client
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        """The chat.completions.create keyword arguments for ``request``."""
+        self.check(request)
+        body: dict[str, Any] = {"model": self.ref.model_id, "messages": request.messages}
+        if request.tools:
+            body["tools"] = request.tools
+        if request.tool_choice is not None:
+            body["tool_choice"] = _tool_choice(request.tool_choice)
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        for name in ("temperature", "top_p", "max_tokens", "seed"):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.stop:  # an empty list means no stop sequences; some APIs reject []
+            body["stop"] = request.stop
+        extra_body: dict[str, Any] = {}
+        self._reasoning_switch(request.reasoning, body, extra_body)
+        extra_body.update(self.settings.get("model_kwargs") or {})
+        extra_body.update({k: v for k, v in request.extra.items() if k not in _NOT_REQUEST_FIELDS})
+        if self.is_o_series:
+            if "max_tokens" in body:
+                body["max_completion_tokens"] = body.pop("max_tokens")
+            body["temperature"] = 1
+        if extra_body:
+            body["extra_body"] = extra_body
+        return body
+
+    def _reasoning_switch(self, on: bool | None, body: dict[str, Any],
+                          extra_body: dict[str, Any]) -> None:
+        if on is None:
+            return
+        if self.spec.kind == "local-server":
+            # vLLM, SGLang, llama-server and transformers serve pass these to the chat template
+            # (Qwen3, DeepSeek-R1 distills and other hybrid-thinking templates read them).
+            extra_body["chat_template_kwargs"] = {"enable_thinking": on}
+        elif self.spec.key == "gemini":
+            body["reasoning_effort"] = "medium" if on else "none"
+        elif self.spec.key == "openai" and self.is_o_series:
+            if not on:
+                raise UnsupportedCapabilityError(
+                    f"'{self.ref}' is an o-series reasoning model; its reasoning cannot be "
+                    "switched off. Leave reasoning unset, or lower it with "
+                    "model_kwargs={'reasoning_effort': 'low'}."
+                )
+        elif on:
+            raise UnsupportedCapabilityError(
+                f"reasoning=True has no switch on '{self.ref}'. Use a reasoning model, or pass "
+                "the provider's own field through model_kwargs={...}."
+            )
+
+    def _implicit_think(self, request: ChatRequest) -> bool:
+        """Whether a stream may start inside ``<think>`` (the template opened it)."""
+        return self.ref.thinking is True and request.reasoning is not False
+
+    # -- chat ----------------------------------------------------------------------------------
+
+    def chat(self, request: ChatRequest) -> ChatResponse:
+        return self._response(self.client.chat.completions.create(**self._body(request)))
+
+    async def achat(self, request: ChatRequest) -> ChatResponse:
+        body = self._body(request)
+        return self._response(await self.aclient.chat.completions.create(**body))
+
+    def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
+        body = self._body(request)
+        folder = _StreamFolder(self.ref.model_id, self._implicit_think(request))
+        events = self.client.chat.completions.create(
+            **body, stream=True, stream_options={"include_usage": True})
+        with events:
+            for event in events:
+                yield from folder.feed(event)
+        yield folder.final()
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        body = self._body(request)
+        folder = _StreamFolder(self.ref.model_id, self._implicit_think(request))
+        events = await self.aclient.chat.completions.create(
+            **body, stream=True, stream_options={"include_usage": True})
+        async with events:
+            async for event in events:
+                for chunk in folder.feed(event):
+                    yield chunk
+        yield folder.final()
+
+    def _response(self, completion: Any) -> ChatResponse:
+        choice = completion.choices[0]
+        message = choice.message
+        text, reasoning = split_think_tags(message.content or "")
+        fields = _reasoning_field(message)
+        tool_calls = [
+            ToolCall.parse(call.id, call.function.name, call.function.arguments)
+            for call in (message.tool_calls or []) if getattr(call, "function", None) is not None
+        ]
+        return ChatResponse(
+            text=text,
+            tool_calls=tool_calls,
+            reasoning=fields + reasoning,
+            usage=_usage(completion.usage),
+            finish_reason=choice.finish_reason,
+            model=completion.model or self.ref.model_id,
+        )
+
+    # -- embeddings ----------------------------------------------------------------------------
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        result = self.client.embeddings.create(model=self.ref.model_id, input=texts,
+                                               encoding_format="float")
+        return [item.embedding for item in sorted(result.data, key=lambda d: d.index)]
+
+    async def aembed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        result = await self.aclient.embeddings.create(model=self.ref.model_id, input=texts,
+                                                      encoding_format="float")
+        return [item.embedding for item in sorted(result.data, key=lambda d: d.index)]
+
+
+class _StreamFolder:
+    """ChatCompletionChunk events -> ChatChunks; finish reason and usage go on the last chunk."""
+
+    def __init__(self, model: str, implicit_think: bool) -> None:
+        self.model = model
+        self.splitter = ThinkTagSplitter(implicit_open=implicit_think)
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def feed(self, event: Any) -> Iterator[ChatChunk]:
+        self.model = getattr(event, "model", None) or self.model
+        if getattr(event, "usage", None) is not None:
+            self.usage = _usage(event.usage)
+        for choice in event.choices or []:
+            if choice.index not in (0, None):
+                continue
+            delta = choice.delta
+            text, reasoning = self.splitter.feed(delta.content or "") if delta else ("", "")
+            reasoning = (_reasoning_field(delta) if delta else "") + reasoning
+            calls = [
+                ToolCallDelta(index=call.index, id=call.id,
+                              name=call.function.name if call.function else None,
+                              arguments=(call.function.arguments or "") if call.function else "")
+                for call in ((delta.tool_calls if delta else None) or [])
+            ]
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+            if text or reasoning or calls:
+                yield ChatChunk(text=text, reasoning=reasoning, tool_calls=calls,
+                                model=self.model)
+
+    def final(self) -> ChatChunk:
+        text, reasoning = self.splitter.flush()
+        # A server that never names a finish reason ended the stream normally (errors raise).
+        return ChatChunk(text=text, reasoning=reasoning, usage=self.usage,
+                         finish_reason=self.finish_reason or "stop", model=self.model)
+
+
+def _tool_choice(choice: str) -> str | dict[str, Any]:
+    if choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _reasoning_field(message: Any) -> str:
+    """``reasoning_content`` (DeepSeek, vLLM, llama-server) or ``reasoning`` (OpenRouter,
+    Ollama's /v1, newer vLLM): fields the SDK does not declare, kept as extras."""
+    extra = getattr(message, "model_extra", None) or {}
+    for name in ("reasoning_content", "reasoning"):
+        value = extra.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _usage(usage: Any) -> Usage | None:
+    if usage is None:
+        return None
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        cache_read_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
+        reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+    )
