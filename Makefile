@@ -44,14 +44,27 @@ llama-server:
 demo: install fetch-model
 	$(PY) examples/demo.py
 
+# The JUnit report feeds the docs' capability matrix (docs/gen_pages.py).
 test: install fetch-model llama-server
-	$(PY) -m pytest unit_tests integration_tests
+	$(PY) -m pytest unit_tests integration_tests --junitxml=.reports/junit.xml
 
 unit: install
 	$(PY) -m pytest unit_tests
 
 integration: install fetch-model llama-server
-	$(PY) -m pytest integration_tests
+	$(PY) -m pytest integration_tests --junitxml=.reports/junit.xml
+
+# The docs site (mkdocs-material); provider, model and capability pages are generated.
+docs: install
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict
+
+# One script per question; each appends its table to bench/RESULTS.md (BENCH_FLAGS=--quick for
+# a smoke run). langchain-huggingface (the ChatHuggingFace column) pins huggingface-hub<2, so it
+# goes in without its dependencies, for the bench only.
+BENCH_SCRIPTS := overhead imports concurrency failover inprocess_hf inprocess_llamacpp shared_weights
+bench: install fetch-model
+	$(PY) -c "import langchain_huggingface" 2>/dev/null || $(PIP) install --no-deps langchain-huggingface
+	set -e; for s in $(BENCH_SCRIPTS); do $(PY) bench/$$s.py $(BENCH_FLAGS); done
 
 lint: install
 	$(PY) -m ruff check libs unit_tests integration_tests examples bench

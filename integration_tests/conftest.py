@@ -11,6 +11,14 @@ from hf_model import smollm2_hf_path  # noqa: F401  (session fixture: the hf: mo
 # Session fixtures: a real llama-server (and one with /v1/embeddings) on 127.0.0.1.
 from llama_server import llama_server, llama_server_embeddings, llama_server_v1  # noqa: F401
 
+# Session fixtures: tiny random diffusers / MusicGen / AudioLDM folders, built once and saved.
+from media_models import (  # noqa: F401
+    tiny_audioldm_path,
+    tiny_musicgen_path,
+    tiny_sd_path,
+    torch_one_thread,
+)
+
 from modelplug import LlamaCppModel
 from modelplug.local import packaged_model_path
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from langchain_modelplug import ChatModelPlug
 from modelplug import UnsupportedCapabilityError
-from modelplug.errors import ConfigurationError, ModelNotFoundError
+from modelplug.errors import ConfigurationError, ContextOverflowError, ModelNotFoundError
 
 PARIS = "What is the capital of France? Answer in one sentence."
 
@@ -164,19 +164,22 @@ def test_models_naming_the_same_file_share_weights(llm: ChatModelPlug) -> None:
 
 def test_profile_comes_from_the_gguf(llm: ChatModelPlug) -> None:
     assert llm.profile["max_input_tokens"] == 8192  # SmolLM2's trained context
-    assert llm.profile["tool_calling"] is False
+    assert llm.profile["tool_calling"] is True  # through the JSON-schema grammar
     assert llm.profile["structured_output"] is True
     small = ChatModelPlug(model="llamacpp:smollm2", n_ctx=1024)
     assert small.profile["max_input_tokens"] == 1024
 
 
-def test_tools_on_a_model_without_tool_support_fail_before_generating(llm) -> None:
+def test_tools_without_a_tool_path_fail_before_generating() -> None:
     def magic_function(value: int) -> int:
         """Apply a magic function to an input."""
         return value + 2
 
+    # chat_format= hands formatting to llama-cpp-python's handler, which has no grammar tool path.
+    delegated = ChatModelPlug(model="llamacpp:smollm2", chat_format="chatml")
+    assert delegated.profile["tool_calling"] is False
     with pytest.raises(UnsupportedCapabilityError, match="does not support tool calling"):
-        llm.bind_tools([magic_function]).invoke("What is magic_function(3)?")
+        delegated.bind_tools([magic_function]).invoke("What is magic_function(3)?")
 
 
 def test_n_ctx_over_the_trained_length_is_refused() -> None:
@@ -187,7 +190,7 @@ def test_n_ctx_over_the_trained_length_is_refused() -> None:
 
 def test_a_prompt_longer_than_the_context_is_refused() -> None:
     tiny = ChatModelPlug(model="llamacpp:smollm2", n_ctx=64)
-    with pytest.raises(ConfigurationError, match="context window of 'llamacpp:smollm2' is 64"):
+    with pytest.raises(ContextOverflowError, match="context window of 'llamacpp:smollm2' is 64"):
         tiny.invoke("word " * 200)
 
 

@@ -12,7 +12,7 @@ from fakes.server import LoopbackServer
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from pydantic import BaseModel, Field
 
-from langchain_modelplug import ChatModelPlug
+from langchain_modelplug import ChatModelPlug, ModelPlugLLM
 from modelplug import ModelNotFoundError, UnsupportedCapabilityError, create_backend
 
 QWEN = "ollama:qwen3:8b"
@@ -311,10 +311,26 @@ async def test_aembed(fake, server):
 
 def test_profile_of_an_uncatalogued_model_comes_from_api_show(fake, server):
     llm = ChatModelPlug(model="ollama:llava:7b", base_url=server[1])
-    assert llm.profile["image_inputs"] is True
-    assert llm.profile["tool_calling"] is False
-    assert llm.profile["max_input_tokens"] == 32768
+    assert fake.requests == []  # construction stays offline: nothing is known yet
+    assert llm.profile.get("tool_calling") is None
+    backend = create_backend("ollama:llava:7b", base_url=server[1])
+    backend.probe()  # what the first request (or `modelplug list`) does
+    profile = backend.profile()
+    assert profile.image_inputs is True and profile.tool_calling is False
+    assert profile.max_input_tokens == 32768
     assert fake.sent("/api/show") == [{"model": "llava:7b"}]
+
+
+def test_tools_on_an_uncatalogued_model_without_them_fail_after_the_probe(fake, server):
+    def magic(value: int) -> int:
+        """Apply magic."""
+        return value
+
+    llm = ChatModelPlug(model="ollama:llava:7b", base_url=server[1])
+    with pytest.raises(UnsupportedCapabilityError, match="does not support tool calling"):
+        llm.bind_tools([magic]).invoke("hi")
+    assert fake.sent("/api/show") == [{"model": "llava:7b"}]
+    assert fake.sent("/api/chat") == []
 
 
 def test_reasoning_on_a_model_without_thinking_fails_before_the_request(fake, server):
@@ -357,3 +373,30 @@ def test_max_retries_points_to_ollama_openai():
 def test_timeout_reaches_the_sdk_client(make):
     client = make(timeout=7.5).backend.client
     assert client._client.timeout.read == 7.5
+
+
+# -- raw completion (/api/generate, raw) ----------------------------------------------------------
+
+
+def test_completion_is_raw_generate_with_options(fake, server):
+    llm = ModelPlugLLM(model=QWEN, base_url=server[1], temperature=0, max_tokens=12,
+                       model_keep_alive_seconds=30)
+    fake.reply(" Paris, the city of light.", prompt_eval_count=6, eval_count=8)
+    result = llm.generate(["The capital of France is"], stop=["\n"])
+    assert result.generations[0][0].text == " Paris, the city of light."
+    assert result.llm_output["token_usage"] == {"prompt_tokens": 6, "completion_tokens": 8,
+                                                "total_tokens": 14}
+    sent = fake.sent("/api/generate")[-1]
+    assert sent["prompt"] == "The capital of France is" and sent["raw"] is True
+    assert sent["options"] == {"temperature": 0, "num_predict": 12, "stop": ["\n"]}
+    assert sent["keep_alive"] == 30
+
+
+async def test_completion_streams_sync_and_async(fake, server):
+    llm = ModelPlugLLM(model=QWEN, base_url=server[1])
+    fake.reply("One, two, three.")
+    pieces = list(llm.stream("Count:"))
+    assert len(pieces) > 1 and "".join(pieces) == "One, two, three."
+    fake.reply("One, two, three.", done_reason="length")
+    pieces = [p async for p in llm.astream("Count:")]
+    assert len(pieces) > 1 and "".join(pieces) == "One, two, three."

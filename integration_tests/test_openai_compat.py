@@ -18,7 +18,7 @@ import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
-from langchain_modelplug import ChatModelPlug
+from langchain_modelplug import ChatModelPlug, ModelPlugLLM
 from modelplug import create_backend
 
 PROVIDERS = ["llamaserver", "lmstudio", "vllm", "sglang", "hf-openai", "ollama-openai"]
@@ -153,3 +153,30 @@ def test_embeddings(provider: str, llama_server_embeddings: str) -> None:
     assert again[0] == pytest.approx(vectors[0], abs=1e-5)
     assert again[1] == pytest.approx(vectors[1], abs=1e-5)
     assert backend.embed([]) == []
+
+
+# -- raw completion (/v1/completions) -------------------------------------------------------------
+
+
+@pytest.fixture
+def completion(llama_server_v1: str) -> ModelPlugLLM:
+    return ModelPlugLLM(model="llamaserver:smollm2", base_url=llama_server_v1, temperature=0,
+                        max_tokens=8)
+
+
+def test_completion_invoke_stream_and_usage(completion: ModelPlugLLM) -> None:
+    text = completion.invoke("The capital of France is")
+    assert "Paris" in text
+    assert "".join(completion.stream("The capital of France is")) == text
+    result = completion.generate(["1, 2, 3,"])
+    usage = result.llm_output["token_usage"]
+    assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 8
+    assert result.generations[0][0].generation_info["finish_reason"] in ("stop", "length")
+
+
+async def test_completion_async_and_stop(completion: ModelPlugLLM) -> None:
+    text = await completion.ainvoke("1, 2, 3,")
+    assert "4" in text
+    assert "".join([p async for p in completion.astream("1, 2, 3,")]) == text
+    stopped = await completion.ainvoke("1, 2, 3,", stop=["5"])
+    assert "4" in stopped and "5" not in stopped

@@ -220,13 +220,17 @@ def test_key_from_environment_is_sent(fake: FakeOpenAI, monkeypatch) -> None:
     assert fake.headers[-1]["authorization"] == f"Bearer {API_KEY}"
 
 
-def test_wrong_key_surfaces_the_sdk_error_and_no_secret(fake: FakeOpenAI) -> None:
+def test_wrong_key_is_an_authentication_error_without_the_secret(fake: FakeOpenAI) -> None:
     import openai
+
+    from modelplug import AuthenticationError
 
     llm = _llm(fake, "openai:gpt-4o", api_key="sk-wrong-secret")
     assert "sk-wrong-secret" not in repr(llm)
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(AuthenticationError, match="HTTP 401: Incorrect API key") as info:
         llm.invoke("q")
+    assert isinstance(info.value.__cause__, openai.AuthenticationError)  # the SDK's, chained
+    assert not info.value.retryable and "sk-wrong-secret" not in str(info.value)
 
 
 def test_local_server_never_gets_the_openai_key(fake: FakeOpenAI, monkeypatch) -> None:
@@ -246,10 +250,10 @@ def test_max_retries_is_the_sdks_retry(fake: FakeOpenAI) -> None:
 
 
 def test_max_retries_zero_means_one_request(fake: FakeOpenAI) -> None:
-    import openai
+    from modelplug import ProviderUnavailableError
 
     fake.fail(503)
-    with pytest.raises(openai.InternalServerError):
+    with pytest.raises(ProviderUnavailableError, match="HTTP 503"):
         _llm(fake, "openai:gpt-4o", max_retries=0).invoke("q")
     assert len(fake.requests) == 1
 

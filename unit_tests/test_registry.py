@@ -87,7 +87,7 @@ def test_missing_dependency_names_the_extra() -> None:
 
 
 HEAVY = ("torch", "transformers", "llama_cpp", "openai", "anthropic", "ollama", "diffusers",
-         "google.genai")
+         "google.genai", "typer", "rich", "fastapi", "uvicorn")  # the last four: cli / serve
 
 
 @pytest.mark.parametrize("module", ["modelplug", "langchain_modelplug",

@@ -1,11 +1,13 @@
-"""A loopback fake of Ollama's native API: /api/chat, /api/embed, /api/show, /api/tags.
+"""A loopback fake of Ollama's native API: /api/chat, /api/generate, /api/embed, /api/show,
+/api/tags.
 
 Shapes follow Ollama's API documentation: /api/chat answers one JSON object for
 ``"stream": false`` and NDJSON (``application/x-ndjson``) otherwise, where every line carries a
 ``message`` fragment (``thinking`` first, then ``content``, tool calls whole in a line of their
 own, arguments as objects and no ids) and the last line has ``done: true``, ``done_reason`` and
 the counts (``prompt_eval_count``, ``eval_count``, durations). An unknown model is a 404 with
-``{"error": "model \\"x\\" not found, try pulling it first"}``.
+``{"error": "model \\"x\\" not found, try pulling it first"}``. /api/generate streams the same
+way with ``response`` fragments instead of ``message``.
 
 Tests queue replies with :meth:`FakeOllama.reply` and read what the SDK sent in
 :attr:`FakeOllama.requests` (``(path, body)`` pairs).
@@ -59,6 +61,7 @@ class FakeOllama:
         self._replies: deque[dict[str, Any]] = deque()
         self.app = Starlette(routes=[
             Route("/api/chat", self._chat, methods=["POST"]),
+            Route("/api/generate", self._generate, methods=["POST"]),
             Route("/api/embed", self._embed, methods=["POST"]),
             Route("/api/show", self._show, methods=["POST"]),
             Route("/api/tags", self._tags, methods=["GET"]),
@@ -105,6 +108,27 @@ class FakeOllama:
             return JSONResponse({**final, "message": message})
         return StreamingResponse(_ndjson(body["model"], script, calls, final),
                                  media_type="application/x-ndjson")
+
+    async def _generate(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(("/api/generate", body))
+        if body.get("model") not in MODELS:
+            return _not_found(body.get("model"))
+        if not self._replies:
+            return JSONResponse({"error": "the test queued no reply"}, status_code=500)
+        script = self._replies.popleft()
+        text = script["content"]
+        parts = [{"model": body["model"], "created_at": CREATED_AT, "response": text[i:i + 6],
+                  "done": False} for i in range(0, len(text), 6)]
+        parts.append({"model": body["model"], "created_at": CREATED_AT, "response": "",
+                      "done": True, "done_reason": script["done_reason"],
+                      "prompt_eval_count": script["prompt_eval_count"],
+                      "eval_count": script["eval_count"], "total_duration": 812_000_000})
+
+        async def ndjson():
+            for part in parts:
+                yield (json.dumps(part) + "\n").encode()
+        return StreamingResponse(ndjson(), media_type="application/x-ndjson")
 
     async def _embed(self, request: Request) -> Response:
         body = await request.json()

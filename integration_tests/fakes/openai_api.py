@@ -42,6 +42,9 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._replies: deque[Any] = deque()
+        #: With no reply queued: answer "echo: <last user message>" (in several deltas) instead of
+        #: a 500, so concurrent callers each get an answer of their own.
+        self.echo = False
         self._count = 0
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -85,6 +88,12 @@ class FakeOpenAI:
                               f"{body['temperature']} with this model. Only the default (1) "
                               "value is supported.", "invalid_request_error", "temperature",
                               "unsupported_value")
+        if not self._replies and self.echo:
+            text = f"echo: {body['messages'][-1]['content']}"
+            if body.get("stream"):
+                self.reply_stream([{"content": p} for p in re.split(r"(?= )", text)])
+            else:
+                self.reply({"content": text})
         if not self._replies:
             return _error(500, "the fake has no reply queued for this request", "server_error")
         kind, payload, finish_reason, usage = self._replies.popleft()

@@ -13,12 +13,12 @@ import uvicorn
 class LoopbackServer:
     """Runs ``app`` until :meth:`stop`; ``url`` is ``http://127.0.0.1:<port>``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, log_level: str = "warning") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))  # the OS picks the port: no clash with other runs
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        config = uvicorn.Config(app, log_level=log_level, lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)

@@ -1,7 +1,43 @@
-"""Typed errors. Each subclasses the builtin a caller would naturally catch (ValueError,
-ImportError, ...) so code written against plain Python exceptions keeps working."""
+"""Typed errors: the one taxonomy every backend reports in.
+
+Each class subclasses the builtin a caller would naturally catch (ValueError, ImportError,
+ConnectionError, TimeoutError, PermissionError) so code written against plain Python exceptions
+keeps working. Every error carries ``retryable`` (whether trying again, or another provider, may
+succeed: the fallback policy's default), ``provider`` (the provider key, when known),
+``status_code`` (the HTTP status the provider answered, if any) and ``retry_after`` (seconds the
+provider asked to wait, if it said).
+
+=============================  ===============================  =========
+class                          builtin base                     retryable
+=============================  ===============================  =========
+ConfigurationError             ValueError                       no
+  UnsupportedCapabilityError   ValueError                       yes [1]_
+  ModelNotFoundError           ValueError, FileNotFoundError    no
+MissingDependencyError         ImportError                      no
+AuthenticationError            PermissionError                  no
+RateLimitError                 --                               yes
+ProviderUnavailableError       ConnectionError                  yes
+  ProviderTimeoutError         ConnectionError, TimeoutError    yes
+BadRequestError                ValueError                       no
+  ContextOverflowError         ValueError                       yes [2]_
+RefusalError                   --                               no
+FallbackExhaustedError         --                               if all were
+=============================  ===============================  =========
+
+.. [1] another candidate may have the capability.
+.. [2] another candidate may have a larger context window.
+
+:func:`map_sdk_error` is the one place where SDK and HTTP-client errors (openai, anthropic,
+ollama, httpx) become these classes, recognised by class name and HTTP status so that checking
+an error imports no SDK. Backends apply it at their boundary (see
+:func:`modelplug.backends.base.maps_errors`) and raise the typed error ``from`` the original.
+"""
 
 from __future__ import annotations
+
+import re
+from email.utils import parsedate_to_datetime
+from typing import Any
 
 
 class ModelPlugError(Exception):
@@ -9,10 +45,29 @@ class ModelPlugError(Exception):
 
     #: Whether trying again (or another provider) may succeed; drives fallback defaults.
     retryable: bool = False
+    #: The provider key (``"openai"``, ``"ollama"``, ...) the error came from, when known.
+    provider: str | None = None
+    #: The HTTP status the provider answered with, when there was one.
+    status_code: int | None = None
+    #: Seconds the provider asked to wait before trying again (``Retry-After``), when it said.
+    retry_after: float | None = None
+
+    def __init__(self, message: str = "", *, provider: str | None = None,
+                 status_code: int | None = None, retry_after: float | None = None,
+                 retryable: bool | None = None, **builtin: Any) -> None:
+        super().__init__(message, **builtin)  # e.g. ImportError's name=, path=
+        if provider is not None:
+            self.provider = provider
+        if status_code is not None:
+            self.status_code = status_code
+        if retry_after is not None:
+            self.retry_after = retry_after
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class ConfigurationError(ModelPlugError, ValueError):
-    """A model string, setting or request that cannot work as given."""
+    """A model string, setting or request that cannot work as given (fix the call)."""
 
 
 class UnknownProviderError(ConfigurationError):
@@ -28,7 +83,12 @@ class AmbiguousModelError(ConfigurationError):
 
 
 class UnsupportedCapabilityError(ConfigurationError):
-    """The request needs something the model or backend cannot do (tools, images, a schema)."""
+    """The request needs something the model or backend cannot do (tools, images, a schema).
+
+    Retryable: another candidate of a fallback set may have the capability.
+    """
+
+    retryable = True
 
 
 class MissingDependencyError(ModelPlugError, ImportError):
@@ -36,7 +96,49 @@ class MissingDependencyError(ModelPlugError, ImportError):
 
 
 class ModelNotFoundError(ConfigurationError, FileNotFoundError):
-    """Weights for an in-process model cannot be located locally."""
+    """Weights for an in-process model cannot be located locally, or a server lacks the model."""
+
+
+class ProviderError(ModelPlugError):
+    """The provider was asked and answered with (or failed with) an error."""
+
+
+class AuthenticationError(ProviderError, PermissionError):
+    """The provider refused the credentials (HTTP 401/403): a wrong, expired or unauthorised key."""
+
+
+class RateLimitError(ProviderError):
+    """The provider is rate-limiting (HTTP 429); ``retry_after`` says how long it asked to wait."""
+
+    retryable = True
+
+
+class ProviderUnavailableError(ProviderError, ConnectionError):
+    """The provider could not be reached or could not answer: connection refused or reset, HTTP
+    5xx, a stream cut midway, or a response that is not valid for its API."""
+
+    retryable = True
+
+
+class ProviderTimeoutError(ProviderUnavailableError, TimeoutError):
+    """The provider did not answer within the configured ``timeout``."""
+
+
+class BadRequestError(ProviderError, ValueError):
+    """The provider rejected the request as invalid (HTTP 400/404/422): fix the request."""
+
+
+class ContextOverflowError(BadRequestError):
+    """The prompt does not fit the model's context window.
+
+    Retryable: a fallback candidate with a larger window may fit it.
+    """
+
+    retryable = True
+
+
+class RefusalError(ProviderError):
+    """The model declined to answer (a refusal or the provider's content filter)."""
 
 
 class FallbackExhaustedError(ModelPlugError):
@@ -68,3 +170,190 @@ class FallbackExhaustedError(ModelPlugError):
         from modelplug.fallback import is_retryable
 
         return bool(self.errors) and all(is_retryable(exc) for exc in self.exceptions)
+
+
+# -- SDK errors onto the taxonomy -----------------------------------------------------------------
+
+#: Class names (anywhere in the MRO) of SDK and HTTP-client errors that mean "no answer in time".
+TIMEOUT_ERROR_NAMES = frozenset({
+    "APITimeoutError",  # openai, anthropic
+    "TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",  # httpx
+    "ReadTimeoutError", "ConnectTimeoutError",  # urllib3
+    "ServerTimeoutError",  # aiohttp
+})
+
+#: Class names of SDK and HTTP-client errors that mean "could not reach the model" or "the model
+#: is busy": openai/anthropic, httpx, requests/urllib3, aiohttp.
+TRANSIENT_ERROR_NAMES = TIMEOUT_ERROR_NAMES | frozenset({
+    "APIConnectionError", "RateLimitError", "InternalServerError", "ServiceUnavailableError",
+    "OverloadedError",
+    "NetworkError", "ConnectError", "ReadError", "WriteError", "CloseError", "RemoteProtocolError",
+    "Timeout", "NewConnectionError",
+    "ServerDisconnectedError", "ClientConnectionError", "ClientConnectorError",
+})
+
+#: Class names of errors that mean "the provider answered something that is not valid for its API"
+#: (malformed JSON, a body that does not fit the documented shape, an undecodable stream).
+MALFORMED_ERROR_NAMES = frozenset({"JSONDecodeError", "APIResponseValidationError",
+                                   "DecodingError"})
+
+#: How providers word "the prompt does not fit the context window" (OpenAI, Anthropic, Gemini,
+#: llama-server, vLLM).
+_CONTEXT_OVERFLOW = re.compile(
+    r"context[_ ]length|context[_ ]window|context size|maximum context|prompt is too long|"
+    r"too many tokens|exceed_context_size|input is too long", re.IGNORECASE)
+
+
+def status_code(exc: BaseException) -> int | None:
+    """The HTTP status an SDK error carries (``status_code``, or ``response.status_code``)."""
+    for value in (getattr(exc, "status_code", None),
+                  getattr(getattr(exc, "response", None), "status_code", None)):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 100:
+            return value
+    return None
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _detail(exc: BaseException) -> str:
+    """The provider's own words: the error body's message where there is one."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+        if isinstance(inner, str):
+            return inner
+    error = getattr(exc, "error", None)  # ollama.ResponseError
+    if isinstance(error, str) and error:
+        return error
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text = f"{text} ({type(cause).__name__}: {cause})"
+    return text
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
+    # ollama raises its ResponseError "from None" over httpx's error: the headers are there.
+    response = getattr(exc, "response", None) or getattr(exc.__context__, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            from datetime import datetime, timezone
+
+            when = parsedate_to_datetime(value)
+            return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def redact(text: str, secrets: Any = ()) -> str:
+    """``text`` with every secret (an API key) replaced by ``***``."""
+    for secret in secrets:
+        value = secret.get_secret_value() if hasattr(secret, "get_secret_value") else secret
+        if isinstance(value, str) and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def map_sdk_error(exc: BaseException, *, provider: str | None = None,
+                  timeout: float | None = None, secrets: Any = ()) -> BaseException:
+    """The typed error for an SDK or HTTP-client error, or ``exc`` itself when it is not one.
+
+    The caller raises the result ``from exc`` so the original stays chained. ``secrets`` (API
+    keys) are redacted from the message. A :class:`ModelPlugError` is returned unchanged.
+    """
+    if isinstance(exc, ModelPlugError):
+        return exc
+    names = _names(exc)
+    status = status_code(exc)
+    who = f"Provider {provider!r}" if provider else "The provider"
+    detail = _detail(exc)
+    kind: type[ModelPlugError] | None = None
+    message = ""
+    retry_after = None
+    if names & MALFORMED_ERROR_NAMES:
+        kind = ProviderUnavailableError
+        message = (f"{who} sent a response that is not valid for its API ({type(exc).__name__}: "
+                   f"{detail}). The server or a proxy in front of it is misbehaving; try again "
+                   "or add a fallback candidate.")
+    elif names & TIMEOUT_ERROR_NAMES or isinstance(exc, TimeoutError) or status == 408:
+        kind = ProviderTimeoutError
+        limit = f" ({timeout:g} s)" if isinstance(timeout, int | float) else ""
+        message = (f"{who} did not answer within the timeout{limit}: {detail}. Raise timeout=..., "
+                   "check the server's load, or add a fallback candidate.")
+    elif status == 429 or "RateLimitError" in names:
+        kind, retry_after = RateLimitError, _retry_after(exc)
+        wait = f"Wait {retry_after:g} s (its Retry-After) and retry" \
+            if retry_after is not None else "Wait and retry"
+        message = (f"{who} is rate-limiting requests (HTTP 429: {detail}). {wait}, "
+                   "lower the request rate, raise max_retries=..., or add a fallback candidate.")
+    elif status in (401, 403):
+        kind = AuthenticationError
+        message = (f"{who} refused the credentials (HTTP {status}: {detail}). Check the API key "
+                   "(api_key=... or the provider's environment variable) and its permissions.")
+    elif status is not None and (status == 425 or status >= 500):
+        kind = ProviderUnavailableError
+        message = (f"{who} failed on its side (HTTP {status}: {detail}). Try again later, or add "
+                   "a fallback candidate.")
+    elif status is not None and status >= 400:
+        if getattr(exc, "code", None) == "context_length_exceeded" or _CONTEXT_OVERFLOW.search(
+                detail):
+            kind = ContextOverflowError
+            message = (f"The prompt does not fit the context window of the model at {who.lower()}"
+                       f" (HTTP {status}: {detail}). Shorten the conversation, lower max_tokens, "
+                       "or use a model with a larger window.")
+        else:
+            kind = BadRequestError
+            message = (f"{who} rejected the request (HTTP {status}: {detail}). Fix the request; "
+                       "sending it again will fail the same way.")
+    elif (names & TRANSIENT_ERROR_NAMES or isinstance(exc, ConnectionError)
+          or "ResponseError" in names):  # ollama's error line inside a stream has no status
+        kind = ProviderUnavailableError
+        message = (f"{who} could not be reached or stopped answering ({type(exc).__name__}: "
+                   f"{detail}). Check that it is running and reachable, or add a fallback "
+                   "candidate.")
+    if kind is None:
+        return exc
+    return kind(redact(message, secrets), provider=provider, status_code=status,
+                retry_after=retry_after)
+
+
+__all__ = [
+    "MALFORMED_ERROR_NAMES",
+    "TIMEOUT_ERROR_NAMES",
+    "TRANSIENT_ERROR_NAMES",
+    "AmbiguousModelError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ContextOverflowError",
+    "FallbackExhaustedError",
+    "MissingDependencyError",
+    "ModelNotFoundError",
+    "ModelPlugError",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "RefusalError",
+    "UnknownModelError",
+    "UnknownProviderError",
+    "UnsupportedCapabilityError",
+    "map_sdk_error",
+    "redact",
+    "status_code",
+]

@@ -9,21 +9,27 @@ before their first chunk: once text has reached the caller, an error propagates 
 replaying the answer from another model. When every candidate fails or is skipped,
 :class:`~modelplug.errors.FallbackExhaustedError` carries every error, the last as its cause.
 
-This module is framework-free and imports no SDK: provider errors are recognised by their
-``status_code`` and class names, so checking an error never imports openai, anthropic, ollama or
-httpx.
+This module is framework-free and imports no SDK: errors are judged by their ``retryable``
+flag, and foreign ones by :func:`~modelplug.errors.map_sdk_error` (class names and HTTP status), so
+checking an error never imports openai, anthropic, ollama or httpx.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from modelplug.errors import FallbackExhaustedError, ModelPlugError, UnsupportedCapabilityError
+from modelplug.errors import (
+    TRANSIENT_ERROR_NAMES,
+    FallbackExhaustedError,
+    ModelPlugError,
+    UnsupportedCapabilityError,
+    map_sdk_error,
+    status_code,
+)
 from modelplug.profile import Profile
 from modelplug.types import ChatRequest
 
@@ -37,62 +43,21 @@ C = TypeVar("C")
 #: :func:`is_retryable`.
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
-#: HTTP statuses that are worth another provider: timeout, too early, rate limit, and every 5xx
-#: (Anthropic's 529 "overloaded" included).
-RETRYABLE_STATUS = frozenset({408, 425, 429})
-
-#: Class names (anywhere in the MRO) of SDK and HTTP-client errors that mean "could not reach the
-#: model" or "the model is busy": openai/anthropic, httpx, requests/urllib3, aiohttp.
-TRANSIENT_ERROR_NAMES = frozenset({
-    # openai, anthropic (and SDKs generated the same way)
-    "APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
-    "ServiceUnavailableError", "OverloadedError",
-    # httpx
-    "TimeoutException", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout",
-    "NetworkError", "ConnectError", "ReadError", "WriteError", "CloseError",
-    "RemoteProtocolError",
-    # requests / urllib3
-    "Timeout", "NewConnectionError", "ReadTimeoutError", "ConnectTimeoutError",
-    # aiohttp
-    "ServerDisconnectedError", "ClientConnectionError", "ClientConnectorError",
-    "ServerTimeoutError",
-})
-
-
-def status_code(exc: BaseException) -> int | None:
-    """The HTTP status an SDK error carries (``status_code``, or ``response.status_code``)."""
-    for value in (getattr(exc, "status_code", None),
-                  getattr(getattr(exc, "response", None), "status_code", None)):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 100:
-            return value
-    return None
-
-
 def is_retryable(exc: BaseException) -> bool:
     """Whether another attempt, on this or another provider, may succeed.
 
-    True for connection failures and timeouts (builtin ``ConnectionError``/``TimeoutError`` and
-    the SDKs' own classes), HTTP 408/425/429 and 5xx, a context-length overflow reported by the
-    server (a candidate with a larger window may fit), a capability the model lacks
-    (:class:`~modelplug.errors.UnsupportedCapabilityError`: another candidate may have it), and
-    a :class:`~modelplug.errors.ModelPlugError` marked ``retryable``.
-
-    False for everything else: HTTP 400/401/403/404/422, validation errors, ``ValueError``,
-    ``TypeError``, bugs. Those would fail the same way on every candidate, or say something the
-    caller must fix, so they are not masked.
+    A :class:`~modelplug.errors.ModelPlugError` says so itself (``retryable``); any other error
+    (a third-party chat model's SDK error, a builtin) is read as the typed error
+    :func:`~modelplug.errors.map_sdk_error` would make of it. So: True for connection failures and
+    timeouts, HTTP 408/425/429 and 5xx, a context-length overflow (a candidate with a larger
+    window may fit), a malformed response, and a capability the model lacks (another candidate may
+    have it). False for everything else: HTTP 400/401/403/404/422, validation errors,
+    ``ValueError``, ``TypeError``, bugs. Those would fail the same way on every candidate, or say
+    something the caller must fix, so they are not masked.
     """
-    if isinstance(exc, UnsupportedCapabilityError):
-        return True
-    if isinstance(exc, ModelPlugError):
-        return bool(exc.retryable)
-    if getattr(exc, "code", None) == "context_length_exceeded":
-        return True
-    status = status_code(exc)
-    if status is not None:
-        return status in RETRYABLE_STATUS or 500 <= status <= 599
-    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
-        return True
-    return any(cls.__name__ in TRANSIENT_ERROR_NAMES for cls in type(exc).__mro__)
+    if not isinstance(exc, ModelPlugError):
+        exc = map_sdk_error(exc)
+    return isinstance(exc, ModelPlugError) and bool(exc.retryable)
 
 
 def _predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
@@ -350,7 +315,6 @@ async def _aclose(iterator: Any) -> None:
 
 
 __all__ = [
-    "RETRYABLE_STATUS",
     "TRANSIENT_ERROR_NAMES",
     "Candidate",
     "FallbackPolicy",

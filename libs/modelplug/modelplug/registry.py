@@ -55,7 +55,7 @@ class ProviderSpec:
 
     @property
     def installed(self) -> bool:
-        return all(importlib.util.find_spec(name) is not None for name in self.requires)
+        return all(_importable(name) for name in self.requires)
 
     @property
     def pip_hint(self) -> str:
@@ -63,7 +63,7 @@ class ProviderSpec:
 
     def backend_class(self) -> type[Backend]:
         """Import the backend class; a missing SDK is an ImportError naming the extra."""
-        missing = [name for name in self.requires if importlib.util.find_spec(name) is None]
+        missing = [name for name in self.requires if not _importable(name)]
         if missing:
             raise MissingDependencyError(
                 f"Provider '{self.key}' needs the {', '.join(repr(m) for m in missing)} "
@@ -75,6 +75,15 @@ class ProviderSpec:
 
     def create_backend(self, ref: ModelRef, settings: dict[str, Any]) -> Backend:
         return self.backend_class()(ref, self, settings)
+
+
+def _importable(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (a dotted name's missing parent
+    counts as missing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
@@ -136,6 +145,38 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
     _compat("deepinfra", "https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY", "DeepInfra",
             "cloud"),
 )
+
+
+# Image and audio providers: their own namespaces (``hf:`` is a diffusers pipeline here), served
+# by create_image_backend / create_audio_backend in modelplug.media.
+HF_MEDIA_KWARGS = frozenset({"model_kwargs", "torch_dtype", "allow_download", "progress"})
+_MEDIA: dict[str, tuple[ProviderSpec, ...]] = {
+    "image": (
+        ProviderSpec("hf", "modelplug.backends.diffusion:HFImageBackend", "diffusers",
+                     "in-process", ("torch", "diffusers"), kwargs=HF_MEDIA_KWARGS,
+                     description="diffusers pipelines, in-process"),
+        ProviderSpec("gemini", "modelplug.backends.gemini_image:GeminiImageBackend", "google",
+                     "cloud", ("google.genai",), api_key_env="GOOGLE_API_KEY",
+                     base_url="https://generativelanguage.googleapis.com",
+                     description="Gemini image generation (google-genai SDK)"),
+    ),
+    "audio": (
+        ProviderSpec("hf", "modelplug.backends.diffusion:HFAudioBackend", "diffusers",
+                     "in-process", ("torch", "transformers"), kwargs=HF_MEDIA_KWARGS,
+                     description="transformers text-to-audio or diffusers audio pipelines"),
+    ),
+}
+
+
+def media_provider(modality: str, key: str) -> ProviderSpec:
+    """The image or audio provider row for ``key``; unknown keys list the valid ones."""
+    rows = {spec.key: spec for spec in _MEDIA[modality]}
+    if key not in rows:
+        raise UnknownProviderError(
+            f"Unknown {modality} provider {key!r}. {modality.capitalize()} providers: "
+            f"{sorted(rows)} (e.g. '{next(iter(rows))}:<model id>')."
+        )
+    return rows[key]
 
 
 @cache

@@ -32,8 +32,8 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from modelplug.backends.base import Backend
-from modelplug.errors import ConfigurationError, UnsupportedCapabilityError
+from modelplug.backends.base import Backend, maps_errors
+from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabilityError
 from modelplug.profile import Profile
 from modelplug.types import (
     ChatChunk,
@@ -116,6 +116,9 @@ class AnthropicBackend(Backend):
     @property
     def cache_prompt(self) -> bool:
         return bool(self.settings.get("cache_prompt"))
+
+    def secrets(self) -> list[Any]:
+        return [self._api_key]
 
     def _client_kwargs(self) -> dict[str, Any]:
         key = self._api_key
@@ -266,16 +269,19 @@ class AnthropicBackend(Backend):
 
     # -- calls --------------------------------------------------------------------------------
 
+    @maps_errors
     def chat(self, request: ChatRequest) -> ChatResponse:
         self.check(request)
         message = self.client.messages.create(**self.build_params(request))
         return self._response(message, self._is_json_mode(request))
 
+    @maps_errors
     async def achat(self, request: ChatRequest) -> ChatResponse:
         self.check(request)
         message = await self.aclient.messages.create(**self.build_params(request))
         return self._response(message, self._is_json_mode(request))
 
+    @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self.check(request)
         state = _StreamState(self._is_json_mode(request), self.ref.model_id)
@@ -287,6 +293,7 @@ class AnthropicBackend(Backend):
                     yield chunk
         yield state.finish()
 
+    @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         self.check(request)
         state = _StreamState(self._is_json_mode(request), self.ref.model_id)
@@ -310,12 +317,22 @@ class AnthropicBackend(Backend):
                     texts.append(json.dumps(block.input))
                 else:
                     calls.append(ToolCall.parse(block.id, block.name, dict(block.input or {})))
+        _check_refusal(message.stop_reason)
         finish = STOP_REASONS.get(message.stop_reason or "", message.stop_reason)
         if json_mode and finish == "tool_calls" and not calls:
             finish = "stop"
         return ChatResponse(text="".join(texts), tool_calls=calls, reasoning="".join(reasoning),
                             usage=usage_from(message.usage), finish_reason=finish,
                             model=message.model or self.ref.model_id)
+
+
+def _check_refusal(stop_reason: str | None) -> None:
+    """``stop_reason: "refusal"``: Anthropic's safety classifiers stopped the answer."""
+    if stop_reason == "refusal":
+        raise RefusalError(
+            "Anthropic stopped the answer for a potential policy violation (stop_reason "
+            "'refusal'). Rephrase the request; retrying it as is will be refused again.",
+            provider="anthropic")
 
 
 def usage_from(usage: Any) -> Usage | None:
@@ -388,6 +405,7 @@ class _StreamState:
         return None
 
     def finish(self) -> ChatChunk:
+        _check_refusal(self.stop_reason)
         finish = STOP_REASONS.get(self.stop_reason or "", self.stop_reason) or "stop"
         if self.json_mode and finish == "tool_calls" and not self.tool_index:
             finish = "stop"

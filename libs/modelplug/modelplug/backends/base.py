@@ -9,11 +9,13 @@ keep the defaults here, which run the sync work in a thread so the event loop ne
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
-from modelplug.errors import UnsupportedCapabilityError
+from modelplug.errors import ConfigurationError, UnsupportedCapabilityError, map_sdk_error
 from modelplug.profile import Profile
 from modelplug.registry import ProviderSpec
 from modelplug.spec import ModelRef
@@ -41,12 +43,19 @@ class Backend:
         """Capabilities, cheap and without network: the catalog, refined by local probes."""
         return Profile.from_ref(self.ref)
 
+    def probe(self) -> None:
+        """Ask the running server what the model can do, so profile() can tell. Network allowed:
+        called before the first request and by ``modelplug list``, never at construction."""
+
     def check(self, request: ChatRequest) -> None:
         """Refuse, before anything is sent, a request this model is known not to support."""
         if not request.messages:
             raise UnsupportedCapabilityError(
                 "The request has no messages. Pass at least one message (e.g. a user question)."
             )
+        for i, tool in enumerate(request.tools or []):
+            check_tool(i, tool)
+        self.probe()
         profile = self.profile()
         if request.tools and request.tool_choice != "none" and profile.tool_calling is False:
             raise UnsupportedCapabilityError(
@@ -64,6 +73,24 @@ class Backend:
                 f"Model '{self.ref}' cannot honour response_format "
                 f"{request.response_format.get('type')!r}."
             )
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def secrets(self) -> list[Any]:
+        """Values that must never appear in an error message (the API key in use)."""
+        return [self.settings["api_key"]] if self.settings.get("api_key") is not None else []
+
+    def map_error(self, exc: BaseException) -> BaseException:
+        """The typed error for ``exc`` raised by this backend's SDK (``exc`` if none fits).
+
+        Networked backends decorate their calls with :func:`maps_errors`, which applies this.
+        """
+        return map_sdk_error(exc, provider=self.spec.key, timeout=self.settings.get("timeout"),
+                             secrets=self.secrets())
+
+    async def amap_error(self, exc: BaseException) -> BaseException:
+        """:meth:`map_error` for async calls (a backend may ask the server for details)."""
+        return self.map_error(exc)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -113,6 +140,84 @@ class Backend:
 
     async def aembed(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed, texts)
+
+
+def check_tool(index: int, tool: Any) -> None:
+    """Refuse a function tool without a name or whose parameters are no JSON-schema object
+    (provider-shaped tools of another ``type``, e.g. Anthropic's server tools, pass)."""
+    if not isinstance(tool, dict):
+        raise ConfigurationError(
+            f"Tool {index} is {tool!r}, not a tool definition. Pass OpenAI-format dicts "
+            "({'type': 'function', 'function': {'name': ..., 'parameters': {...}}}).")
+    if tool.get("type") not in (None, "function"):
+        return
+    function = tool.get("function", tool)
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(
+            f"Tool {index} has no name ({tool!r}). Every function tool needs "
+            "{'function': {'name': ..., 'parameters': {...}}}.")
+    schema = function.get("parameters", function.get("input_schema"))
+    if schema is not None and (not isinstance(schema, dict)
+                               or schema.get("type", "object") != "object"):
+        raise ConfigurationError(
+            f"Tool {name!r} has parameters {schema!r}; they must be a JSON schema of type "
+            "'object' (e.g. {'type': 'object', 'properties': {...}}).")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def maps_errors(method: F) -> F:
+    """Decorate a backend call (sync or async, function or generator) so that errors its SDK
+    raises leave as the typed error of :meth:`Backend.map_error`, the original chained.
+
+    Streams are covered while they are iterated, not only when they open. Errors that are not an
+    SDK's (a :class:`~modelplug.errors.ModelPlugError`, a bug) pass through unchanged.
+    """
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def agen(self: Backend, *args: Any, **kwargs: Any) -> Any:
+            inner = method(self, *args, **kwargs)
+            try:
+                async for item in inner:
+                    yield item
+            except Exception as exc:
+                _reraise(exc, await self.amap_error(exc))
+            finally:
+                await inner.aclose()
+        return agen  # type: ignore[return-value]
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def coro(self: Backend, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(self, *args, **kwargs)
+            except Exception as exc:
+                _reraise(exc, await self.amap_error(exc))
+        return coro  # type: ignore[return-value]
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def gen(self: Backend, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return (yield from method(self, *args, **kwargs))
+            except Exception as exc:
+                _reraise(exc, self.map_error(exc))
+        return gen  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def call(self: Backend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            _reraise(exc, self.map_error(exc))
+    return call  # type: ignore[return-value]
+
+
+def _reraise(exc: BaseException, mapped: BaseException) -> NoReturn:
+    """Raise ``mapped`` from ``exc``, or ``exc`` itself when nothing mapped it."""
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
 
 
 def collect_stream(chunks: Iterator[ChatChunk]) -> ChatResponse:

@@ -18,7 +18,7 @@ from typing import Any
 
 from modelplug.backends import tooling
 from modelplug.backends.base import Backend, collect_stream
-from modelplug.errors import ConfigurationError, ModelNotFoundError
+from modelplug.errors import ConfigurationError, ContextOverflowError, ModelNotFoundError
 from modelplug.local import packaged_model_path
 from modelplug.profile import GGUFInfo, Profile, read_gguf_info
 from modelplug.types import (
@@ -204,10 +204,10 @@ class LlamaCppBackend(Backend):
 
         n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
         if len(prompt_tokens) >= n_ctx:
-            raise ConfigurationError(
+            raise ContextOverflowError(
                 f"The prompt has {len(prompt_tokens)} tokens but the context window of "
-                f"'{self.ref}' is {n_ctx}. Shorten the conversation or load with a larger n_ctx."
-            )
+                f"'{self.ref}' is {n_ctx}. Shorten the conversation or load with a larger n_ctx.",
+                provider=self.spec.key)
         budget = n_ctx - len(prompt_tokens)
         max_tokens = min(request.max_tokens, budget) if request.max_tokens else budget
         if request.seed is not None:

@@ -24,13 +24,14 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from modelplug.backends.base import Backend
+from modelplug.backends.base import Backend, collect_stream, maps_errors
 from modelplug.errors import ConfigurationError, ModelNotFoundError, UnsupportedCapabilityError
 from modelplug.profile import Profile
 from modelplug.types import (
     ChatChunk,
     ChatRequest,
     ChatResponse,
+    CompletionRequest,
     Message,
     ToolCall,
     ToolCallDelta,
@@ -89,6 +90,10 @@ class OllamaBackend(Backend):
 
     # -- profile --------------------------------------------------------------------------------
 
+    def probe(self) -> None:
+        if self.ref.tools is None:  # neither the catalog nor ;flags say: ask the server
+            self.show()
+
     def show(self) -> dict[str, Any]:
         """``/api/show`` for this model (capabilities, model_info), fetched once; {} if unreachable."""
         if self._shown is None:
@@ -103,11 +108,10 @@ class OllamaBackend(Backend):
         return self._shown
 
     def profile(self) -> Profile:
-        """The catalog; for a model the catalog does not know, what the server's /api/show says."""
+        """The catalog; for a model the catalog does not know, what the server's /api/show said
+        once probe() asked it (before the first request): construction stays offline."""
         base = Profile.from_ref(self.ref).merged(structured_output=True)
-        if self.ref.tools is not None:  # catalog entry or ;flags: known without a probe
-            return base
-        shown = self.show()
+        shown = self._shown or {}
         caps = shown.get("capabilities")
         if caps is None:
             return base
@@ -133,10 +137,10 @@ class OllamaBackend(Backend):
             )
         convert_messages(request.messages)  # inline-image rule etc., before any request
 
-    def build_params(self, request: ChatRequest) -> dict[str, Any]:
-        """Keyword arguments of ``Client.chat`` for ``request`` (no ``stream``)."""
-        params: dict[str, Any] = {"model": self.ref.model_id,
-                                  "messages": convert_messages(request.messages)}
+    def _common_params(self, request: ChatRequest | CompletionRequest,
+                       **params: Any) -> dict[str, Any]:
+        """Model, sampling options and keep_alive: what /api/chat and /api/generate share."""
+        params["model"] = self.ref.model_id
         options: dict[str, Any] = dict(self.settings.get("model_kwargs") or {})
         for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"),
                              ("max_tokens", "num_predict"), ("seed", "seed"), ("stop", "stop")):
@@ -150,11 +154,16 @@ class OllamaBackend(Backend):
                 options[key] = value
         if options:
             params["options"] = options
-        if request.reasoning is not None:
-            params["think"] = request.reasoning
         keep = self.settings.get("model_keep_alive_seconds")
         if keep is not None:
             params.setdefault("keep_alive", keep)
+        return params
+
+    def build_params(self, request: ChatRequest) -> dict[str, Any]:
+        """Keyword arguments of ``Client.chat`` for ``request`` (no ``stream``)."""
+        params = self._common_params(request, messages=convert_messages(request.messages))
+        if request.reasoning is not None:
+            params["think"] = request.reasoning
 
         forced = forced_tool_schema(request)
         if forced is not None:
@@ -176,60 +185,62 @@ class OllamaBackend(Backend):
 
     # -- calls --------------------------------------------------------------------------------
 
+    @maps_errors
     def chat(self, request: ChatRequest) -> ChatResponse:
         self.check(request)
-        params = self.build_params(request)
-        try:
-            part = self.client.chat(**params)
-        except Exception as exc:
-            raise self._mapped(exc) from exc
-        return self._response(part, request)
+        return self._response(self.client.chat(**self.build_params(request)), request)
 
+    @maps_errors
     async def achat(self, request: ChatRequest) -> ChatResponse:
         self.check(request)
-        params = self.build_params(request)
-        try:
-            part = await self.aclient.chat(**params)
-        except Exception as exc:
-            raise await self._amapped(exc) from exc
-        return self._response(part, request)
+        return self._response(await self.aclient.chat(**self.build_params(request)), request)
 
+    @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self.check(request)
         params = self.build_params(request)
         state = _StreamState(request, self.ref.model_id)
-        try:
-            for part in self.client.chat(**params, stream=True):
-                yield from state.feed(part)
-        except Exception as exc:
-            raise self._mapped(exc) from exc
+        for part in self.client.chat(**params, stream=True):
+            yield from state.feed(part)
         yield from state.finish()
 
+    @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         self.check(request)
         params = self.build_params(request)
         state = _StreamState(request, self.ref.model_id)
-        try:
-            async for part in await self.aclient.chat(**params, stream=True):
-                for chunk in state.feed(part):
-                    yield chunk
-        except Exception as exc:
-            raise await self._amapped(exc) from exc
+        async for part in await self.aclient.chat(**params, stream=True):
+            for chunk in state.feed(part):
+                yield chunk
         for chunk in state.finish():
             yield chunk
 
+    # -- raw completion (/api/generate with raw=True: no template) ------------------------------
+
+    def _generate_params(self, request: CompletionRequest) -> dict[str, Any]:
+        return self._common_params(request, prompt=request.prompt, raw=True, stream=True)
+
+    @maps_errors
+    def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
+        for part in self.client.generate(**self._generate_params(request)):
+            yield _generated_chunk(part, self.ref.model_id)
+
+    @maps_errors
+    async def astream_complete(self, request: CompletionRequest) -> AsyncIterator[ChatChunk]:
+        async for part in await self.aclient.generate(**self._generate_params(request)):
+            yield _generated_chunk(part, self.ref.model_id)
+
+    async def acomplete(self, request: CompletionRequest) -> ChatResponse:
+        return collect_stream([chunk async for chunk in self.astream_complete(request)])
+
+    @maps_errors
     def embed(self, texts: list[str]) -> list[list[float]]:
-        try:
-            result = self.client.embed(**self._embed_params(texts))
-        except Exception as exc:
-            raise self._mapped(exc) from exc
+        result = self.client.embed(**self._embed_params(texts))
         return [list(v) for v in result.embeddings]
 
+    @maps_errors
     async def aembed(self, texts: list[str]) -> list[list[float]]:
-        try:
-            result = await self.aclient.embed(**self._embed_params(texts))
-        except Exception as exc:
-            raise await self._amapped(exc) from exc
+        result = await self.aclient.embed(**self._embed_params(texts))
         return [list(v) for v in result.embeddings]
 
     def _embed_params(self, texts: list[str]) -> dict[str, Any]:
@@ -260,25 +271,26 @@ class OllamaBackend(Backend):
         listing = f" Models on this server: {pulled}." if pulled is not None else ""
         return ModelNotFoundError(
             f"Ollama has no model {self.ref.model_id!r} ({exc}).{listing} Pull it with "
-            f"`ollama pull {self.ref.model_id}`, or pick a listed model."
-        )
+            f"`ollama pull {self.ref.model_id}`, or pick a listed model.",
+            provider=self.spec.key, status_code=404)
 
     @staticmethod
     def _is_not_found(exc: BaseException) -> bool:
         return getattr(exc, "status_code", None) == 404 and "not found" in str(exc).lower()
 
-    def _mapped(self, exc: BaseException) -> BaseException:
+    def map_error(self, exc: BaseException) -> BaseException:
+        """A 404 for the model: ModelNotFoundError listing the pulled models; else the taxonomy."""
         if not self._is_not_found(exc):
-            return exc
+            return super().map_error(exc)
         try:
             pulled = self.list_models()
         except Exception:  # the listing is a courtesy; the 404 is the error
             pulled = None
         return self._not_found(exc, pulled)
 
-    async def _amapped(self, exc: BaseException) -> BaseException:
+    async def amap_error(self, exc: BaseException) -> BaseException:
         if not self._is_not_found(exc):
-            return exc
+            return super().map_error(exc)
         try:
             pulled = [m.model for m in (await self.aclient.list()).models if m.model]
         except Exception:  # the listing is a courtesy
@@ -340,6 +352,14 @@ class _StreamState:
 
 def _usage(part: Any) -> Usage:
     return Usage(input_tokens=part.prompt_eval_count or 0, output_tokens=part.eval_count or 0)
+
+
+def _generated_chunk(part: Any, model: str) -> ChatChunk:
+    """One /api/generate NDJSON part; the last (done) carries usage and the finish reason."""
+    if not part.done:
+        return ChatChunk(text=part.response or "", model=part.model or model)
+    return ChatChunk(text=part.response or "", usage=_usage(part), model=part.model or model,
+                     finish_reason=_finish(part.done_reason, False))
 
 
 def _finish(done_reason: str | None, has_calls: bool) -> str:

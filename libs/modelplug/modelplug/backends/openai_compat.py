@@ -18,13 +18,14 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from modelplug.backends.base import Backend
+from modelplug.backends.base import Backend, collect_stream, maps_errors
 from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
-from modelplug.errors import ConfigurationError, UnsupportedCapabilityError
+from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabilityError
 from modelplug.types import (
     ChatChunk,
     ChatRequest,
     ChatResponse,
+    CompletionRequest,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -86,6 +87,10 @@ class OpenAICompatBackend(Backend):
         if env and os.environ.get(env):
             return os.environ[env]
         return LOCAL_PLACEHOLDER_KEY
+
+    def secrets(self) -> list[Any]:
+        key = self._api_key()
+        return [] if key == LOCAL_PLACEHOLDER_KEY else [key]
 
     def _client_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"api_key": self._api_key(), "base_url": self.base_url}
@@ -176,13 +181,16 @@ class OpenAICompatBackend(Backend):
 
     # -- chat ----------------------------------------------------------------------------------
 
+    @maps_errors
     def chat(self, request: ChatRequest) -> ChatResponse:
         return self._response(self.client.chat.completions.create(**self._body(request)))
 
+    @maps_errors
     async def achat(self, request: ChatRequest) -> ChatResponse:
         body = self._body(request)
         return self._response(await self.aclient.chat.completions.create(**body))
 
+    @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         body = self._body(request)
         folder = _StreamFolder(self.ref.model_id, self._implicit_think(request))
@@ -193,6 +201,7 @@ class OpenAICompatBackend(Backend):
                 yield from folder.feed(event)
         yield folder.final()
 
+    @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request)
         folder = _StreamFolder(self.ref.model_id, self._implicit_think(request))
@@ -207,6 +216,7 @@ class OpenAICompatBackend(Backend):
     def _response(self, completion: Any) -> ChatResponse:
         choice = completion.choices[0]
         message = choice.message
+        _check_refusal(self.spec.key, getattr(message, "refusal", None))
         text, reasoning = split_think_tags(message.content or "")
         fields = _reasoning_field(message)
         tool_calls = [
@@ -222,8 +232,50 @@ class OpenAICompatBackend(Backend):
             model=completion.model or self.ref.model_id,
         )
 
+    # -- raw completion (/v1/completions) -------------------------------------------------------
+
+    def _completion_body(self, request: CompletionRequest) -> dict[str, Any]:
+        if self.spec.key == "gemini":  # Google's OpenAI-compatible endpoint has chat only
+            raise UnsupportedCapabilityError(
+                "Gemini's OpenAI-compatible API has no /completions endpoint; use ChatModelPlug "
+                "for 'gemini:' models.")
+        body: dict[str, Any] = {"model": self.ref.model_id, "prompt": request.prompt,
+                                "stream": True, "stream_options": {"include_usage": True}}
+        for name in ("temperature", "top_p", "max_tokens", "seed"):
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.stop:
+            body["stop"] = request.stop
+        extra_body = {**(self.settings.get("model_kwargs") or {}), **request.extra}
+        if extra_body:
+            body["extra_body"] = extra_body
+        return body
+
+    @maps_errors
+    def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
+        folder = _CompletionFolder(self.ref.model_id)
+        with self.client.completions.create(**self._completion_body(request)) as events:
+            for event in events:
+                yield from folder.feed(event)
+        yield folder.final()
+
+    @maps_errors
+    async def astream_complete(self, request: CompletionRequest) -> AsyncIterator[ChatChunk]:
+        folder = _CompletionFolder(self.ref.model_id)
+        events = await self.aclient.completions.create(**self._completion_body(request))
+        async with events:
+            async for event in events:
+                for chunk in folder.feed(event):
+                    yield chunk
+        yield folder.final()
+
+    async def acomplete(self, request: CompletionRequest) -> ChatResponse:
+        return collect_stream([chunk async for chunk in self.astream_complete(request)])
+
     # -- embeddings ----------------------------------------------------------------------------
 
+    @maps_errors
     def embed(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
@@ -231,6 +283,7 @@ class OpenAICompatBackend(Backend):
                                                encoding_format="float")
         return [item.embedding for item in sorted(result.data, key=lambda d: d.index)]
 
+    @maps_errors
     async def aembed(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
@@ -256,6 +309,7 @@ class _StreamFolder:
             if choice.index not in (0, None):
                 continue
             delta = choice.delta
+            _check_refusal(None, getattr(delta, "refusal", None))
             text, reasoning = self.splitter.feed(delta.content or "") if delta else ("", "")
             reasoning = (_reasoning_field(delta) if delta else "") + reasoning
             calls = [
@@ -275,6 +329,38 @@ class _StreamFolder:
         # A server that never names a finish reason ended the stream normally (errors raise).
         return ChatChunk(text=text, reasoning=reasoning, usage=self.usage,
                          finish_reason=self.finish_reason or "stop", model=self.model)
+
+
+class _CompletionFolder:
+    """Completion stream events -> ChatChunks; finish reason and usage go on the last chunk."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+
+    def feed(self, event: Any) -> Iterator[ChatChunk]:
+        self.model = getattr(event, "model", None) or self.model
+        if getattr(event, "usage", None) is not None:
+            self.usage = _usage(event.usage)
+        for choice in event.choices or []:
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+            if choice.index in (0, None) and choice.text:
+                yield ChatChunk(text=choice.text, model=self.model)
+
+    def final(self) -> ChatChunk:
+        return ChatChunk(usage=self.usage, finish_reason=self.finish_reason or "stop",
+                         model=self.model)
+
+
+def _check_refusal(provider: str | None, refusal: str | None) -> None:
+    """OpenAI's ``refusal`` field: the model declined (structured outputs), so there is no answer."""
+    if refusal:
+        raise RefusalError(
+            f"The model refused to answer: {refusal!r}. Rephrase the request, or relax the "
+            "response_format; retrying the same request will be refused again.",
+            provider=provider)
 
 
 def _tool_choice(choice: str) -> str | dict[str, Any]:

@@ -1,0 +1,125 @@
+"""The ``modelplug`` command on the real in-process SmolLM2 GGUF: ``list``, ``run`` and ``chat``
+through typer's CliRunner, and the installed console script (``run``, ``serve``) as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from modelplug.cli import app
+
+PARIS = "What is the capital of France? Answer in one sentence."
+GREEDY = ["--temperature", "0", "--max-tokens", "32"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_list_shows_providers_catalog_and_local_models(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for title in ("Providers", "Known models (catalog)", "Available locally"):
+        assert title in result.output
+    assert re.search(r"llamacpp\s+│ in-process\s+│ yes", result.output)
+    assert "anthropic:claude-sonnet-4-6" in result.output
+    # The local table uses the backend's probed profile: grammar-backed tools and the GGUF's
+    # context window, which the catalog row alone does not say.
+    local = result.output.split("Available locally")[1]
+    assert re.search(r"llamacpp:smollm2\s+│ yes\s+│ yes\s+│ no\s+│ no\s+│ 8,192", local)
+
+
+def test_run_streams_the_answer(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["run", "llamacpp:smollm2", PARIS, *GREEDY])
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.output
+
+
+def test_errors_are_one_line_and_exit_1(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["run", "nope:model", "hi"])
+    assert result.exit_code == 1
+    assert "Unknown provider 'nope'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["run", "llamacpp:smollm2", "hi", "--set", "n_ctx"])
+    assert result.exit_code == 2 and "KEY=VALUE" in result.output
+
+
+def _usages(output: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\((\d+) tokens in", output)]
+
+
+def test_chat_keeps_history_resets_and_switches_model(runner: CliRunner) -> None:
+    script = "\n".join([PARIS, PARIS, "/reset", PARIS, "/model nope:x", "/model llamacpp:smollm2-135m",
+                        PARIS, "/model", "/bogus", "/exit", "never sent"]) + "\n"
+    result = runner.invoke(app, ["chat", "llamacpp:smollm2", *GREEDY], input=script)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("Paris") >= 4
+    first, second, after_reset, after_switch = _usages(result.output)
+    assert second > first  # the second turn carries the first
+    assert after_reset == first  # /reset forgot it
+    assert after_switch > first  # /model keeps the conversation
+    assert "Unknown provider 'nope'" in result.output
+    assert "Now chatting with llamacpp:smollm2" in result.output
+    assert "Model: llamacpp:smollm2" in result.output
+    assert "Unknown command '/bogus'" in result.output
+
+
+def test_chat_ends_at_end_of_input(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["chat", "llamacpp:smollm2", *GREEDY], input="")
+    assert result.exit_code == 0
+
+
+def _console_script() -> str:
+    script = Path(sys.executable).with_name("modelplug")
+    if not script.exists():
+        script = shutil.which("modelplug")
+    if script is None:
+        pytest.fail("the modelplug console script is not installed (pip install -e libs/modelplug)")
+    return str(script)
+
+
+def test_console_script_runs() -> None:
+    done = subprocess.run([_console_script(), "run", "llamacpp:smollm2", PARIS, *GREEDY],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout
+
+
+def test_console_script_serves_on_loopback_with_a_key_from_the_environment() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MODELPLUG_SERVE_API_KEY": "cli-key"}
+    proc = subprocess.Popen([_console_script(), "serve", "llamacpp:smollm2", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/models").status_code == 401:
+                    break
+            except httpx.ConnectError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"modelplug serve did not start: {proc.stdout.read()}")
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=url, api_key="cli-key", max_retries=0)
+        completion = client.chat.completions.create(
+            model="llamacpp:smollm2", messages=[{"role": "user", "content": PARIS}],
+            temperature=0, max_tokens=32)
+        assert "Paris" in completion.choices[0].message.content
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

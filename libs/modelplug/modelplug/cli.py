@@ -1,0 +1,247 @@
+"""The ``modelplug`` command: ``list``, ``run MODEL PROMPT``, ``chat MODEL``, ``serve MODEL``.
+
+Installed with ``pip install 'modelplug[cli]'`` (``[serve]`` adds the server's fastapi and
+uvicorn). Importing :mod:`modelplug` does not import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+from modelplug.errors import MissingDependencyError, ModelPlugError
+
+try:
+    import typer
+    from rich.console import Console
+    from rich.table import Table
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError(
+        "The modelplug command needs typer and rich. Install them with: "
+        "pip install 'modelplug[cli]'") from exc
+
+from modelplug import catalog
+from modelplug.backends import Backend, create_backend
+from modelplug.backends.base import collect_stream
+from modelplug.local import available_models
+from modelplug.profile import Profile
+from modelplug.registry import providers
+from modelplug.spec import ModelRef
+from modelplug.types import ChatChunk, ChatRequest, ChatResponse, Message
+
+app = typer.Typer(help="One registry of LLM backends: list, run, chat with and serve any model.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Model = Annotated[str, typer.Argument(help="'provider:model_id', e.g. 'llamacpp:smollm2' or "
+                                      "'ollama:qwen3:8b'.")]
+Settings = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", metavar="KEY=VALUE",
+    help="A provider setting, repeatable: -s model_path=/m/x.gguf -s n_ctx=4096 "
+         "(values are parsed as JSON when they can be).")]
+MaxTokens = Annotated[int | None, typer.Option(help="Most tokens to generate per answer.")]
+Temperature = Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")]
+System = Annotated[str | None, typer.Option(help="A system prompt.")]
+
+
+def reports_errors(command: F) -> F:
+    """modelplug's own errors print as one line and exit 1, without a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ModelPlugError as exc:
+            Console(stderr=True, highlight=False).print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_settings(pairs: list[str] | None) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE.", param_hint="--set")
+        try:
+            settings[key.strip()] = json.loads(value)
+        except ValueError:
+            settings[key.strip()] = value
+    return settings
+
+
+def stream_answer(backend: Backend, request: ChatRequest) -> ChatResponse:
+    """Print the answer as it streams (reasoning dimmed) and return it whole."""
+
+    def printed() -> Iterator[ChatChunk]:
+        for chunk in backend.stream(request):
+            if chunk.reasoning:
+                console.print(chunk.reasoning, style="dim", end="", markup=False)
+            if chunk.text:
+                console.print(chunk.text, end="", markup=False, soft_wrap=True)
+            yield chunk
+
+    response = collect_stream(printed())
+    console.print()
+    return response
+
+
+# -- list ----------------------------------------------------------------------------------------
+
+
+@app.command("list")
+@reports_errors
+def list_(local: Annotated[bool, typer.Option(
+        help="Probe this machine for available models (a running Ollama, cached Hugging Face "
+             "models, local servers, GGUF files).")] = True) -> None:
+    """Providers (and whether their dependencies are installed), known models, local models."""
+    table = Table(title="Providers")
+    for column in ("provider", "kind", "installed", "API key", "endpoint"):
+        table.add_column(column)
+    for spec in providers().values():
+        table.add_row(spec.key, spec.kind,
+                      _yes(True) if spec.installed else f"no: {spec.pip_hint}",
+                      spec.api_key_env or "", spec.base_url or "in-process")
+    console.print(table)
+    console.print(_models_table("Known models (catalog)", [
+        (m.info.key, Profile.from_ref(ModelRef.from_info(m.info))) for m in catalog.all_models()]))
+    if not local:
+        return
+    found = available_models()
+    if not found:
+        console.print("No model is available locally (no running Ollama, cached Hugging Face "
+                      "model, local server or GGUF file).")
+        return
+    # The backend's profile adds what runtime probes know (GGUF context, grammar-backed tools,
+    # Ollama's /api/show).
+    console.print(_models_table("Available locally", [(str(ref), _probed_profile(ref))
+                                                      for ref in found]))
+
+
+def _probed_profile(ref: ModelRef) -> Profile:
+    backend = create_backend(ref)
+    backend.probe()
+    return backend.profile()
+
+
+def _yes(value: bool | None) -> str:
+    return {True: "[green]yes[/green]", False: "no", None: "?"}[value]
+
+
+def _models_table(title: str, rows: list[tuple[str, Profile]]) -> Table:
+    table = Table(title=title)
+    for column in ("model", "tools", "structured output", "vision", "reasoning", "context"):
+        table.add_column(column)
+    for name, p in rows:
+        table.add_row(name, _yes(p.tool_calling), _yes(p.structured_output),
+                      _yes(p.image_inputs), _yes(p.reasoning_output),
+                      f"{p.max_input_tokens:,}" if p.max_input_tokens else "")
+    return table
+
+
+# -- run and chat ----------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def run(model: Model, prompt: Annotated[str, typer.Argument(help="The question.")],
+        system: System = None, max_tokens: MaxTokens = None, temperature: Temperature = None,
+        settings: Settings = None) -> None:
+    """Answer one prompt, streaming the answer to stdout."""
+    backend = create_backend(model, **parse_settings(settings))
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}]
+    stream_answer(backend, ChatRequest(messages, max_tokens=max_tokens, temperature=temperature))
+
+
+CHAT_HELP = ("Commands: /reset (forget the conversation), /model PROVIDER:MODEL (switch model, "
+             "keep the conversation), /exit.")
+
+
+@app.command()
+@reports_errors
+def chat(model: Model, system: System = None, max_tokens: MaxTokens = None,
+         temperature: Temperature = None, settings: Settings = None) -> None:
+    """An interactive chat with streaming answers. /reset, /model MODEL, /exit."""
+    provider_settings = parse_settings(settings)
+    backend = create_backend(model, **provider_settings)
+    start: list[Message] = [{"role": "system", "content": system}] if system else []
+    history = list(start)
+    console.print(f"[bold]{backend.ref}[/bold]  {CHAT_HELP}")
+    while True:
+        try:
+            line = console.input("[bold cyan]> [/bold cyan]").strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            history = list(start)
+            console.print("[dim]Conversation cleared.[/dim]")
+            continue
+        if line.startswith("/model"):
+            name = line.removeprefix("/model").strip()
+            if not name:
+                console.print(f"Model: {backend.ref}")
+                continue
+            try:  # settings belong to the first model's provider; a new one starts clean
+                backend = create_backend(name)
+            except ModelPlugError as exc:
+                console.print(f"[red]error:[/red] {exc}")
+                continue
+            console.print(f"[dim]Now chatting with {backend.ref}.[/dim]")
+            continue
+        if line.startswith("/"):
+            console.print(f"Unknown command {line.split()[0]!r}. {CHAT_HELP}")
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            answer = stream_answer(backend, ChatRequest(list(history), max_tokens=max_tokens,
+                                                        temperature=temperature))
+        except ModelPlugError as exc:
+            history.pop()
+            console.print(f"[red]error:[/red] {exc}")
+            continue
+        history.append({"role": "assistant", "content": answer.text})
+        if answer.usage is not None:  # shows the conversation growing, and /reset emptying it
+            console.print(f"[dim]({answer.usage.input_tokens} tokens in, "
+                          f"{answer.usage.output_tokens} out)[/dim]")
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def serve(model: Model,
+          host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 for every one "
+                                                 "(set an API key then).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+          api_key: Annotated[str | None, typer.Option(
+              envvar="MODELPLUG_SERVE_API_KEY", show_envvar=True,
+              help="Require this key as 'Authorization: Bearer <key>' on every request.")] = None,
+          settings: Settings = None) -> None:
+    """An OpenAI-compatible server for MODEL: /v1/chat/completions, /v1/embeddings, /v1/models."""
+    from modelplug.server import serve as run_server
+
+    console.print(f"Serving [bold]{model}[/bold] at http://{host}:{port}/v1"
+                  + (" (API key required)" if api_key else ""), markup=True)
+    run_server(model, host=host, port=port, api_key=api_key or "",
+               **parse_settings(settings))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
