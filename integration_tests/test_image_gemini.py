@@ -12,7 +12,7 @@ from fakes.gemini_api import API_KEY, FakeGemini, png
 from fakes.server import LoopbackServer
 from PIL import Image
 
-from modelplug import ConfigurationError, ModelPlugError
+from modelplug import AuthenticationError, ConfigurationError, ModelPlugError
 from modelplug.media import create_image_backend
 
 
@@ -98,11 +98,13 @@ def test_api_key_from_the_environment_and_missing(fake: FakeGemini,
         create_image_backend("gemini:nano-banana")
 
 
-def test_a_wrong_key_reaches_the_caller(fake: FakeGemini) -> None:
+def test_a_wrong_key_is_an_authentication_error(fake: FakeGemini) -> None:
     from google.genai import errors
 
-    with pytest.raises(errors.ClientError, match="API key not valid"):
+    with pytest.raises(AuthenticationError, match="API key not valid") as info:
         _backend(fake, api_key="wrong").generate("a banana")
+    assert isinstance(info.value.__cause__, errors.ClientError)
+    assert info.value.status_code == 400 and not info.value.retryable
 
 
 def test_hf_only_arguments_are_refused_before_sending(fake: FakeGemini) -> None:

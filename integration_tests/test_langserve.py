@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_modelplug import ChatModelPlug, FallbackChatModel
 
 QUESTION = "What is the capital of France? Answer in one sentence."
+SECRET = "sk-langserve-must-never-show-0123456789"
 
 
 def free_port() -> int:
@@ -31,9 +32,14 @@ def base_url() -> Iterator[str]:
     llm = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=16)
     down = ChatModelPlug(model="vllm:x", base_url=f"http://127.0.0.1:{free_port()}/v1",
                          max_retries=0)
+    # A keyed cloud candidate whose server is down: its key must not leak through any endpoint.
+    keyed = ChatModelPlug(model="openai:gpt-4o-mini", api_key=SECRET, max_retries=0,
+                          base_url=f"http://127.0.0.1:{free_port()}/v1")
     app = FastAPI()
     add_routes(app, llm, path="/chat")
     add_routes(app, FallbackChatModel([down, llm]), path="/fallback")
+    add_routes(app, keyed, path="/keyed")
+    add_routes(app, FallbackChatModel([keyed, llm]), path="/keyed-fallback")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -92,3 +98,30 @@ def test_fallback_model_served(base_url: str) -> None:
     message = RemoteRunnable(f"{base_url}/fallback/").invoke(QUESTION)
     assert "Paris" in message.content
     assert message.response_metadata["fallback_model"] == "llamacpp:smollm2"
+
+
+def test_no_endpoint_shows_an_api_key(base_url: str) -> None:
+    import httpx
+
+    def call(method: str, url: str, **kwargs) -> tuple[int, str]:
+        """Status and every byte that arrived. A fresh connection each: uvicorn drops the
+        connection of a request that raised, and LangServe cuts a failing stream short."""
+        parts: list[bytes] = []
+        with httpx.stream(method, base_url + url, timeout=120, **kwargs) as response:
+            try:
+                parts.extend(response.iter_raw())
+            except httpx.RemoteProtocolError:
+                pass
+        return response.status_code, b"".join(parts).decode(errors="replace")
+
+    bodies = []
+    for path in ("/keyed", "/keyed-fallback"):
+        bodies += [call("GET", f"{path}/{schema}")
+                   for schema in ("input_schema", "output_schema", "config_schema")]
+        bodies.append(call("POST", f"{path}/invoke", json={"input": QUESTION}))
+        bodies.append(call("POST", f"{path}/batch", json={"inputs": [QUESTION]}))
+        bodies.append(call("POST", f"{path}/stream", json={"input": QUESTION}))
+    assert bodies[3][0] >= 500 and bodies[9][0] == 200  # the keyed model fails; its fallback answers
+    assert "Paris" in bodies[9][1]
+    for _status, text in bodies:
+        assert SECRET not in text

@@ -205,9 +205,11 @@ _CONTEXT_OVERFLOW = re.compile(
 
 
 def status_code(exc: BaseException) -> int | None:
-    """The HTTP status an SDK error carries (``status_code``, or ``response.status_code``)."""
+    """The HTTP status an SDK error carries (``status_code``, ``response.status_code``, or
+    google-genai's ``code``)."""
     for value in (getattr(exc, "status_code", None),
-                  getattr(getattr(exc, "response", None), "status_code", None)):
+                  getattr(getattr(exc, "response", None), "status_code", None),
+                  getattr(exc, "code", None) if "APIError" in _names(exc) else None):
         if isinstance(value, int) and not isinstance(value, bool) and value >= 100:
             return value
     return None

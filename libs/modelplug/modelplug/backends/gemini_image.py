@@ -15,7 +15,14 @@ import os
 import threading
 from typing import Any
 
-from modelplug.errors import ConfigurationError, ModelPlugError
+from modelplug.backends.base import maps_errors
+from modelplug.errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ModelPlugError,
+    map_sdk_error,
+)
 from modelplug.media import ImageBackend, format_image, load_image
 
 
@@ -43,6 +50,20 @@ class GeminiImageBackend(ImageBackend):
     def secrets(self) -> list[str]:
         key = self._api_key()
         return [key] if key else []
+
+    def map_error(self, exc: BaseException) -> BaseException:
+        """google-genai's APIError (and httpx's) as the typed errors every backend reports.
+        Google answers a bad key with 400 INVALID_ARGUMENT, so that one is told apart."""
+        mapped = map_sdk_error(exc, provider=self.spec.key,
+                               timeout=self.settings.get("timeout"), secrets=self.secrets())
+        if isinstance(mapped, BadRequestError) and "API key not valid" in str(mapped):
+            return AuthenticationError(
+                f"{mapped} Check GOOGLE_API_KEY or api_key=...", provider=self.spec.key,
+                status_code=mapped.status_code)
+        return mapped
+
+    async def amap_error(self, exc: BaseException) -> BaseException:
+        return self.map_error(exc)
 
     def _new_client(self) -> Any:
         from google import genai
@@ -95,10 +116,12 @@ class GeminiImageBackend(ImageBackend):
             f"{', text: ' + ' '.join(texts)[:300] if texts else ''}). Rephrase the prompt or "
             "check that the model generates images.")
 
+    @maps_errors
     def _images(self, prompt: str, n: int, reference: Any, params: dict[str, Any]) -> list[Any]:
         request = self._request(prompt, reference, params)
         return [self._image(self.client().models.generate_content(**request)) for _ in range(n)]
 
+    @maps_errors
     async def agenerate(self, prompt: str, **kwargs: Any) -> list[Any]:
         """The N requests run concurrently on the SDK's async client."""
         n = kwargs.pop("num_images", 1)
