@@ -25,8 +25,8 @@ from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from langchain_modelplug._convert import to_ai_chunk, to_ai_message, to_openai_messages
-from modelplug import ChatRequest, create_backend
-from modelplug.backends import Backend, collect_provider_kwargs
+from modelplug import ChatRequest
+from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 #: Per-call keyword arguments that map onto ChatRequest fields.
@@ -152,14 +152,7 @@ class ChatModelPlug(BaseChatModel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Built here rather than in a validator so typed errors (UnknownModelError,
-        # ModelNotFoundError, TypeError for a bad kwarg) reach the caller as themselves.
-        self._backend = create_backend(
-            self.model, timeout=self.timeout, max_retries=self.max_retries, api_key=self.api_key,
-            base_url=self.base_url, **self.provider_kwargs,
-        )
-        if self.model is None:
-            self.model = str(self._backend.ref)
+        self._backend = adapter_backend(self)
         env = self._backend.spec.api_key_env
         if self.api_key is None and env and os.environ.get(env):
             self.api_key = SecretStr(os.environ[env])  # the key in use, as LangChain models show it

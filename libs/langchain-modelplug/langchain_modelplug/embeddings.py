@@ -8,8 +8,7 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from modelplug import create_backend
-from modelplug.backends import Backend, collect_provider_kwargs
+from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 
 
 class ModelPlugEmbeddings(BaseModel, Embeddings):
@@ -83,12 +82,7 @@ class ModelPlugEmbeddings(BaseModel, Embeddings):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._backend = create_backend(
-            self.model, timeout=self.timeout, max_retries=self.max_retries, api_key=self.api_key,
-            base_url=self.base_url, **self.provider_kwargs,
-        )
-        if self.model is None:
-            self.model = str(self._backend.ref)
+        self._backend = adapter_backend(self)
 
     @property
     def backend(self) -> Backend:

@@ -10,8 +10,8 @@ from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from modelplug import CompletionRequest, create_backend
-from modelplug.backends import Backend, collect_provider_kwargs
+from modelplug import CompletionRequest
+from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.types import ChatChunk, ChatResponse, Usage
 
 _REQUEST_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
@@ -114,12 +114,7 @@ class ModelPlugLLM(BaseLLM):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._backend = create_backend(
-            self.model, timeout=self.timeout, max_retries=self.max_retries, api_key=self.api_key,
-            base_url=self.base_url, **self.provider_kwargs,
-        )
-        if self.model is None:
-            self.model = str(self._backend.ref)
+        self._backend = adapter_backend(self)
 
     @property
     def backend(self) -> Backend:

@@ -24,6 +24,19 @@ def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
     return spec.create_backend(ref, settings)
 
 
+def adapter_backend(adapter: Any) -> Backend:
+    """The backend a framework adapter's fields describe (``model``, the client settings and
+    ``provider_kwargs``), built once in the adapter's ``__init__`` (not in a validator, so typed
+    errors such as UnknownModelError reach the caller as themselves). With no model named,
+    ``adapter.model`` becomes the local default that was picked."""
+    backend = create_backend(
+        adapter.model, timeout=adapter.timeout, max_retries=adapter.max_retries,
+        api_key=adapter.api_key, base_url=adapter.base_url, **adapter.provider_kwargs)
+    if adapter.model is None:
+        adapter.model = str(backend.ref)
+    return backend
+
+
 def collect_provider_kwargs(model_cls: type, values: Any) -> Any:
     """For the adapters' pydantic models: keyword arguments that are not fields (nor aliases)
     move into ``values["provider_kwargs"]``, to be checked against the provider's row."""
@@ -38,4 +51,4 @@ def collect_provider_kwargs(model_cls: type, values: Any) -> Any:
     return {**kept, "provider_kwargs": {**values.get("provider_kwargs", {}), **extra}}
 
 
-__all__ = ["Backend", "collect_provider_kwargs", "create_backend"]
+__all__ = ["Backend", "adapter_backend", "collect_provider_kwargs", "create_backend"]

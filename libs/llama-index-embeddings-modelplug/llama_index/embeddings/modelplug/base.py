@@ -7,8 +7,7 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
 
-from modelplug import create_backend
-from modelplug.backends import Backend, collect_provider_kwargs
+from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 
 
 class ModelPlugEmbedding(BaseEmbedding):
@@ -74,12 +73,7 @@ class ModelPlugEmbedding(BaseEmbedding):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._backend = create_backend(
-            self.model, timeout=self.timeout, max_retries=self.max_retries,
-            api_key=self.api_key, base_url=self.base_url, **self.provider_kwargs,
-        )
-        if self.model is None:
-            self.model = str(self._backend.ref)
+        self._backend = adapter_backend(self)
         if self.model_name == "unknown":
             self.model_name = self.model
 

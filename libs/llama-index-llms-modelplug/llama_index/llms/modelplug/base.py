@@ -35,8 +35,8 @@ from llama_index.llms.modelplug._convert import (
     to_openai_messages,
 )
 
-from modelplug import ChatRequest, CompletionRequest, create_backend
-from modelplug.backends import Backend, collect_provider_kwargs
+from modelplug import ChatRequest, CompletionRequest
+from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 
 if TYPE_CHECKING:
     from llama_index.core.program.utils import FlexibleModel
@@ -175,15 +175,7 @@ class ModelPlug(FunctionCallingLLM):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Built here, not in a validator, so typed errors (UnknownModelError, ModelNotFoundError,
-        # TypeError for a bad provider kwarg) reach the caller as themselves.
-        self._backend = create_backend(
-            self.model, timeout=self.timeout, max_retries=self.max_retries,
-            api_key=self.api_key, base_url=self.base_url,
-            **self.provider_kwargs,
-        )
-        if self.model is None:
-            self.model = str(self._backend.ref)
+        self._backend = adapter_backend(self)
 
     @classmethod
     def class_name(cls) -> str:
