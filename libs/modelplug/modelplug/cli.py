@@ -17,6 +17,7 @@ from modelplug.errors import MissingDependencyError, ModelPlugError
 try:
     import typer
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(
@@ -120,28 +121,38 @@ def list_(local: Annotated[bool, typer.Option(
         return
     # The backend's profile adds what runtime probes know (GGUF context, grammar-backed tools,
     # Ollama's /api/show).
-    console.print(_models_table("Available locally", [(str(ref), _probed_profile(ref))
-                                                      for ref in found]))
+    probed = [_probed_profile(ref) for ref in found]
+    console.print(_models_table("Available locally",
+                                [(str(ref), profile) for ref, (profile, _) in zip(found, probed, strict=True)],
+                                [problem for _, problem in probed]))
 
 
-def _probed_profile(ref: ModelRef) -> Profile:
-    backend = create_backend(ref)
-    backend.probe()
-    return backend.profile()
+def _probed_profile(ref: ModelRef) -> tuple[Profile, str]:
+    """The backend's probed profile, or the catalog's with the reason a probe failed: one
+    broken local model (a corrupt GGUF, a pickle-only cache entry) must not hide the others."""
+    try:
+        backend = create_backend(ref)
+        backend.probe()
+        return backend.profile(), ""
+    except ModelPlugError as exc:
+        return Profile.from_ref(ref), f"[red]{type(exc).__name__}[/red]: {escape(str(exc))}"
 
 
 def _yes(value: bool | None) -> str:
     return {True: "[green]yes[/green]", False: "no", None: "?"}[value]
 
 
-def _models_table(title: str, rows: list[tuple[str, Profile]]) -> Table:
+def _models_table(title: str, rows: list[tuple[str, Profile]],
+                  problems: list[str] | None = None) -> Table:
+    """One row per model; ``problems`` (one per row, "" for none) adds a column of them."""
     table = Table(title=title)
-    for column in ("model", "tools", "structured output", "vision", "reasoning", "context"):
+    for column in ("model", "tools", "structured output", "vision", "reasoning", "context",
+                   *["problem"] * (problems is not None)):
         table.add_column(column)
-    for name, p in rows:
-        table.add_row(name, _yes(p.tool_calling), _yes(p.structured_output),
-                      _yes(p.image_inputs), _yes(p.reasoning_output),
-                      f"{p.max_input_tokens:,}" if p.max_input_tokens else "")
+    for i, (name, p) in enumerate(rows):
+        cells = [name, _yes(p.tool_calling), _yes(p.structured_output), _yes(p.image_inputs),
+                 _yes(p.reasoning_output), f"{p.max_input_tokens:,}" if p.max_input_tokens else ""]
+        table.add_row(*cells, *([problems[i]] if problems is not None else []))
     return table
 
 

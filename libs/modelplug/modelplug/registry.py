@@ -168,6 +168,11 @@ _MEDIA: dict[str, tuple[ProviderSpec, ...]] = {
 }
 
 
+def media_providers(modality: str) -> tuple[ProviderSpec, ...]:
+    """The image (``"image"``) or audio (``"audio"``) provider rows."""
+    return _MEDIA[modality]
+
+
 def media_provider(modality: str, key: str) -> ProviderSpec:
     """The image or audio provider row for ``key``; unknown keys list the valid ones."""
     rows = {spec.key: spec for spec in _MEDIA[modality]}
