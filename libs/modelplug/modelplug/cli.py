@@ -122,9 +122,8 @@ def list_(local: Annotated[bool, typer.Option(
     # The backend's profile adds what runtime probes know (GGUF context, grammar-backed tools,
     # Ollama's /api/show).
     probed = [_probed_profile(ref) for ref in found]
-    console.print(_models_table("Available locally",
-                                [(str(ref), profile) for ref, (profile, _) in zip(found, probed, strict=True)],
-                                [problem for _, problem in probed]))
+    rows = [(str(ref), profile) for ref, (profile, _) in zip(found, probed, strict=True)]
+    console.print(_models_table("Available locally", rows, [problem for _, problem in probed]))
 
 
 def _probed_profile(ref: ModelRef) -> tuple[Profile, str]:
