@@ -59,7 +59,9 @@ class ModelPlugEmbedding(BaseEmbedding):
     text_instruction: str | None = None
     timeout: float | None = None
     max_retries: int | None = None
-    api_key: SecretStr | None = None
+    #: Never serialized (to_dict/to_json leave it out): a loaded copy takes the key from the
+    #: provider's environment variable, as LangChain's secrets do.
+    api_key: SecretStr | None = Field(default=None, exclude=True)
     base_url: str | None = None
     provider_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Provider-specific settings (any other keyword).")
