@@ -108,8 +108,12 @@ CASES: dict[str, tuple[Callable[[Path], Any], type[BaseException], str]] = {
                                   ValueError, r"tool_choice 'other' names no bound tool\. "
                                   r"Bound tools: \['lookup'\]"),
     "unknown response_format": (lambda _: anthropic().invoke(
-        "hi", response_format={"type": "xml"}), UnsupportedCapabilityError,
+        "hi", response_format={"type": "xml"}), ConfigurationError,
         r"Unknown response_format type 'xml'; use 'json_schema' or 'json_object'"),
+    "response_format not a dict": (lambda _: openai().invoke("hi", response_format="json"),
+                                   ConfigurationError,
+                                   r"Unknown response_format type 'json'; use 'json_schema' or "
+                                   r"'json_object' .*or leave response_format unset"),
     "unknown structured output method": (
         lambda _: openai().with_structured_output({"title": "x", "type": "object"},
                                                   method="magic"),
@@ -134,7 +138,7 @@ CASES: dict[str, tuple[Callable[[Path], Any], type[BaseException], str]] = {
     "http image on native ollama": (lambda _: ollama("ollama:gemma3:4b").invoke([HumanMessage(
         content=[{"type": "image_url", "image_url": {"url": "https://x/y.png"}}])]), ValueError,
         r"takes inline images only .*not the http\(s\) URL 'https://x/y\.png'"),
-    "empty messages": (lambda _: openai().invoke([]), UnsupportedCapabilityError,
+    "empty messages": (lambda _: openai().invoke([]), ConfigurationError,
                        r"The request has no messages\. Pass at least one message"),
     # -- in-process weights ---------------------------------------------------------------------
     "n_ctx over the trained length": (lambda _: ChatModelPlug(model="llamacpp:smollm2",
@@ -183,3 +187,21 @@ def test_bad_input(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 30
+
+
+#: Cases that are the caller's to fix: plain ConfigurationErrors, which no fallback set retries
+#: (UnsupportedCapabilityError is for "this model cannot", which a fallback set skips past).
+CALLER_ERRORS = ["unknown response_format", "response_format not a dict", "empty messages"]
+
+
+@pytest.mark.parametrize("case", CALLER_ERRORS)
+def test_caller_errors_are_not_retryable(case: str, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelplug.fallback import is_retryable
+
+    monkeypatch.setenv("OLLAMA_HOST", CLOSED)
+    call, _, _ = CASES[case]
+    with pytest.raises(ConfigurationError) as info:
+        call(tmp_path)
+    assert not isinstance(info.value, UnsupportedCapabilityError)
+    assert not is_retryable(info.value)

@@ -23,6 +23,7 @@ from langchain_modelplug import ChatModelPlug, FallbackChatModel
 from modelplug import (
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     FallbackExhaustedError,
     ProviderUnavailableError,
     RateLimitError,
@@ -226,6 +227,37 @@ def test_retry_on_narrows_what_fails_over(server: StatusServer) -> None:
     assert llm.invoke("hi").content == ANSWER
 
 
+def test_retry_on_classes_match_a_third_party_models_sdk_errors(server: StatusServer) -> None:
+    # ChatOpenAI raises openai.APIConnectionError, which is no ConnectionError: retry_on classes
+    # match it as the typed error map_sdk_error makes of it (ProviderUnavailableError).
+    import openai
+    from langchain_openai import ChatOpenAI
+
+    openai_down = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0,
+                             base_url=f"http://127.0.0.1:{closed_port()}/v1")
+    llm = FallbackChatModel([openai_down, at(server, "ok")],
+                            retry_on=(TimeoutError, ConnectionError))
+    message = llm.invoke("hi")
+    assert message.content == ANSWER
+    [failure] = message.response_metadata["fallback_failures"]
+    assert failure.startswith("openai:gpt-4o-mini: ") and "Connection error" in failure
+    with pytest.raises(openai.APIConnectionError):  # narrowed to timeouts, it surfaces
+        FallbackChatModel([openai_down, at(server, "ok")], retry_on=TimeoutError).invoke("hi")
+
+
+def test_caller_errors_surface_without_trying_the_next_candidate(
+        server: StatusServer, local: ChatModelPlug) -> None:
+    before = len(server.seen("ok"))
+    llm = FallbackChatModel([local, at(server, "ok")])
+    with pytest.raises(ConfigurationError, match="Pass at least one message") as info:
+        llm.invoke([])
+    assert not isinstance(info.value, (UnsupportedCapabilityError, FallbackExhaustedError))
+    with pytest.raises(ConfigurationError, match="Unknown response_format type 'xml'") as info:
+        llm.invoke("hi", response_format={"type": "xml"})
+    assert not isinstance(info.value, (UnsupportedCapabilityError, FallbackExhaustedError))
+    assert len(server.seen("ok")) == before  # the second candidate was never called
+
+
 def test_conversation_reaches_the_next_candidate_intact(server: StatusServer) -> None:
     conversation = [
         SystemMessage("You are terse."),
@@ -317,7 +349,8 @@ def test_candidate_without_tools_is_skipped_for_tools(server: StatusServer) -> N
     no_tools = ChatModelPlug(model="llamacpp:smollm2", chat_format="chatml", max_tokens=8)
     assert no_tools.profile["tool_calling"] is False
     llm = FallbackChatModel([no_tools, at(server, "ok")])
-    assert llm.profile["tool_calling"] is False  # not every candidate has it
+    # The vllm row says nothing about tools: the set may have them (combine_profiles).
+    assert "tool_calling" not in llm.profile
     message = llm.bind_tools([magic_function]).invoke(TOOL_QUESTION)
     assert message.response_metadata["fallback_model"] == "vllm:x"
     assert "skipped" in message.response_metadata["fallback_failures"][0]
@@ -347,6 +380,72 @@ def test_candidate_without_vision_is_skipped_for_images(server: StatusServer) ->
     assert "image" in message.response_metadata["fallback_failures"][0]
     parts = server.seen("ok")[-1]["messages"][0]["content"]
     assert any(p.get("type") == "image_url" for p in parts)  # the image reached the next one
+
+
+def test_a_large_photo_goes_to_the_vision_candidate(server: StatusServer) -> None:
+    # A phone photo of about 1 MB is ~1.4 MB of base64: read as text it would be ~350k tokens,
+    # over gpt-4o's 128k window. Each image counts at a fixed cost instead, so it is tried.
+    import base64
+    import io
+    import os
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (600, 600), os.urandom(600 * 600 * 3)).save(buffer, format="PNG")
+    assert buffer.tell() > 1_000_000
+    photo = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    vision = ChatModelPlug(model="openai:gpt-4o", base_url=server.url("ok"), api_key="sk-test",
+                           max_retries=0)
+    assert vision.profile["image_inputs"] is True
+    assert vision.profile["max_input_tokens"] == 128_000
+    llm = FallbackChatModel([ChatModelPlug(model="llamacpp:smollm2"), vision])
+    message = llm.invoke([HumanMessage(content=[
+        {"type": "text", "text": "What is in this photo?"},
+        {"type": "image_url", "image_url": {"url": photo}}])])
+    assert message.response_metadata["fallback_model"] == "openai:gpt-4o"
+    [skipped] = message.response_metadata["fallback_failures"]
+    assert "image inputs" in skipped  # the text-only one was skipped for the image, not size
+    parts = server.seen("ok")[-1]["messages"][0]["content"]
+    assert [p["image_url"]["url"] for p in parts if p["type"] == "image_url"] == [photo]
+
+
+def test_a_candidate_that_refuses_the_tool_choice_is_skipped(server: StatusServer) -> None:
+    class AutoToolsOnly(ChatModelPlug):
+        """A chat model whose bind_tools refuses a forced tool_choice (as some providers do)."""
+
+        def bind_tools(self, tools, *, tool_choice=None, **kwargs):
+            if tool_choice not in (None, "auto"):
+                raise ValueError(f"tool_choice={tool_choice!r} is not supported; use 'auto'.")
+            return super().bind_tools(tools, tool_choice=tool_choice, **kwargs)
+
+    refuser = AutoToolsOnly(model="vllm:x", base_url=server.url("status-500"), max_retries=0)
+    before = len(server.seen("status-500"))
+    llm = FallbackChatModel([refuser, at(server, "ok")])
+    message = llm.bind_tools([magic_function], tool_choice="any").invoke(TOOL_QUESTION)
+    assert message.response_metadata["fallback_model"] == "vllm:x"
+    assert "skipped" in message.response_metadata["fallback_failures"][0]
+    assert len(server.seen("status-500")) == before  # skipped, never called
+    assert server.seen("ok")[-1]["tool_choice"] == "required"
+    # When no candidate can bind them, the first refusal is raised, naming every candidate's.
+    with pytest.raises(ValueError, match="tool_choice='any' is not supported") as info:
+        FallbackChatModel([refuser, refuser]).bind_tools([magic_function], tool_choice="any")
+    assert "No candidate of this FallbackChatModel can bind these tools" in "".join(
+        info.value.__notes__)
+
+
+def test_both_adapters_say_a_set_can_call_tools_when_any_candidate_can() -> None:
+    from llama_index.llms.modelplug import FallbackLLM, ModelPlug
+
+    no_tools = {"model": "llamacpp:smollm2", "chat_format": "chatml"}  # no tool path
+    with_tools = {"model": "llamacpp:smollm2"}  # tools through the JSON-schema grammar
+    assert FallbackChatModel([ChatModelPlug(**no_tools),
+                              ChatModelPlug(**with_tools)]).profile["tool_calling"] is True
+    assert FallbackLLM([ModelPlug(**no_tools),
+                        ModelPlug(**with_tools)]).metadata.is_function_calling_model is True
+    assert FallbackChatModel([ChatModelPlug(**no_tools)] * 2).profile["tool_calling"] is False
+    assert FallbackLLM([ModelPlug(**no_tools),
+                        ModelPlug(**no_tools)]).metadata.is_function_calling_model is False
 
 
 def test_every_candidate_skipped_is_exhausted() -> None:
@@ -386,8 +485,11 @@ def test_profile_and_ls_params_describe_the_set(local: ChatModelPlug) -> None:
     llm = FallbackChatModel([tools_declared, local])
     assert llm.profiles == [tools_declared.profile, local.profile]
     assert llm.profile["tool_calling"] is True  # both have it
-    # llamacpp says False for images; the vllm row says nothing, so the set cannot promise it.
+    # Neither takes images (';tools' declares tools and nothing else): the set does not.
     assert llm.profile["image_inputs"] is False
+    # llamacpp constrains output, the vllm row does not say; no candidate is skipped for it, so
+    # the set cannot promise it.
+    assert "structured_output" not in llm.profile
     assert "max_input_tokens" not in llm.profile  # the vllm window is unknown
     params = llm._get_ls_params(stop=["\n"])
     assert params["ls_provider"] == "fallback"

@@ -13,7 +13,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.globals import set_llm_cache
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
@@ -95,12 +95,49 @@ def test_llm_refuses_a_provider_without_completion() -> None:
         llm.invoke("Hello")
 
 
+# -- ChatModelPlug's native batch -----------------------------------------------------------------
+
+IMAGE = HumanMessage(content=[  # SmolLM2 takes no images: refused before any generation
+    {"type": "text", "text": "What is this?"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}])
+
+
+def test_native_batch_fails_only_the_bad_item(llm: ChatModelPlug) -> None:
+    events = Events()
+    good, bad = llm.batch([QUESTION, [IMAGE]], config={"callbacks": [events]},
+                          return_exceptions=True)
+    assert isinstance(good, AIMessage) and "Paris" in good.content
+    assert isinstance(bad, UnsupportedCapabilityError) and "image inputs" in str(bad)
+    assert sorted(events.events) == ["end", "error", "start", "start"]
+    with pytest.raises(UnsupportedCapabilityError, match="image inputs"):
+        llm.batch([QUESTION, [IMAGE]])
+
+
+async def test_native_abatch_fails_only_the_bad_item(llm: ChatModelPlug) -> None:
+    bad, good = await llm.abatch([[IMAGE], QUESTION], return_exceptions=True)
+    assert isinstance(bad, UnsupportedCapabilityError)
+    assert isinstance(good, AIMessage) and "Paris" in good.content
+    with pytest.raises(UnsupportedCapabilityError):
+        await llm.abatch([[IMAGE], QUESTION])
+
+
 # -- ModelPlugEmbeddings and a retrieval chain ----------------------------------------------------
 
 
-def test_embeddings_batched_in_order(embeddings: ModelPlugEmbeddings) -> None:
+def test_embeddings_batched_in_order(embeddings: ModelPlugEmbeddings,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     texts = ["Paris is in France.", "Bananas are yellow.", "Rome is in Italy."]
-    vectors = embeddings.embed_documents(texts)  # batch_size=2: two backend calls
+    sent: list[list[str]] = []
+    embed = embeddings.backend.embed
+
+    def counting(batch: list[str]) -> list[list[float]]:
+        sent.append(list(batch))
+        return embed(batch)
+
+    monkeypatch.setattr(embeddings.backend, "embed", counting)
+    vectors = embeddings.embed_documents(texts)
+    assert sent == [texts[:2], texts[2:]]  # batch_size=2: two backend calls, in order
+    monkeypatch.undo()
     assert len(vectors) == 3 and {len(v) for v in vectors} == {576}
     assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-3) for v in vectors)
     one_by_one = [embeddings.embed_query(t) for t in texts]
@@ -215,6 +252,9 @@ class Events(BaseCallbackHandler):
     def on_llm_end(self, response, **kwargs: Any) -> None:
         self.events.append("end")
         self.end = response
+
+    def on_llm_error(self, error: BaseException, **kwargs: Any) -> None:
+        self.events.append("error")
 
 
 def test_callbacks_fire_with_usage(llm: ChatModelPlug) -> None:

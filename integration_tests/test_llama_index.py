@@ -325,3 +325,53 @@ def test_fallback_raises_permanent_errors_and_reports_exhaustion(fallback: Fallb
     with pytest.raises(FallbackExhaustedError) as info:
         both_dead.complete("Hello")
     assert [name for name, _ in info.value.errors] == ["llamaserver:a", "vllm:b"]
+
+
+def test_fallback_raises_caller_errors_without_trying_the_next_candidate(dead_url: str) -> None:
+    from llama_index.core.llms import ChatMessage
+
+    from modelplug.errors import (
+        ConfigurationError,
+        FallbackExhaustedError,
+        UnsupportedCapabilityError,
+    )
+
+    calls: list[str] = []
+
+    class Recording(ModelPlug):
+        def _chat(self, messages, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(self.model)
+            return super()._chat(messages, **kwargs)
+
+    fallback = FallbackLLM([ModelPlug(model="llamacpp:smollm2", max_tokens=8),
+                            Recording(model="llamacpp:smollm2", max_tokens=8)])
+    with pytest.raises(ConfigurationError, match="Pass at least one message") as info:
+        fallback.chat([])
+    assert not isinstance(info.value, (UnsupportedCapabilityError, FallbackExhaustedError))
+    with pytest.raises(ConfigurationError, match="Unknown response_format type 'xml'"):
+        fallback.chat([ChatMessage(role="user", content="hi")], response_format={"type": "xml"})
+    assert calls == []  # the second candidate was never called
+
+
+@pytest.mark.parametrize("call", ["complete", "stream_complete", "acomplete",
+                                  "astream_complete"])
+async def test_one_completion_is_one_llm_event(call: str) -> None:
+    """complete() and its twins run the chat internals, not the decorated chat(): callbacks see
+    one LLM event per call, so TokenCountingHandler counts it once."""
+    from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
+
+    counter = TokenCountingHandler(tokenizer=str.split)
+    llm = ModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=8,
+                    callback_manager=CallbackManager([counter]))
+    result = getattr(llm, call)(PARIS)
+    if call == "stream_complete":
+        text = [step for step in result][-1].text
+    elif call == "acomplete":
+        text = (await result).text
+    elif call == "astream_complete":
+        text = [step async for step in await result][-1].text
+    else:
+        text = result.text
+    assert text
+    assert len(counter.llm_token_counts) == 1, counter.llm_token_counts
+    assert counter.completion_llm_token_count > 0

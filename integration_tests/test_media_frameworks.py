@@ -44,6 +44,27 @@ def test_image_runnable_takes_a_prompt_or_a_dict(draw: ImageModelPlug, tmp_path:
     assert not _same(image, Image.open(paths[0]).convert("RGB"))  # the per-call seed won
 
 
+def test_output_dir_on_the_object_applies_to_path_output_only(tiny_sd_path: Path,
+                                                             tmp_path: Path) -> None:
+    from modelplug import ConfigurationError
+
+    draw = ImageModelPlug(model=f"hf:{tiny_sd_path}", output_dir=str(tmp_path),
+                          num_inference_steps=1, width=32, height=32)
+    [image] = draw.invoke("a red cat")  # the default format (pil) writes nothing
+    assert isinstance(image, Image.Image) and not list(tmp_path.iterdir())
+    [path] = draw.invoke({"prompt": "a red cat", "format": "path"})
+    assert Path(path).parent == tmp_path
+    message = draw.as_tool().invoke({"type": "tool_call", "id": "call_1",
+                                     "name": "generate_image", "args": {"prompt": "a cat"}})
+    assert Path(message.artifact[0]).parent == tmp_path  # the tool writes there too
+    other = tmp_path / "other"
+    [path] = draw.invoke({"prompt": "a red cat", "format": "path", "output_dir": str(other)})
+    assert Path(path).parent == other  # a per-call output_dir wins
+    # A per-call output_dir with a format that writes nothing is still a mistake.
+    with pytest.raises(ConfigurationError, match="output_dir= is where format='path' writes"):
+        draw.invoke({"prompt": "a red cat", "output_dir": str(other)})
+
+
 def test_image_runnable_in_a_chain_and_batched(draw: ImageModelPlug) -> None:
     chain = PromptTemplate.from_template("a photo of {thing}") | draw
     [from_chain] = chain.invoke({"thing": "a dog"})

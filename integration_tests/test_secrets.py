@@ -73,5 +73,33 @@ def test_key_echoed_by_the_server_is_redacted() -> None:
             llm.invoke("hi")
         assert "Incorrect API key provided: ***" in str(info.value)
         assert SECRET not in str(info.value)
+        # The SDK's own error, chained as the cause, is scrubbed too: tracebacks print it.
+        assert "Incorrect API key provided: ***" in str(info.value.__cause__)
+        assert SECRET not in "".join(traceback.format_exception(info.value))
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("provider", KEYED)
+def test_key_never_shows_in_the_other_components(provider: str) -> None:
+    """The LLM, embeddings and LlamaIndex classes hold the same key the same way."""
+    from llama_index.embeddings.modelplug import ModelPlugEmbedding
+    from llama_index.llms.modelplug import FallbackLLM, ModelPlug
+
+    from langchain_modelplug import ModelPlugEmbeddings, ModelPlugLLM
+
+    model = build(provider).model  # a model id the provider's catalog accepts
+    settings = {"api_key": SECRET, "base_url": CLOSED, "max_retries": 0}
+    components = [ModelPlugLLM(model=model, **settings),
+                  ModelPlugEmbeddings(model=model, **settings),
+                  ModelPlug(model=model, **settings),
+                  FallbackLLM([ModelPlug(model=model, **settings)]),
+                  ModelPlugEmbedding(model=model, **settings)]
+    for component in components:
+        texts = [repr(component), str(component)]
+        if hasattr(component, "to_json"):  # LlamaIndex serialization
+            texts.append(component.to_json())
+        else:
+            texts += [dumps(component), str(dumpd(component))]
+        for text in texts:
+            assert SECRET not in text, (type(component).__name__, text)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import os
+
 import pytest
 
 from modelplug import ChatRequest, FallbackExhaustedError, UnsupportedCapabilityError
+from modelplug.backends.base import check_request
 from modelplug.errors import ConfigurationError
-from modelplug.fallback import Candidate, FallbackPolicy, Needs, is_retryable
+from modelplug.fallback import (
+    IMAGE_TOKENS,
+    Candidate,
+    FallbackPolicy,
+    Needs,
+    combine_profiles,
+    is_retryable,
+)
 from modelplug.profile import Profile
 
 
@@ -154,3 +165,93 @@ def test_classification() -> None:
     assert is_retryable(UnsupportedCapabilityError("no tools"))  # another candidate may
     assert not is_retryable(ConfigurationError("bad model string"))
     assert not is_retryable(ValueError()) and not is_retryable(TypeError())
+
+
+def test_retry_on_classes_match_sdk_errors_as_their_typed_error() -> None:
+    class APIConnectionError(Exception):  # openai's: no ConnectionError, recognised by name
+        pass
+
+    class APITimeoutError(APIConnectionError):
+        pass
+
+    def down() -> str:
+        raise APIConnectionError("Connection error.")
+
+    def slow() -> str:
+        raise APITimeoutError("Request timed out.")
+
+    policy = FallbackPolicy(retry_on=(TimeoutError, ConnectionError))
+    outcome = policy.run(cands(down, slow, lambda: "ok"), lambda f: f())
+    assert outcome.value == "ok"
+    assert [type(e) for _, e in outcome.failures] == [APIConnectionError, APITimeoutError]
+    # Narrowed to timeouts, a refused connection still surfaces as itself.
+    with pytest.raises(APIConnectionError):
+        FallbackPolicy(retry_on=TimeoutError).run(cands(down, lambda: "never"), lambda f: f())
+
+
+def _image_request(data_url: str) -> ChatRequest:
+    return ChatRequest(messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is in this photo?"},
+        {"type": "image_url", "image_url": {"url": data_url}}]}])
+
+
+def test_an_image_counts_at_a_fixed_cost_not_by_its_base64() -> None:
+    # A 300 KB photo: about 400,000 characters of base64, ~100k tokens if read as text.
+    photo = "data:image/jpeg;base64," + base64.b64encode(os.urandom(300_000)).decode()
+    needs = Needs.of_request(_image_request(photo))
+    assert needs.images
+    assert IMAGE_TOKENS <= needs.input_tokens < IMAGE_TOKENS + 50
+    tiny = Needs.of_request(_image_request("data:image/png;base64,AAAA"))
+    assert tiny.input_tokens == needs.input_tokens  # the size of the data URL does not count
+    two = Needs.of_request(ChatRequest(messages=[_image_request(photo).messages[0]] * 2))
+    assert two.input_tokens >= 2 * IMAGE_TOKENS  # each image part counts
+    # The vision candidate (a 32k window, as Qwen2.5-VL-7B's) is tried, not skipped.
+    calls = []
+    outcome = FallbackPolicy().run(
+        cands("text-only", "vision", profiles=[{"image_inputs": False},
+                                               {"image_inputs": True, "max_input_tokens": 32_768}]),
+        lambda name: calls.append(name) or name, needs=needs)
+    assert outcome.value == "vision" and calls == ["vision"]
+    assert "image" in str(outcome.failures[0][1])
+
+
+def test_one_rule_for_what_a_set_can_do() -> None:
+    fields = ("tool_calling", "image_inputs", "structured_output")
+    mixed = [{"tool_calling": False, "image_inputs": True, "structured_output": True,
+              "max_input_tokens": 8192},
+             Profile(tool_calling=True, image_inputs=False, structured_output=False,
+                     max_input_tokens=128_000)]
+    # Skipped-for capabilities: any candidate's is the set's (the others are skipped);
+    # the rest: every candidate must have it; limits: the smallest.
+    assert combine_profiles(mixed, fields) == {
+        "tool_calling": True, "image_inputs": True, "structured_output": False,
+        "max_input_tokens": 8192}
+    lacking = [{"tool_calling": False}, {"tool_calling": False}]
+    assert combine_profiles(lacking, fields) == {"tool_calling": False}
+    unknown = [{"tool_calling": False, "structured_output": True}, None]
+    assert combine_profiles(unknown, fields) == {}  # unknown stays unknown
+
+
+@pytest.mark.parametrize("request_", [
+    ChatRequest(messages=[]),
+    ChatRequest(messages=[{"role": "user", "content": "hi"}], response_format={"type": "xml"}),
+    ChatRequest(messages=[{"role": "user", "content": "hi"}], response_format="json"),  # type: ignore[arg-type]
+], ids=["no messages", "unknown response_format type", "response_format not a dict"])
+def test_caller_errors_are_configuration_errors_that_do_not_fail_over(
+        request_: ChatRequest) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        check_request(request_)
+    error = info.value
+    assert not isinstance(error, UnsupportedCapabilityError) and not is_retryable(error)
+    assert "Pass at least one message" in str(error) or "use 'json_schema' or 'json_object'" in \
+        str(error)
+
+    def refused() -> str:
+        raise error
+
+    calls = []
+    with pytest.raises(ConfigurationError) as raised:
+        FallbackPolicy().run(cands(refused, lambda: calls.append(1)), lambda f: f())
+    assert raised.value is error and calls == []  # raised as itself; the next one never ran
+    check_request(ChatRequest(messages=[{"role": "user", "content": "hi"}],
+                              response_format={"type": "text"}))  # a known type passes

@@ -114,3 +114,31 @@ class TestChatModelPlugOllama(_Networked):
         # The native Ollama API has no retry (seed 000): the suite's max_retries is refused.
         params = super().standard_chat_model_params
         return {k: v for k, v in params.items() if k not in ("max_retries", "api_key")}
+
+
+def test_catalog_members_are_accepted_as_model_strings() -> None:
+    """Seed 000: a catalog enum member is as good as its "provider:model_id" string, in every
+    adapter; the field stores the string, so the object serializes as text."""
+    from langchain_core.load import dumps
+    from llama_index.embeddings.modelplug import ModelPlugEmbedding
+    from llama_index.llms.modelplug import FallbackLLM, ModelPlug
+
+    from langchain_modelplug import (
+        FallbackChatModel,
+        ModelPlugEmbeddings,
+        ModelPlugLLM,
+    )
+    from modelplug import LlamaCppModel
+
+    member = LlamaCppModel.SMOLLM2
+    chat = ChatModelPlug(model=member, max_tokens=4)
+    assert chat.model == "llamacpp:smollm2" and str(chat.backend.ref) == "llamacpp:smollm2"
+    assert '"model": "llamacpp:smollm2"' in dumps(chat)
+    assert ModelPlugLLM(model=member).model == "llamacpp:smollm2"
+    assert ModelPlugEmbeddings(model=member).model == "llamacpp:smollm2"
+    assert ModelPlug(model=member).model == "llamacpp:smollm2"
+    assert ModelPlugEmbedding(model=member).model == "llamacpp:smollm2"
+    assert FallbackChatModel([member]).names == ["llamacpp:smollm2"]
+    assert FallbackLLM([member]).names == ["llamacpp:smollm2"]
+    with pytest.raises(ValueError, match="model"):
+        ChatModelPlug(model=42)  # anything else is still refused by the field

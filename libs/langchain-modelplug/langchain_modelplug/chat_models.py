@@ -22,7 +22,14 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
 
 from langchain_modelplug._convert import to_ai_chunk, to_ai_message, to_openai_messages
 from modelplug import ChatRequest
@@ -47,7 +54,8 @@ class ChatModelPlug(BaseChatModel):
     Key init args — model:
         model: str | None
             ``"provider:model_id"`` (``"anthropic:claude-sonnet-4-6"``, ``"ollama:qwen3.5:9b"``,
-            ``"llamacpp:smollm2"``), a catalog name, or None for the first model available
+            ``"llamacpp:smollm2"``), a catalog member (``LlamaCppModel.SMOLLM2``, stored as its
+            ``"provider:model_id"``), a catalog name, or None for the first model available
             locally (never a cloud, never a download).
         **provider kwargs
             Provider-specific settings, checked against the provider's row: ``model_path``,
@@ -365,13 +373,25 @@ class ChatModelPlug(BaseChatModel):
         return (self._backend.spec.in_process and len(inputs) > 1 and not self.streaming
                 and not cache_on and self.rate_limiter is None)
 
-    def _batch_requests(self, inputs: Sequence[Any], kwargs: dict[str, Any],
-                        ) -> tuple[list[list[BaseMessage]], list[ChatRequest], list[str] | None]:
+    def _batch_items(self, inputs: Sequence[Any], kwargs: dict[str, Any],
+                     ) -> tuple[list[tuple[list[BaseMessage], ChatRequest | Exception]],
+                                list[str] | None]:
+        """Each input's messages and its request, or the error that refuses it: every item is
+        checked alone, so one bad request fails only itself."""
         stop = kwargs.pop("stop", None)
         for key in ("ls_structured_output_format", "structured_output_format"):
             kwargs.pop(key, None)
-        message_lists = [self._convert_input(i).to_messages() for i in inputs]
-        return message_lists, [self._request(m, stop, dict(kwargs)) for m in message_lists], stop
+        items: list[tuple[list[BaseMessage], ChatRequest | Exception]] = []
+        for value in inputs:
+            messages = self._convert_input(value).to_messages()
+            try:
+                request = self._request(messages, stop, dict(kwargs))
+                self._backend.check(request)
+            except Exception as exc:
+                items.append((messages, exc))
+            else:
+                items.append((messages, request))
+        return items, stop
 
     def _batch_run_kwargs(self, messages: list[BaseMessage], stop: list[str] | None,
                           config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -380,14 +400,41 @@ class ChatModelPlug(BaseChatModel):
                 "options": {"stop": stop}, "name": config.get("run_name"),
                 "run_id": config.get("run_id"), "batch_size": 1}
 
-    def _batch_messages(self, responses: list[Any], run_ids: list[Any]) -> list[AIMessage]:
+    @staticmethod
+    def _batch_refusal(items: list[tuple[list[BaseMessage], ChatRequest | Exception]],
+                       return_exceptions: bool) -> Exception | None:
+        """The error that stops the whole batch before generating: without return_exceptions,
+        the first item's refusal."""
+        if return_exceptions:
+            return None
+        return next((r for _, r in items if isinstance(r, Exception)), None)
+
+    def _batch_outputs(self, items: list[tuple[list[BaseMessage], ChatRequest | Exception]],
+                       run_ids: list[Any], answered: list[Any] | BaseException) -> list[Any]:
+        """Per item, its AIMessage or the exception that failed it: its own refusal, else the
+        batch call's error (``answered``) when that failed."""
         from langchain_core.utils.utils import LC_ID_PREFIX
 
         provider = self._backend.ref.provider
-        messages = [to_ai_message(r, provider) for r in responses]
-        for message, run_id in zip(messages, run_ids, strict=True):
-            message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
-        return messages
+        answers = iter(answered) if isinstance(answered, list) else None
+        outputs: list[Any] = []
+        for (_, request), run_id in zip(items, run_ids, strict=True):
+            if isinstance(request, Exception):
+                outputs.append(request)
+            elif answers is None:
+                outputs.append(answered)
+            else:
+                message = to_ai_message(next(answers), provider)
+                message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
+                outputs.append(message)
+        return outputs
+
+    @staticmethod
+    def _batch_result(outputs: list[Any], return_exceptions: bool) -> list[Any]:
+        first = next((o for o in outputs if isinstance(o, BaseException)), None)
+        if first is not None and (not return_exceptions or not isinstance(first, Exception)):
+            raise first
+        return outputs
 
     def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
               **kwargs: Any) -> list[Any]:
@@ -397,27 +444,29 @@ class ChatModelPlug(BaseChatModel):
         from langchain_core.outputs import LLMResult
         from langchain_core.runnables.config import get_config_list
 
-        message_lists, requests, stop = self._batch_requests(inputs, kwargs)
+        items, stop = self._batch_items(inputs, kwargs)
         run_managers = []
-        for messages, cfg in zip(message_lists, get_config_list(config, len(inputs)),
-                                 strict=True):
+        for (messages, _), cfg in zip(items, get_config_list(config, len(inputs)), strict=True):
             manager = CallbackManager.configure(cfg.get("callbacks"), self.callbacks,
                                                 self.verbose, cfg.get("tags"), self.tags,
                                                 cfg.get("metadata"), self.metadata)
             run_managers += manager.on_chat_model_start(
                 **self._batch_run_kwargs(messages, stop, cfg, kwargs))
+        answered: list[Any] | BaseException
+        requests = [r for _, r in items if not isinstance(r, Exception)]
+        refusal = self._batch_refusal(items, return_exceptions)
         try:
-            responses = self._backend.batch(requests)
+            answered = refusal if refusal is not None else (
+                self._backend.batch(requests) if requests else [])
         except BaseException as exc:
-            for run_manager in run_managers:
-                run_manager.on_llm_error(exc)
-            if return_exceptions and isinstance(exc, Exception):
-                return [exc] * len(inputs)
-            raise
-        messages = self._batch_messages(responses, [m.run_id for m in run_managers])
-        for run_manager, message in zip(run_managers, messages, strict=True):
-            run_manager.on_llm_end(LLMResult(generations=[[ChatGeneration(message=message)]]))
-        return messages
+            answered = exc
+        outputs = self._batch_outputs(items, [m.run_id for m in run_managers], answered)
+        for run_manager, output in zip(run_managers, outputs, strict=True):
+            if isinstance(output, BaseException):
+                run_manager.on_llm_error(output)
+            else:
+                run_manager.on_llm_end(LLMResult(generations=[[ChatGeneration(message=output)]]))
+        return self._batch_result(outputs, return_exceptions)
 
     async def abatch(self, inputs: list[Any], config: Any = None, *,
                      return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
@@ -428,28 +477,30 @@ class ChatModelPlug(BaseChatModel):
         from langchain_core.outputs import LLMResult
         from langchain_core.runnables.config import get_config_list
 
-        message_lists, requests, stop = self._batch_requests(inputs, kwargs)
+        items, stop = self._batch_items(inputs, kwargs)
         run_managers = []
-        for messages, cfg in zip(message_lists, get_config_list(config, len(inputs)),
-                                 strict=True):
+        for (messages, _), cfg in zip(items, get_config_list(config, len(inputs)), strict=True):
             manager = AsyncCallbackManager.configure(cfg.get("callbacks"), self.callbacks,
                                                      self.verbose, cfg.get("tags"), self.tags,
                                                      cfg.get("metadata"), self.metadata)
             run_managers += await manager.on_chat_model_start(
                 **self._batch_run_kwargs(messages, stop, cfg, kwargs))
+        answered: list[Any] | BaseException
+        requests = [r for _, r in items if not isinstance(r, Exception)]
+        refusal = self._batch_refusal(items, return_exceptions)
         try:
-            responses = await self._backend.abatch(requests)
+            answered = refusal if refusal is not None else (
+                await self._backend.abatch(requests) if requests else [])
         except BaseException as exc:
-            for run_manager in run_managers:
-                await run_manager.on_llm_error(exc)
-            if return_exceptions and isinstance(exc, Exception):
-                return [exc] * len(inputs)
-            raise
-        messages = self._batch_messages(responses, [m.run_id for m in run_managers])
-        for run_manager, message in zip(run_managers, messages, strict=True):
-            await run_manager.on_llm_end(
-                LLMResult(generations=[[ChatGeneration(message=message)]]))
-        return messages
+            answered = exc
+        outputs = self._batch_outputs(items, [m.run_id for m in run_managers], answered)
+        for run_manager, output in zip(run_managers, outputs, strict=True):
+            if isinstance(output, BaseException):
+                await run_manager.on_llm_error(output)
+            else:
+                await run_manager.on_llm_end(
+                    LLMResult(generations=[[ChatGeneration(message=output)]]))
+        return self._batch_result(outputs, return_exceptions)
 
 
 def _normalise_tool_choice(choice: dict | str | bool | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -27,8 +28,11 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_modelplug._convert import to_openai_messages
-from modelplug.fallback import Candidate, FallbackPolicy, Needs, RetryOn
+from modelplug.catalog import CatalogModel
+from modelplug.fallback import Candidate, FallbackPolicy, Needs, RetryOn, combine_profiles
 from modelplug.types import ChatRequest
+
+logger = logging.getLogger("modelplug.fallback")
 
 #: LangGraph's tag for runs whose tokens its "messages" stream must not repeat: the fallback
 #: run reports every token itself, so the candidate run under it is tagged.
@@ -56,24 +60,11 @@ def candidate_name(model: BaseChatModel) -> str:
 
 
 def combined_profile(profiles: Sequence[ModelProfile | None]) -> ModelProfile:
-    """What the set guarantees whichever candidate answers.
-
-    A capability is True only when every candidate has it, False when any lacks it, and left out
-    (unknown) otherwise; ``max_input_tokens`` / ``max_output_tokens`` are the smallest, when every
-    candidate states one.
-    """
-    out: dict[str, Any] = {}
-    for key in _BOOL_FIELDS:
-        values = [(p or {}).get(key) for p in profiles]
-        if any(v is False for v in values):
-            out[key] = False
-        elif values and all(v is True for v in values):
-            out[key] = True
-    for key in ("max_input_tokens", "max_output_tokens"):
-        values = [(p or {}).get(key) for p in profiles]
-        if values and all(isinstance(v, int) for v in values):
-            out[key] = min(values)
-    return ModelProfile(**out)  # type: ignore[typeddict-item]
+    """What the set can be said to have, by the shared rule of
+    :func:`modelplug.fallback.combine_profiles`: tool calling and image inputs when any
+    candidate has them (candidates lacking them are skipped), other capabilities only when every
+    candidate has them, the smallest limits; unknown values are left out."""
+    return ModelProfile(**combine_profiles(profiles, _BOOL_FIELDS))  # type: ignore[typeddict-item]
 
 
 def _as_messages(value: LanguageModelInput) -> list[BaseMessage]:
@@ -157,12 +148,15 @@ class FallbackChatModel(BaseChatModel):
             pip install "langchain-modelplug[openai,llamacpp]"
 
     Key init args:
-        models: list[str | BaseChatModel]
-            The candidates, preferred first: model strings (built as ``ChatModelPlug``) or any
-            LangChain chat model instances (``ChatModelPlug``, ``ChatOpenAI``, ...).
+        models: list[str | CatalogModel | BaseChatModel]
+            The candidates, preferred first: model strings or catalog members (built as
+            ``ChatModelPlug``) or any LangChain chat model instances (``ChatModelPlug``,
+            ``ChatOpenAI``, ...).
         retry_on: type | tuple[type, ...] | Callable[[BaseException], bool] | None
-            What fails over: exception classes, or a predicate. Default:
-            ``modelplug.fallback.is_retryable`` (connection errors, timeouts, 429, 5xx).
+            What fails over: exception classes (matched against the error and against the
+            typed error it maps to, so ``ConnectionError`` covers ``openai.APIConnectionError``),
+            or a predicate. Default: ``modelplug.fallback.is_retryable`` (connection errors,
+            timeouts, 429, 5xx).
         **kwargs
             Applied to every candidate given as a string (e.g. ``temperature=0``,
             ``max_tokens=256``). Configure instances yourself.
@@ -215,7 +209,7 @@ class FallbackChatModel(BaseChatModel):
     Profile:
         .. code-block:: python
 
-            llm.profile    # what every candidate guarantees (see ``combined_profile``)
+            llm.profile    # what the set can do (see ``combined_profile``)
             llm.profiles   # each candidate's own profile
     """
 
@@ -251,13 +245,14 @@ class FallbackChatModel(BaseChatModel):
     def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> BaseChatModel:
         if isinstance(model, BaseChatModel):
             return model
-        if isinstance(model, str):
+        if isinstance(model, str | CatalogModel):
             from langchain_modelplug.chat_models import ChatModelPlug
 
             return ChatModelPlug(model=model, **model_kwargs)
         raise TypeError(
             f"Candidate {index} of FallbackChatModel is {model!r} ({type(model).__name__}); pass a "
-            "model string ('provider:model_id') or a LangChain BaseChatModel instance. A bound "
+            "model string ('provider:model_id'), a catalog member (LlamaCppModel.SMOLLM2) or a "
+            "LangChain BaseChatModel instance. A bound "
             "runnable (model.bind_tools(...)) cannot be a candidate: bind tools on the "
             "FallbackChatModel instead, which binds them on every candidate."
         )
@@ -478,25 +473,33 @@ class FallbackChatModel(BaseChatModel):
         """Bind ``tools`` on every candidate (each in its own provider's format).
 
         Returns a FallbackChatModel whose candidates are the bound models. Binding again binds on
-        the original candidates, replacing the earlier tools. A candidate that cannot bind tools
-        is skipped while tools are bound.
+        the original candidates, replacing the earlier tools. A candidate that cannot bind these
+        tools (its bind_tools raises NotImplementedError, or TypeError/ValueError for a tool or
+        ``tool_choice`` it does not take) is skipped while they are bound. When no candidate can,
+        the first candidate's own error is raised, the others' noted on it.
         """
         # A tracing-only key (set by BaseChatModel.with_structured_output): this run reports it.
         ls_format = kwargs.pop("ls_structured_output_format", None)
         bound: list[Runnable | bool | None] = []
-        for model in self.models:
+        refused: list[tuple[str, Exception]] = []
+        for model, name in zip(self.models, self.names, strict=True):
             try:
                 if tool_choice is None:
                     bound.append(model.bind_tools(tools, **kwargs))
                 else:
                     bound.append(model.bind_tools(tools, tool_choice=tool_choice, **kwargs))
-            except NotImplementedError:
+            except (NotImplementedError, TypeError, ValueError) as exc:
+                logger.info("Candidate %r cannot bind these tools (%s: %s); it is skipped while "
+                            "they are bound.", name, type(exc).__name__, exc)
+                refused.append((name, exc))
                 bound.append(False)
-        if not any(b is not False for b in bound):
-            raise NotImplementedError(
-                f"No candidate of this FallbackChatModel can bind tools ({self.names}). Add a "
-                "tool-calling chat model to the candidates."
-            )
+        if len(refused) == len(bound):
+            first = refused[0][1]
+            first.add_note(
+                "No candidate of this FallbackChatModel can bind these tools: " + "; ".join(
+                    f"{name} ({type(e).__name__}: {e})" for name, e in refused)
+                + ". Fix the tools or tool_choice, or add a tool-calling chat model.")
+            raise first
         new = self.model_copy()
         new._policy = self._policy
         new._bound = bound

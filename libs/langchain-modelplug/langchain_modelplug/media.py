@@ -89,8 +89,14 @@ class _MediaPlug(RunnableSerializable[MediaInput, list[Any]]):
             raise TypeError(f"{type(self).__name__} takes a prompt string, a PromptValue or a "
                             f"dict with a 'prompt' string; got {type(input).__name__}.")
         defaults = {self._count: getattr(self, self._count), "format": self.format,
-                    "output_dir": self.output_dir, **self.generation}
-        return prompt, {**defaults, **overrides, **kwargs}
+                    **self.generation}
+        arguments = {**defaults, **overrides, **kwargs}
+        # The object's output_dir is where format="path" writes, whichever way the format was
+        # chosen; other formats write nothing, so it does not apply to them. An output_dir passed
+        # per call with another format stays an error (the backend says so).
+        if arguments["format"] == "path" and self.output_dir is not None:
+            arguments.setdefault("output_dir", self.output_dir)
+        return prompt, arguments
 
     def invoke(self, input: MediaInput, config: RunnableConfig | None = None,
                **kwargs: Any) -> list[Any]:
@@ -175,7 +181,8 @@ class ImageModelPlug(_MediaPlug):
             ``"pil"`` (default), ``"path"`` (PNG files in ``output_dir``), ``"bytes"`` or
             ``"data_url"``.
         output_dir: str | None
-            Where ``format="path"`` writes (default: a temporary folder).
+            Where ``format="path"`` writes (default: a temporary folder); calls in another
+            format ignore it.
         **generation defaults
             hf: ``negative_prompt``, ``width``, ``height``, ``num_inference_steps``,
             ``guidance_scale``, ``seed``, ``strength``; gemini: ``aspect_ratio``,

@@ -67,7 +67,10 @@ class ModelPlugError(Exception):
 
 
 class ConfigurationError(ModelPlugError, ValueError):
-    """A model string, setting or request that cannot work as given (fix the call)."""
+    """A model string, setting or request that cannot work as given (fix the call): a request
+    with no messages, an unknown ``response_format`` type, a malformed tool. Not retryable: every
+    candidate of a fallback set would refuse it alike, so the set raises it at once.
+    """
 
 
 class UnknownProviderError(ConfigurationError):
@@ -83,9 +86,10 @@ class AmbiguousModelError(ConfigurationError):
 
 
 class UnsupportedCapabilityError(ConfigurationError):
-    """The request needs something the model or backend cannot do (tools, images, a schema).
+    """The request needs something this model or backend cannot do (tools, images, a schema).
 
-    Retryable: another candidate of a fallback set may have the capability.
+    Retryable: another candidate of a fallback set may have the capability. A request that no
+    model could serve as given is a plain :class:`ConfigurationError` instead.
     """
 
     retryable = True
@@ -271,6 +275,14 @@ def redact(text: str, secrets: Any = ()) -> str:
     return text
 
 
+def _redact_in_place(exc: BaseException, secrets: Any) -> None:
+    """Scrub keys from the SDK's own error too: it stays chained as ``__cause__``, and
+    tracebacks and loggers print it (a server may quote the key it refused)."""
+    exc.args = tuple(redact(arg, secrets) if isinstance(arg, str) else arg for arg in exc.args)
+    if isinstance(getattr(exc, "message", None), str):
+        exc.message = redact(exc.message, secrets)  # type: ignore[attr-defined]
+
+
 def map_sdk_error(exc: BaseException, *, provider: str | None = None,
                   timeout: float | None = None, secrets: Any = ()) -> BaseException:
     """The typed error for an SDK or HTTP-client error, or ``exc`` itself when it is not one.
@@ -280,6 +292,7 @@ def map_sdk_error(exc: BaseException, *, provider: str | None = None,
     """
     if isinstance(exc, ModelPlugError):
         return exc
+    _redact_in_place(exc, secrets)
     names = _names(exc)
     status = status_code(exc)
     who = f"Provider {provider!r}" if provider else "The provider"

@@ -18,7 +18,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -39,7 +47,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 C = TypeVar("C")
 
-#: What fails over: exception classes (fail over on instances of them), a predicate, or None for
+#: What fails over: exception classes (fail over on instances of them, or on errors that
+#: :func:`~modelplug.errors.map_sdk_error` maps to one), a predicate, or None for
 #: :func:`is_retryable`.
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
@@ -73,7 +82,9 @@ def _predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
                 "retry_on=(ConnectionError, TimeoutError), or a function exc -> bool."
             )
         classes = retry_on
-        return lambda exc: isinstance(exc, classes)
+        # A third-party model raises its SDK's own errors (openai.APIConnectionError is no
+        # ConnectionError): they match as the typed error map_sdk_error makes of them too.
+        return lambda exc: isinstance(exc, classes) or isinstance(map_sdk_error(exc), classes)
     if callable(retry_on):
         return retry_on
     raise TypeError(
@@ -88,6 +99,31 @@ def _predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
 def estimate_tokens(text: str) -> int:
     """A rough token count (about four characters a token), for skipping by context length."""
     return math.ceil(len(text) / 4)
+
+
+#: What one image part counts for in a request's token estimate, whatever its size: OpenAI's
+#: figure for a 1024x1024 image at high detail (85 + 4 tiles x 170). Providers resize images and
+#: charge a bounded amount per image (Gemini 258, OpenAI 85-1105, Anthropic up to about 1,600),
+#: never by the size of the base64 text. The estimate only decides whether a candidate is skipped
+#: for its context window, and skipping one that would fit is worse than trying one that does
+#: not (its context-overflow error fails over), so the figure sits low in that range.
+IMAGE_TOKENS = 765
+
+
+def _without_data_urls(value: Any) -> Any:
+    """``value`` (messages, as JSON-like data) with every data URL (inline image, file) blanked."""
+    if isinstance(value, str):
+        return "" if value.startswith("data:") else value
+    if isinstance(value, Mapping):
+        return {k: _without_data_urls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_data_urls(v) for v in value]
+    return value
+
+
+def _image_parts(messages: Iterable[Mapping[str, Any]]) -> int:
+    return sum(1 for m in messages if isinstance(m.get("content"), list)
+               for p in m["content"] if isinstance(p, Mapping) and p.get("type") == "image_url")
 
 
 def _field(profile: Profile | Mapping[str, Any] | None, name: str) -> Any:
@@ -113,13 +149,16 @@ class Needs:
 
     @classmethod
     def of_request(cls, request: ChatRequest) -> Needs:
+        """The needs of ``request``: its text at :func:`estimate_tokens`, each image part at
+        :data:`IMAGE_TOKENS` (the base64 of a data URL is no measure of an image's tokens)."""
         import json
 
-        text = json.dumps(request.messages, default=str)
+        text = json.dumps(_without_data_urls(request.messages), default=str)
         if request.tools:
             text += json.dumps(request.tools, default=str)
+        tokens = estimate_tokens(text) + IMAGE_TOKENS * _image_parts(request.messages)
         return cls(tools=bool(request.tools) and request.tool_choice != "none",
-                   images=request.has_images, input_tokens=estimate_tokens(text))
+                   images=request.has_images, input_tokens=tokens)
 
     def unmet(self, profile: Profile | Mapping[str, Any] | None) -> str | None:
         """Why a model with this profile cannot serve the request, or None if it may."""
@@ -132,6 +171,47 @@ class Needs:
             return (f"the request is about {self.input_tokens} tokens, over its context window "
                     f"of {window}")
         return None
+
+
+# -- what a set of candidates can do -----------------------------------------------------------
+
+#: Capabilities a candidate is skipped for lacking (see :meth:`Needs.unmet`).
+SKIPPED_FOR = ("tool_calling", "image_inputs")
+#: Limits a request is sized by.
+LIMITS = ("max_input_tokens", "max_output_tokens")
+
+
+def combine_profiles(profiles: Sequence[Profile | Mapping[str, Any] | None],
+                     capabilities: Iterable[str]) -> dict[str, Any]:
+    """What a fallback set can be said to have, from its candidates' profiles.
+
+    One rule, used by both adapters (FallbackChatModel.profile, FallbackLLM.metadata):
+
+    - a capability the policy skips candidates for lacking (:data:`SKIPPED_FOR`: tool calling,
+      image inputs) is True when *any* candidate has it, since a request that needs it goes to
+      the candidates that do; False when every candidate lacks it;
+    - any other capability of ``capabilities`` is True only when *every* candidate has it
+      (nothing is skipped for it, so whichever answers must have it); False when any lacks it;
+    - the :data:`LIMITS` are the smallest, when every candidate states one: a request sized to
+      them fits whichever candidate answers, so every candidate stays a fallback;
+    - anything else is unknown and left out.
+    """
+    out: dict[str, Any] = {}
+    for name in capabilities:
+        values = [_field(p, name) for p in profiles]
+        some = any(v is True for v in values)
+        every = bool(values) and all(v is True for v in values)
+        none = bool(values) and all(v is False for v in values)
+        lacking = any(v is False for v in values)
+        if name in SKIPPED_FOR and (some or none):
+            out[name] = some
+        elif name not in SKIPPED_FOR and (every or lacking):
+            out[name] = every
+    for name in LIMITS:
+        values = [_field(p, name) for p in profiles]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            out[name] = min(values)
+    return out
 
 
 # -- candidates and the runners --------------------------------------------------------------
@@ -160,7 +240,9 @@ class FallbackPolicy:
 
     ``retry_on``: exception classes, a predicate ``exc -> bool``, or None for
     :func:`is_retryable` (connection errors, timeouts, 429 and 5xx; not 400/401/404 nor
-    validation errors).
+    validation errors). Classes match an error or the typed error
+    :func:`~modelplug.errors.map_sdk_error` makes of it, so ``ConnectionError`` covers an SDK's
+    own connection error (``openai.APIConnectionError``) raised by a third-party model.
     """
 
     def __init__(self, retry_on: RetryOn | None = None) -> None:
@@ -315,12 +397,16 @@ async def _aclose(iterator: Any) -> None:
 
 
 __all__ = [
+    "IMAGE_TOKENS",
+    "LIMITS",
+    "SKIPPED_FOR",
     "TRANSIENT_ERROR_NAMES",
     "Candidate",
     "FallbackPolicy",
     "Needs",
     "Outcome",
     "RetryOn",
+    "combine_profiles",
     "estimate_tokens",
     "is_retryable",
     "status_code",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelplug.backends.base import Backend
+from modelplug.catalog import CatalogModel
 from modelplug.registry import check_kwargs
 from modelplug.spec import ModelLike, resolve_model
 
@@ -39,9 +40,13 @@ def adapter_backend(adapter: Any) -> Backend:
 
 def collect_provider_kwargs(model_cls: type, values: Any) -> Any:
     """For the adapters' pydantic models: keyword arguments that are not fields (nor aliases)
-    move into ``values["provider_kwargs"]``, to be checked against the provider's row."""
+    move into ``values["provider_kwargs"]``, to be checked against the provider's row; a catalog
+    enum member as ``model`` becomes its ``"provider:model_id"`` string (``LlamaCppModel.SMOLLM2``
+    -> ``"llamacpp:smollm2"``), so the field stays text and serializes as such."""
     if not isinstance(values, dict):
         return values
+    if isinstance(values.get("model"), CatalogModel):
+        values = {**values, "model": values["model"].info.key}
     fields = model_cls.model_fields  # type: ignore[attr-defined]
     names = set(fields) | {f.alias for f in fields.values() if f.alias}
     extra = {k: v for k, v in values.items() if k not in names}

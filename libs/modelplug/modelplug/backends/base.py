@@ -48,13 +48,11 @@ class Backend:
         called before the first request and by ``modelplug list``, never at construction."""
 
     def check(self, request: ChatRequest) -> None:
-        """Refuse, before anything is sent, a request this model is known not to support."""
-        if not request.messages:
-            raise UnsupportedCapabilityError(
-                "The request has no messages. Pass at least one message (e.g. a user question)."
-            )
-        for i, tool in enumerate(request.tools or []):
-            check_tool(i, tool)
+        """Refuse, before anything is sent, a request that cannot work as given
+        (:class:`ConfigurationError`: the caller must fix it, so a fallback set raises it at once)
+        or that this model is known not to support (:class:`UnsupportedCapabilityError`: another
+        candidate may serve it)."""
+        check_request(request)
         self.probe()
         profile = self.profile()
         if request.tools and request.tool_choice != "none" and profile.tool_calling is False:
@@ -68,10 +66,12 @@ class Backend:
                 f"Model '{self.ref}' does not take image inputs, but the request has images. "
                 f"Use a vision model, or declare it with '{self.ref};vision'."
             )
-        if request.response_format and profile.structured_output is False:
+        kind = (request.response_format or {}).get("type", "text")
+        if kind != "text" and profile.structured_output is False:
             raise UnsupportedCapabilityError(
-                f"Model '{self.ref}' cannot honour response_format "
-                f"{request.response_format.get('type')!r}."
+                f"Model '{self.ref}' cannot honour response_format {kind!r}. Use a model with "
+                "structured output, or ask for the shape as a forced tool call "
+                "(with_structured_output(..., method='function_calling'))."
             )
 
     # -- errors --------------------------------------------------------------------------------
@@ -140,6 +140,31 @@ class Backend:
 
     async def aembed(self, texts: list[str]) -> list[list[float]]:
         return await asyncio.to_thread(self.embed, texts)
+
+
+#: The ``response_format`` types a request may carry (OpenAI's chat-completions spellings).
+RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def check_request(request: ChatRequest) -> None:
+    """Refuse a request no model could serve as given: no messages, a malformed tool, an unknown
+    ``response_format``. These are the caller's to fix (:class:`ConfigurationError`, not
+    retryable), never a reason to try another candidate."""
+    if not request.messages:
+        raise ConfigurationError(
+            "The request has no messages. Pass at least one message (e.g. a user question).")
+    for i, tool in enumerate(request.tools or []):
+        check_tool(i, tool)
+    response_format = request.response_format
+    if response_format is None:
+        return
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in RESPONSE_FORMAT_TYPES:
+        shown = kind if isinstance(response_format, dict) else response_format
+        raise ConfigurationError(
+            f"Unknown response_format type {shown!r}; use 'json_schema' or 'json_object' "
+            "({'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}} or "
+            "{'type': 'json_object'}), or leave response_format unset for plain text.")
 
 
 def check_tool(index: int, tool: Any) -> None:

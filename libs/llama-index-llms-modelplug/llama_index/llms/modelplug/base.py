@@ -19,7 +19,12 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
+from llama_index.core.bridge.pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
@@ -63,8 +68,9 @@ class ModelPlug(FunctionCallingLLM):
     Key init args — model:
         model: str | None
             ``"provider:model_id"`` (``"anthropic:claude-sonnet-4-6"``, ``"ollama:qwen3.5:9b"``,
-            ``"llamaserver:smollm2"``, ``"llamacpp:smollm2"``), a catalog name, or None for the
-            first model available locally (never a cloud, never a download).
+            ``"llamaserver:smollm2"``, ``"llamacpp:smollm2"``), a catalog member
+            (``LlamaCppModel.SMOLLM2``, stored as its ``"provider:model_id"``), a catalog name,
+            or None for the first model available locally (never a cloud, never a download).
         **provider kwargs
             Provider-specific settings, checked against the provider's row (an unknown one is a
             TypeError naming the accepted ones): ``model_path``, ``n_ctx``, ``n_gpu_layers``,
@@ -161,7 +167,9 @@ class ModelPlug(FunctionCallingLLM):
         default=False, description="complete() sends the prompt without a chat template.")
     timeout: float | None = None
     max_retries: int | None = None
-    api_key: SecretStr | None = None
+    #: Never serialized (to_dict/to_json leave it out): a loaded copy takes the key from the
+    #: provider's environment variable, as LangChain's secrets do.
+    api_key: SecretStr | None = Field(default=None, exclude=True)
     base_url: str | None = None
     provider_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Provider-specific settings (any other keyword).")
@@ -247,20 +255,37 @@ class ModelPlug(FunctionCallingLLM):
         return self._backend.ref.provider
 
     # -- chat -----------------------------------------------------------------------------------
+    # The public methods carry LlamaIndex's callback decorators; complete() and its twins call the
+    # undecorated _chat etc. (as llama-index-llms-openai does), so one call is one LLM event and
+    # TokenCountingHandler counts it once.
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        request, single = self._request(messages, kwargs)
-        return _single(to_chat_response(self._backend.chat(request), self._provider), single)
+        return self._chat(messages, **kwargs)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await self._achat(messages, **kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._stream_chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage],
+                           **kwargs: Any) -> ChatResponseAsyncGen:
+        return self._astream_chat(messages, **kwargs)
+
+    def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        request, single = self._request(messages, kwargs)
+        return _single(to_chat_response(self._backend.chat(request), self._provider), single)
+
+    async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request, single = self._request(messages, kwargs)
         return _single(to_chat_response(await self._backend.achat(request), self._provider),
                        single)
 
-    @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+    def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         request, single = self._request(messages, kwargs)
 
         def gen() -> ChatResponseGen:
@@ -270,9 +295,8 @@ class ModelPlug(FunctionCallingLLM):
 
         return gen()
 
-    @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage],
-                           **kwargs: Any) -> ChatResponseAsyncGen:
+    def _astream_chat(self, messages: Sequence[ChatMessage],
+                      **kwargs: Any) -> ChatResponseAsyncGen:
         request, single = self._request(messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
@@ -290,7 +314,7 @@ class ModelPlug(FunctionCallingLLM):
         if self.raw_completion:
             request = self._completion_request(prompt, formatted, kwargs)
             return to_completion_response(self._backend.complete(request), self._provider)
-        return completion_from_chat(self.chat(_as_messages(prompt), **kwargs))
+        return completion_from_chat(self._chat(_as_messages(prompt), **kwargs))
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False,
@@ -299,7 +323,7 @@ class ModelPlug(FunctionCallingLLM):
             request = self._completion_request(prompt, formatted, kwargs)
             return to_completion_response(await self._backend.acomplete(request),
                                           self._provider)
-        return completion_from_chat(await self.achat(_as_messages(prompt), **kwargs))
+        return completion_from_chat(await self._achat(_as_messages(prompt), **kwargs))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False,
@@ -313,7 +337,7 @@ class ModelPlug(FunctionCallingLLM):
                     yield completion_from_chat(acc.feed(chunk))
 
             return raw_gen()
-        steps = self.stream_chat(_as_messages(prompt), **kwargs)
+        steps = self._stream_chat(_as_messages(prompt), **kwargs)
 
         def gen() -> CompletionResponseGen:
             for step in steps:
@@ -333,7 +357,7 @@ class ModelPlug(FunctionCallingLLM):
                     yield completion_from_chat(acc.feed(chunk))
 
             return raw_gen()
-        steps = await self.astream_chat(_as_messages(prompt), **kwargs)
+        steps = self._astream_chat(_as_messages(prompt), **kwargs)
 
         async def gen() -> CompletionResponseAsyncGen:
             async for step in steps:

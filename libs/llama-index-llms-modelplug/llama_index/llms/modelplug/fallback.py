@@ -34,7 +34,8 @@ from llama_index.core.tools.types import BaseTool
 from llama_index.core.types import Model
 from llama_index.llms.modelplug._convert import to_openai_messages
 
-from modelplug.fallback import Candidate, FallbackPolicy, Needs, Outcome
+from modelplug.catalog import CatalogModel
+from modelplug.fallback import Candidate, FallbackPolicy, Needs, Outcome, combine_profiles
 from modelplug.types import ChatRequest
 
 #: Keyword arguments of a tool turn, as FallbackLLM._prepare_chat_with_tools passes them to chat.
@@ -81,11 +82,12 @@ class FallbackLLM(FunctionCallingLLM):
             pip install llama-index-llms-modelplug "modelplug[openai,llamacpp]"
 
     Key init args:
-        models: list[str | LLM]
-            Candidates, preferred first: model strings (built as ``ModelPlug``) or any LlamaIndex
-            LLM instances (``ModelPlug``, ``OpenAI``, ...).
+        models: list[str | CatalogModel | LLM]
+            Candidates, preferred first: model strings or catalog members (built as
+            ``ModelPlug``) or any LlamaIndex LLM instances (``ModelPlug``, ``OpenAI``, ...).
         retry_on: exception class, tuple of them, or ``exc -> bool``
-            What fails over. Default: ``modelplug.fallback.is_retryable``.
+            What fails over (classes match the error or the typed error it maps to). Default:
+            ``modelplug.fallback.is_retryable``.
         **kwargs
             Applied to every candidate given as a string (``temperature=0``,
             ``max_tokens=256``...).
@@ -140,15 +142,18 @@ class FallbackLLM(FunctionCallingLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        """What every candidate can take: the smallest window and output; tools if any has."""
+        """By the shared rule of :func:`modelplug.fallback.combine_profiles`: the smallest window
+        and output (a prompt sized to them fits every candidate); function calling when any
+        candidate has it (a call with tools goes to the candidates that can take them)."""
         metas = [m.metadata for m in self.models]
+        combined = combine_profiles([candidate_profile(m) for m in self.models],
+                                    ("tool_calling",))
         return LLMMetadata(
             context_window=min(m.context_window for m in metas),
             num_output=min(m.num_output for m in metas),
             is_chat_model=True,
-            is_function_calling_model=any(isinstance(m, FunctionCallingLLM)
-                                          and meta.is_function_calling_model
-                                          for m, meta in zip(self.models, metas, strict=True)),
+            # Unknown counts as able, as ModelPlug.metadata reads an unknown profile.
+            is_function_calling_model=combined.get("tool_calling") is not False,
             model_name=", ".join(self.names),
             system_role=MessageRole.SYSTEM,
         )
@@ -385,7 +390,7 @@ class FallbackLLM(FunctionCallingLLM):
 def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> LLM:
     if isinstance(model, LLM):
         return model
-    if isinstance(model, str):
+    if isinstance(model, str | CatalogModel):
         from llama_index.llms.modelplug.base import ModelPlug
 
         # Its own (empty) callback manager: the FallbackLLM's events already cover the call,
@@ -393,5 +398,6 @@ def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> LLM:
         return ModelPlug(model=model, callback_manager=CallbackManager([]), **model_kwargs)
     raise TypeError(
         f"Candidate {index} of FallbackLLM is {model!r} ({type(model).__name__}); pass a model "
-        "string ('provider:model_id') or a LlamaIndex LLM instance."
+        "string ('provider:model_id'), a catalog member (LlamaCppModel.SMOLLM2) or a LlamaIndex "
+        "LLM instance."
     )
