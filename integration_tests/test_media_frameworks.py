@@ -142,6 +142,17 @@ def test_runnable_settings_are_checked(tiny_sd_path: Path) -> None:
         ImageModelPlug(model=f"hf:{tiny_sd_path}").as_tool(format="pil")
 
 
+def test_catalog_members_name_media_models() -> None:
+    from modelplug.catalog.media import GeminiImageModel, HFAudioModel
+
+    draw = ImageModelPlug(model=GeminiImageModel.GEMINI_2_5_FLASH_IMAGE, api_key="k")
+    assert draw.model == "gemini:gemini-2.5-flash-image"  # text, so it serializes
+    assert AudioModelPlug(model=HFAudioModel.MUSICGEN_SMALL,
+                          allow_download=True).model == "hf:facebook/musicgen-small"
+    with pytest.raises(ValueError, match="MUSICGEN_SMALL is an audio model; this needs an image"):
+        ImageModelPlug(model=HFAudioModel.MUSICGEN_SMALL)
+
+
 # -- LlamaIndex ----------------------------------------------------------------------------------
 
 

@@ -22,8 +22,10 @@ from modelplug.media import (
     MediaBackend,
     create_audio_backend,
     create_image_backend,
+    resolve_media_model,
     split_generation_kwargs,
 )
+from modelplug.catalog.media import MediaModel
 
 MediaInput = str | dict[str, Any] | PromptValue
 
@@ -55,6 +57,8 @@ class _MediaPlug(RunnableSerializable[MediaInput, list[Any]]):
         values = collect_provider_kwargs(cls, values)
         if not isinstance(values, dict) or "model" not in values:
             return values
+        if isinstance(values["model"], MediaModel):  # a catalog member, of this modality: as text
+            values = {**values, "model": str(resolve_media_model(cls._modality, values["model"]))}
         # Extra kwargs that the backend takes per call are generation defaults.
         generation, settings = split_generation_kwargs(
             cls._modality, values["model"], dict(values.get("provider_kwargs") or {}))  # type: ignore[arg-type]
