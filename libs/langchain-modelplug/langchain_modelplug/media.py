@@ -16,6 +16,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from modelplug.backends import collect_provider_kwargs
+from modelplug.catalog.media import MediaModel
 from modelplug.media import (
     AudioBackend,
     ImageBackend,
@@ -25,7 +26,6 @@ from modelplug.media import (
     resolve_media_model,
     split_generation_kwargs,
 )
-from modelplug.catalog.media import MediaModel
 
 MediaInput = str | dict[str, Any] | PromptValue
 
