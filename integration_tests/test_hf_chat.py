@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from langchain_modelplug import ChatModelPlug
 from modelplug import ChatRequest, create_backend, weights
-from modelplug.errors import ConfigurationError, ModelNotFoundError
+from modelplug.errors import ConfigurationError, ContextOverflowError, ModelNotFoundError
 
 PARIS = "What is the capital of France? Answer in one sentence."
 PROMPTS = [
@@ -309,3 +309,54 @@ def test_stream_cancelled_early_releases_the_model(model_string: str) -> None:
     while not done.is_set() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert done.is_set()
+
+
+def test_a_prompt_longer_than_the_context_is_a_context_overflow(llm: ChatModelPlug) -> None:
+    with pytest.raises(ContextOverflowError, match=r"context window of 'hf:.*' is 8192") as err:
+        llm.invoke("word " * 9000)
+    assert err.value.retryable  # a fallback with a larger window may fit it
+
+
+def test_unknown_per_call_argument_is_refused_naming_it(llm: ChatModelPlug) -> None:
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['repeat_penalty'\]") \
+            as err:
+        llm.invoke(PARIS, repeat_penalty=1.3)  # llama.cpp's name; transformers says repetition_
+    assert "'repetition_penalty'" in str(err.value) and "'top_k'" in str(err.value)
+    with pytest.raises(TypeError, match="repeat_penalty"):
+        list(llm.stream(PARIS, repeat_penalty=1.3))
+
+
+def test_generation_extras_reach_generate(model_string: str) -> None:
+    backend = create_backend(model_string)
+    prompt = [{"role": "user", "content": "Write a short poem about the sea."}]
+
+    def ask(temperature: float, seed: int | None = None, **extra) -> ChatRequest:
+        return ChatRequest(messages=prompt, max_tokens=12, temperature=temperature, seed=seed,
+                           extra=extra)
+
+    greedy = backend.chat(ask(0)).text
+    hot = [backend.chat(ask(1.5, seed)).text for seed in (1, 2, 3)]
+    assert any(text != greedy for text in hot)  # hot sampling strays from the greedy answer...
+    # ...unless top_k=1 leaves one candidate per step. Different extras: separate generates.
+    batched = backend.batch([ask(1.5, 1, top_k=1), ask(1.5, 1)])
+    assert batched[0].text == greedy and batched[1].text == hot[0]
+
+
+def test_earlier_tool_calls_and_results_reach_the_prompt(llm: ChatModelPlug, tokenizer) -> None:
+    messages = [
+        {"role": "user", "content": "What is the value of magic_function(3)?"},
+        {"role": "assistant", "content": "", "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "magic_function", "arguments": '{"input": 3}'}}]},
+        {"role": "tool", "content": "5", "tool_call_id": "call_1"},
+    ]
+    backend = llm.backend
+    for request in (ChatRequest(messages=messages),
+                    ChatRequest(messages=messages, tool_choice="none", tools=[{
+                        "type": "function", "function": {"name": "magic_function",
+                                                         "parameters": {"type": "object"}}}])):
+        plan = backend._plan(backend._loaded().model, request)
+        prompt = tokenizer.decode(plan.ids)
+        assert ('<|im_start|>assistant\n{"name": "magic_function", "arguments": {"input": 3}}'
+                '<|im_end|>') in prompt
+        assert "<|im_start|>user\nResult of magic_function: 5<|im_end|>" in prompt

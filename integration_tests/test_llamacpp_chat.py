@@ -16,6 +16,16 @@ from modelplug import UnsupportedCapabilityError
 from modelplug.errors import ConfigurationError, ContextOverflowError, ModelNotFoundError
 
 PARIS = "What is the capital of France? Answer in one sentence."
+PROMPTS = [
+    PARIS,
+    "What is 2 + 2?",
+    "Name a colour.",
+    "Say hello.",
+    "What is the capital of Italy?",
+    "Name a fruit.",
+    "What day comes after Monday?",
+    "What is the opposite of hot?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +115,31 @@ def test_max_tokens_cuts_with_length(llm: ChatModelPlug) -> None:
     assert message.response_metadata["finish_reason"] == "length"
 
 
-def test_batch_matches_single_calls(llm: ChatModelPlug) -> None:
-    prompts = [PARIS, "What is 2 + 2?", "Name a colour."]
-    assert [m.content for m in llm.batch(prompts)] == [llm.invoke(p).content for p in prompts]
+def test_batch_of_8_matches_the_single_greedy_answers() -> None:
+    llm = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=16)
+    singles = [llm.invoke(p) for p in PROMPTS]
+    batched = llm.batch(PROMPTS)
+    assert len(batched) == 8
+    assert [m.content for m in batched] == [m.content for m in singles]
+    assert [m.usage_metadata for m in batched] == [m.usage_metadata for m in singles]
+
+
+def test_unknown_per_call_argument_is_refused_naming_it(llm: ChatModelPlug) -> None:
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['top_kk'\]") as err:
+        llm.invoke(PARIS, top_kk=1)
+    assert "'top_k'" in str(err.value) and "'repeat_penalty'" in str(err.value)
+    with pytest.raises(TypeError, match="top_kk"):
+        list(llm.stream(PARIS, top_kk=1))
+
+
+def test_sampling_extras_reach_the_sampler(llm: ChatModelPlug) -> None:
+    prompt = "Write a short poem about the sea."
+    greedy = llm.invoke(prompt, max_tokens=24).content
+    hot = [llm.invoke(prompt, max_tokens=24, temperature=1.5, seed=s).content for s in (1, 2, 3)]
+    assert any(text != greedy for text in hot)  # hot sampling strays from the greedy answer...
+    for seed in (1, 2, 3):  # ...unless top_k=1 leaves one candidate per step
+        assert llm.invoke(prompt, max_tokens=24, temperature=1.5, seed=seed,
+                          top_k=1).content == greedy
 
 
 async def test_ainvoke_and_astream(llm: ChatModelPlug) -> None:

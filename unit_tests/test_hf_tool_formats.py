@@ -1,4 +1,5 @@
-"""The hf backend's tool-call parsers (seed 001's formats) and format detection, offline."""
+"""The hf backend's tool-call parsers (seed 001's formats) and format detection, and the earlier
+tool turns both in-process backends hand their chat templates, offline."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 
+from modelplug.backends import tooling
 from modelplug.backends.hf import detect_tool_call_format, parse_tool_calls
 
 
@@ -133,3 +135,34 @@ def test_importing_the_backend_imports_no_torch() -> None:
             "'xgrammar' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
+
+
+# -- earlier tool turns for the chat template -----------------------------------------------
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+HISTORY = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": [{"type": "text", "text": "What is this? "}, IMAGE]},
+    {"role": "assistant", "content": None, "tool_calls": [{
+        "id": "call_1", "type": "function",
+        "function": {"name": "magic_function", "arguments": '{"input": 3}'}}]},
+    {"role": "tool", "content": "5", "tool_call_id": "call_1"},
+]
+
+
+def test_a_template_without_tools_gets_calls_and_results_as_plain_turns() -> None:
+    out = tooling.template_messages(HISTORY, "{{ messages }}")
+    assert out[2] == {"role": "assistant",
+                      "content": '{"name": "magic_function", "arguments": {"input": 3}}'}
+    assert out[3] == {"role": "user", "content": "Result of magic_function: 5"}
+    assert out[1]["content"][1] == IMAGE  # other turns keep their parts
+    described = tooling.template_messages(HISTORY, None, "You can call these tools: ...")
+    assert described[0] == {"role": "system",
+                            "content": "Be brief.\n\nYou can call these tools: ..."}
+
+
+def test_a_template_with_tools_renders_them_itself() -> None:
+    template = "{% if tools %}{{ tools }}{% endif %}{{ messages }}"
+    assert tooling.template_messages(HISTORY, template) is HISTORY
+    plain = [{"role": "user", "content": [IMAGE]}]
+    assert tooling.template_messages(plain, None) is plain  # no tool turns: nothing to rewrite

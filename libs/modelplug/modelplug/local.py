@@ -1,9 +1,9 @@
 """What is available on this machine right now, and the default model when none is named.
 
-Probes are quick and local only: a running Ollama (``/api/tags``), the Hugging Face cache folder,
-the OpenAI-compatible local servers' ``/models`` on their default ports, and GGUF files shipped in
-installed packages or placed in the modelplug models folder. Nothing here downloads, and a cloud
-provider is never chosen.
+Probes are quick and local only: a running Ollama (``/api/tags``), the Hugging Face cache folder
+(chat models with safetensors weights), the OpenAI-compatible local servers' ``/models`` on their
+default ports (each address asked once), and GGUF files shipped in installed packages or placed in
+the modelplug models folder. Nothing here downloads, and a cloud provider is never chosen.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -49,12 +50,27 @@ def _get_json(url: str) -> dict | None:
         return None
 
 
-def _ollama_models() -> list[str]:
+def _ollama_host() -> str:
     host = os.environ.get("OLLAMA_HOST", "http://localhost:11434")
-    if "://" not in host:
-        host = f"http://{host}"
-    data = _get_json(f"{host.rstrip('/')}/api/tags") or {}
-    return [m.get("name", "") for m in data.get("models", [])]
+    return (host if "://" in host else f"http://{host}").rstrip("/")
+
+
+def _ollama_tags() -> list[str] | None:
+    """Model names of the running Ollama, or None when no Ollama answered."""
+    data = _get_json(f"{_ollama_host()}/api/tags")
+    return None if data is None else [m.get("name", "") for m in data.get("models", [])]
+
+
+def _ollama_models() -> list[str]:
+    return _ollama_tags() or []
+
+
+def _origin(url: str) -> tuple[str, int | None]:
+    """(host, port) of a URL, with localhost and 127.0.0.1 as one host."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return ("127.0.0.1" if host == "localhost" else host), port
 
 
 def _hf_cache_dir() -> Path:
@@ -64,26 +80,63 @@ def _hf_cache_dir() -> Path:
     return Path(home) / "hub"
 
 
+#: How a config.json names a model class the hf backend can chat with: causal LMs, and
+#: image-text-to-text models (loaded with AutoModelForImageTextToText).
+_CHAT_ARCHITECTURES = ("ForCausalLM", "ForConditionalGeneration")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_chat_snapshot(snapshot: Path) -> bool:
+    """A snapshot the hf backend can chat with: a chat model class, a chat template and
+    safetensors weights (not an embedding model, a base model or pickle-only weights)."""
+    architectures = _read_json(snapshot / "config.json").get("architectures") or []
+    if not any(str(a).endswith(_CHAT_ARCHITECTURES) for a in architectures):
+        return False
+    template = _read_json(snapshot / "tokenizer_config.json").get("chat_template") or any(
+        (snapshot / name).is_file() for name in ("chat_template.jinja", "chat_template.json"))
+    weights = any(snapshot.glob("*.safetensors")) or \
+        (snapshot / "model.safetensors.index.json").is_file()
+    return bool(template) and weights
+
+
 def _hf_cached_models() -> list[str]:
     root = _hf_cache_dir()
     if not root.is_dir():
         return []
-    found = []
-    for entry in sorted(root.glob("models--*")):
-        if any((entry / "snapshots").glob("*/config.json")):
-            found.append(entry.name.removeprefix("models--").replace("--", "/"))
-    return found
+    return [entry.name.removeprefix("models--").replace("--", "/")
+            for entry in sorted(root.glob("models--*"))
+            if any(_is_chat_snapshot(s) for s in (entry / "snapshots").glob("*"))]
 
 
 def _server_models() -> list[tuple[str, str]]:
-    """(provider, id) for every model a reachable local OpenAI-compatible server lists."""
-    found, seen_urls = [], set()
+    """(provider, id) for every model a reachable local OpenAI-compatible server lists.
+
+    Each address is asked once. Providers sharing an address (hf-openai and vllm on :8000)
+    cannot be told apart by the port, so a model goes under the one its server names in
+    ``owned_by`` (vLLM says "vllm") when that is one of them, else under each: every one of
+    those rows reaches it. ``ollama-openai`` is skipped where native Ollama answered at the
+    same address, since it lists the same models.
+    """
+    by_url: dict[str, list[str]] = {}
     for spec in providers().values():
-        if spec.kind != "local-server" or spec.key == "ollama" or spec.base_url in seen_urls:
+        if spec.kind == "local-server" and spec.key != "ollama" and spec.base_url:
+            by_url.setdefault(spec.base_url.rstrip("/"), []).append(spec.key)
+    found = []
+    for url, keys in by_url.items():
+        if _origin(url) == _origin(_ollama_host()) and _ollama_tags() is not None:
             continue
-        seen_urls.add(spec.base_url)
-        data = _get_json(f"{spec.base_url.rstrip('/')}/models") or {}
-        found += [(spec.key, m["id"]) for m in data.get("data", []) if "id" in m]
+        data = _get_json(f"{url}/models") or {}
+        for model in data.get("data", []):
+            if isinstance(model, dict) and "id" in model:
+                owners = [k for k in keys if k == model.get("owned_by")]
+                found += [(key, model["id"]) for key in owners or keys]
     return found
 
 

@@ -3,7 +3,8 @@
 Every adapter that names the same model with the same load settings gets the same loaded object,
 so two chat models, an embeddings object and a LlamaIndex LLM share one copy of the weights.
 Each entry carries a lock: in-process runtimes (llama.cpp contexts, generate() on one model) are
-not safe to drive from two threads at once, so calls on one model take turns.
+not safe to drive from two threads at once, so calls on one model take turns. Objects built over
+a model (llama.cpp's embedding context) are the entry's companions and are dropped with it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ class LoadedModel:
     model: Any = None
     #: Held while loading and for every call that drives the model.
     lock: threading.RLock = field(default_factory=threading.RLock)
+    companions: dict[str, Any] = field(default_factory=dict)
+
+    def companion(self, name: str, build: Callable[[], Any]) -> Any:
+        """An object built once over this model (and unloaded with it); call under the lock."""
+        if name not in self.companions:
+            self.companions[name] = build()
+        return self.companions[name]
 
 
 _entries: dict[Hashable, LoadedModel] = {}

@@ -32,6 +32,7 @@ from modelplug.backends.llamacpp import StopScanner
 from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
 from modelplug.errors import (
     ConfigurationError,
+    ContextOverflowError,
     MissingDependencyError,
     ModelNotFoundError,
     UnsupportedCapabilityError,
@@ -57,6 +58,10 @@ _OWNED_KWARGS = ("trust_remote_code", "local_files_only", "use_safetensors")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 #: Default context length when the config names none.
 DEFAULT_CONTEXT = 4096
+#: Per-call extras passed on to ``generate`` (GenerationConfig fields); the first three only
+#: matter when sampling, so greedy calls leave them out (as they do top_p).
+SAMPLING_ONLY_EXTRAS = frozenset({"top_k", "min_p", "typical_p"})
+GENERATION_EXTRAS = SAMPLING_ONLY_EXTRAS | {"repetition_penalty", "no_repeat_ngram_size"}
 
 
 # -- tool-call formats (seed 001) -------------------------------------------------------------
@@ -64,7 +69,7 @@ DEFAULT_CONTEXT = 4096
 
 def detect_tool_call_format(template: str | None) -> str | None:
     """The tool-call format a chat template asks for, or None when it knows no tools."""
-    if not template or "tools" not in template:
+    if not template or not tooling.template_knows_tools(template):
         return None
     if "<tool_call>" in template:
         return "XML"
@@ -260,6 +265,8 @@ class _Plan:
     implicit_open: bool = False
     #: Extra model inputs (vision: pixel values); such a plan is generated on its own.
     extra_inputs: dict[str, Any] | None = None
+    #: generate() options from the request's per-call extras (top_k, repetition_penalty, ...).
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def skip_special(self) -> bool:
@@ -268,7 +275,8 @@ class _Plan:
 
     def sampling_key(self) -> tuple:
         r = self.request
-        return (r.temperature, r.top_p, r.seed, self.extra_inputs is not None)
+        options = tuple(sorted((k, repr(v)) for k, v in self.options.items()))
+        return (r.temperature, r.top_p, r.seed, options, self.extra_inputs is not None)
 
 
 class _Row:
@@ -646,6 +654,7 @@ class HFBackend(Backend):
         """All requests in one left-padded ``generate`` (one per distinct sampling setting)."""
         for request in requests:
             self.check(request)
+            tooling.sampling_extras(request, GENERATION_EXTRAS, self.ref)
         if not requests:
             return []
         loaded = self._loaded()
@@ -661,6 +670,7 @@ class HFBackend(Backend):
 
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self.check(request)
+        tooling.sampling_extras(request, GENERATION_EXTRAS, self.ref)  # before loading
         loaded = self._loaded()
         with loaded.lock:
             lm = loaded.model
@@ -671,6 +681,7 @@ class HFBackend(Backend):
                 yield _as_chunk(self._answer(lm, [plan])[0])
 
     def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
+        tooling.sampling_extras(request, GENERATION_EXTRAS, self.ref)  # before loading
         loaded = self._loaded()
         with loaded.lock:
             lm = loaded.model
@@ -699,26 +710,22 @@ class HFBackend(Backend):
 
     def _plan(self, lm: _HFModel, request: ChatRequest) -> _Plan:
         template = self.chat_template()
-        template_tools = "tools" in template
+        template_tools = tooling.template_knows_tools(template)
         fmt = self.tool_call_format()
-        mode, grammar, tools = "text", None, None
-        messages = request.messages
+        mode, grammar = "text", None
         if tooling.constrained(request):
             if fmt and template_tools and request.tool_choice in (None, "auto"):
-                mode, tools = "native", request.tools  # the model decides, in its own format
+                mode = "native"  # the model decides, in its own format
             else:
                 mode, grammar = "tools", lm.grammar(tooling.output_schema(request))
-                if template_tools:
-                    tools = request.tools
-                else:
-                    messages = tooling.plain_messages(messages, tooling.tools_prompt(request))
         elif request.json_schema is not None:
             mode, grammar = "json", lm.grammar(request.json_schema)
         elif (request.response_format or {}).get("type") == "json_object":
             mode, grammar = "json", lm.grammar(None)
-        if tools is None and not template_tools and any(
-                m.get("tool_calls") or m["role"] == "tool" for m in messages):
-            messages = tooling.plain_messages(messages)  # earlier tool turns as plain turns
+        with_tools = mode in ("native", "tools")
+        tools = request.tools if with_tools and template_tools else None
+        described = tooling.tools_prompt(request) if with_tools and not template_tools else None
+        messages = tooling.template_messages(request.messages, template, described)
         prompt, extra = self._render(lm, messages, tools, request)
         ids = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"] if extra is None \
             else extra.pop("input_ids")[0].tolist()
@@ -733,14 +740,14 @@ class HFBackend(Backend):
     def _budget(self, lm: _HFModel, request: ChatRequest | CompletionRequest,
                 ids: list[int]) -> _Plan:
         if len(ids) >= lm.context:
-            raise ConfigurationError(
+            raise ContextOverflowError(
                 f"The prompt has {len(ids)} tokens but the context window of '{self.ref}' is "
-                f"{lm.context}. Shorten the conversation."
-            )
+                f"{lm.context}. Shorten the conversation.", provider=self.spec.key)
         budget = lm.context - len(ids)
         max_new = min(request.max_tokens, budget) if request.max_tokens else budget
         return _Plan(request=request, ids=ids, max_new=max(1, max_new),
-                     stops=[s for s in request.stop or [] if s])
+                     stops=[s for s in request.stop or [] if s],
+                     options=tooling.sampling_extras(request, GENERATION_EXTRAS, self.ref))
 
     def _render(self, lm: _HFModel, messages: list[Message], tools: list[dict[str, Any]] | None,
                 request: ChatRequest) -> tuple[str, dict[str, Any] | None]:
@@ -808,6 +815,8 @@ class HFBackend(Backend):
             kwargs.update(do_sample=True, temperature=request.temperature)
         if request.top_p is not None and request.temperature != 0:
             kwargs["top_p"] = request.top_p
+        kwargs.update({k: v for k, v in plans[0].options.items()
+                       if request.temperature != 0 or k not in SAMPLING_ONLY_EXTRAS})
         if request.seed is not None:
             torch.manual_seed(request.seed)
         with torch.inference_mode():

@@ -1,4 +1,4 @@
-"""Tool calling for in-process models by constrained decoding.
+"""Tool calling for in-process models by constrained decoding, and the per-call options they share.
 
 A small local model does not call tools reliably on its own, so when tools are in play the answer
 is constrained by a JSON schema (a llama.cpp grammar, or a transformers logits processor):
@@ -11,7 +11,8 @@ is constrained by a JSON schema (a llama.cpp grammar, or a transformers logits p
 
 One call per turn (parallel calls are not offered by this path). For chat templates that know no
 tools, the tools are described in a system message and earlier calls and results are written as
-plain turns, so any chat model's template can render the conversation.
+plain turns (:func:`template_messages`), so any chat model's template renders the conversation,
+with or without tools bound.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import uuid
 from typing import Any
 
 from modelplug.errors import ConfigurationError
-from modelplug.types import ChatRequest, Message, ToolCall
+from modelplug.types import ChatRequest, CompletionRequest, Message, ToolCall
 
 RESPONSE_KEY = "response"
+#: Per-call keys every in-process backend accepts besides its sampler's: it makes at most one
+#: call per turn, which honours either value.
+ACCEPTED_EVERYWHERE = frozenset({"parallel_tool_calls"})
 
 
 def constrained(request: ChatRequest) -> bool:
@@ -76,6 +80,28 @@ def tools_prompt(request: ChatRequest) -> str:
     return "\n".join(lines)
 
 
+def template_knows_tools(template: str | None) -> bool:
+    """Whether a chat template renders tools, tool calls and tool results itself."""
+    return "tools" in (template or "")
+
+
+def template_messages(messages: list[Message], template: str | None,
+                      tools_prompt: str | None = None) -> list[Message]:
+    """The conversation as a chat template should receive it.
+
+    A template that knows tools gets the messages as they are. Any other gets earlier tool calls
+    and results as plain turns (:func:`plain_messages`, with ``tools_prompt`` in the system
+    message), since it would render a call as an empty turn and a result in a role it does
+    not know.
+    """
+    if template_knows_tools(template):
+        return messages
+    if tools_prompt is None and not any(m.get("tool_calls") or m.get("role") == "tool"
+                                        for m in messages):
+        return messages
+    return plain_messages(messages, tools_prompt)
+
+
 def plain_messages(messages: list[Message], extra_system: str | None = None) -> list[Message]:
     """The conversation as role/content turns any chat template renders.
 
@@ -85,22 +111,41 @@ def plain_messages(messages: list[Message], extra_system: str | None = None) -> 
     names = {c["id"]: c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
     out: list[Message] = []
     for message in messages:
-        role, content = message["role"], text_content(message.get("content"))
+        role, content = message["role"], message.get("content") or ""
         if role == "assistant" and message.get("tool_calls"):
             calls = [{"name": c["function"]["name"],
                       "arguments": _loads(c["function"].get("arguments") or "{}")}
                      for c in message["tool_calls"]]
-            content = "\n".join(filter(None, [content, *map(json.dumps, calls)]))
+            content = "\n".join(filter(None, [text_content(content), *map(json.dumps, calls)]))
         elif role == "tool":
             name = names.get(message.get("tool_call_id"), "tool")
-            role, content = "user", f"Result of {name}: {content}"
-        out.append({"role": role, "content": content})
+            role, content = "user", f"Result of {name}: {text_content(content)}"
+        out.append({"role": role, "content": content})  # other turns keep their parts (images)
     if extra_system:
         if out and out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{extra_system}"}
+            system = text_content(out[0]["content"])
+            out[0] = {"role": "system", "content": f"{system}\n\n{extra_system}"}
         else:
             out.insert(0, {"role": "system", "content": extra_system})
     return out
+
+
+def sampling_extras(request: ChatRequest | CompletionRequest, accepted: frozenset[str],
+                    ref: object) -> dict[str, Any]:
+    """The request's per-call extras that go to the sampler (``accepted``).
+
+    Any other key is a TypeError: an in-process model has no server to pass it on to, so it
+    would otherwise be dropped without a word.
+    """
+    unknown = sorted(set(request.extra) - accepted - ACCEPTED_EVERYWHERE)
+    if unknown:
+        raise TypeError(
+            f"'{ref}' got unknown keyword argument(s) {unknown}. Besides temperature, top_p, "
+            "max_tokens, stop, seed, tools, tool_choice, response_format and reasoning it "
+            f"accepts per call: {sorted(accepted | ACCEPTED_EVERYWHERE)}. Load settings go to "
+            "the constructor."
+        )
+    return {k: v for k, v in request.extra.items() if k in accepted}
 
 
 def text_content(content: Any) -> str:
