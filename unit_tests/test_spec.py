@@ -131,10 +131,13 @@ def test_ambiguous_bare_name_with_nothing_local_lists_the_options() -> None:
 def test_ambiguous_bare_name_prefers_the_locally_cached_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A real Hugging Face cache layout with Qwen3-8B in it.
+    # A real Hugging Face cache layout with Qwen3-8B in it: a causal LM, its chat template and
+    # safetensors weights (what local discovery counts as a usable chat model).
     snapshot = tmp_path / "models--Qwen--Qwen3-8B" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
+    (snapshot / "config.json").write_text('{"architectures": ["Qwen3ForCausalLM"]}')
+    (snapshot / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    (snapshot / "model.safetensors").write_bytes(b"")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="modelplug"):
         ref = resolve_model("QWEN_3_8B")
