@@ -3,7 +3,8 @@
 Each wire fake (OpenAI chat completions, Anthropic Messages, Ollama native) sits behind a
 :class:`~fakes.faults.FaultInjector` that spoils one request at a time: HTTP 500, 503, 429 with
 Retry-After, a hang past the client's timeout, a TCP reset, malformed JSON, a stream cut midway,
-or the real answer trickled a few bytes at a time. Every case runs through the official SDK with
+or the real answer trickled a few bytes at a time (quickly, or stalling past the timeout between
+pieces). Every case runs through the official SDK with
 ``max_retries=0`` and a short ``timeout``, for invoke, stream, ainvoke and astream (LlamaIndex:
 chat, stream_chat, achat, astream_chat), alone and inside FallbackChatModel and FallbackLLM.
 
@@ -56,6 +57,9 @@ FAULTS: dict[str, tuple[Fault, type[ModelPlugError] | None]] = {
     "malformed": (Fault("malformed"), ProviderUnavailableError),
     "drop": (Fault("drop"), ProviderUnavailableError),
     "trickle": (Fault("trickle", size=64, seconds=0.001), None),
+    # The answer starts (status and headers sent), then stalls past the timeout between pieces:
+    # the SDK's read timeout fires mid-body.
+    "stall": (Fault("trickle", size=3, seconds=TIMEOUT * 4), ProviderTimeoutError),
 }
 #: Body messages each fake sends before its first text (the drop cuts just after some text).
 DROP_AFTER = {"openai": 2, "anthropic": 4, "ollama": 1}
