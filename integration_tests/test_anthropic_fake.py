@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from pydantic import BaseModel, Field
 
 from langchain_modelplug import ChatModelPlug
-from modelplug import ConfigurationError, UnsupportedCapabilityError
+from modelplug import BadRequestError, ConfigurationError, UnsupportedCapabilityError
 
 SONNET = "anthropic:claude-sonnet-4-6"  # thinking_style "enabled"
 OPUS_47 = "anthropic:claude-opus-4-7"  # thinking_style "adaptive"
@@ -337,6 +337,105 @@ def test_adaptive_model_keeps_sampling_params_without_thinking(fake, make):
     fake.reply([text("hi")])
     make(OPUS_47, temperature=0.3).invoke("hi")
     assert fake.last["temperature"] == 0.3 and "thinking" not in fake.last
+
+
+# A thinking turn that calls a tool, then the tool's result: the API wants the signed thinking
+# block back, unmodified and first in the assistant turn, or it refuses the second request.
+SIGNED = {"type": "thinking", "thinking": "Paris weather: call GetWeather.", "signature": "sig-W1"}
+REDACTED = {"type": "redacted_thinking", "data": "EnCrYpTeD-reasoning"}
+
+
+def _tool_turn(thinking: list[dict]) -> list[dict]:
+    return [*thinking, text("Let me check."),
+            {"type": "tool_use", "id": "toolu_T1", "name": "GetWeather",
+             "input": {"city": "Paris"}}]
+
+
+async def _answer(llm, mode: str, messages):
+    """One model turn, whole (invoke/ainvoke) or folded from its stream (stream/astream)."""
+    if mode == "invoke":
+        return llm.invoke(messages)
+    if mode == "ainvoke":
+        return await llm.ainvoke(messages)
+    if mode == "stream":
+        return _fold(llm.stream(messages))
+    return await _afold(llm.astream(messages))
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "stream", "astream"])
+@pytest.mark.parametrize("thinking", [[SIGNED], [REDACTED, SIGNED]], ids=["signed", "redacted"])
+async def test_thinking_tool_use_round_trip(fake, make, mode, thinking):
+    llm = make(reasoning=True).bind_tools([GetWeather])
+    question = HumanMessage("Weather in Paris?")
+    fake.reply(_tool_turn(thinking), stop_reason="tool_use")
+    first = await _answer(llm, mode, [question])
+
+    assert first.additional_kwargs["thinking_blocks"] == thinking  # whole, signature included
+    assert first.additional_kwargs["reasoning_content"] == SIGNED["thinking"]
+    assert first.content == "Let me check."
+    [call] = first.tool_calls
+    assert (call["id"], call["args"]) == ("toolu_T1", {"city": "Paris"})
+
+    fake.reply([text("It is sunny in Paris.")])
+    history = [question, first, ToolMessage("sunny", tool_call_id=call["id"])]
+    second = await _answer(llm, mode, history)
+
+    # The fake enforces the API's rule, so getting here means it accepted the second request.
+    assert second.content == "It is sunny in Paris."
+    assert fake.last["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    assert fake.last["messages"][1] == {"role": "assistant", "content": _tool_turn(thinking)}
+    assert fake.last["messages"][2]["content"][0]["type"] == "tool_result"
+
+
+def test_fake_refuses_a_tool_turn_without_its_signed_thinking(fake, make):
+    llm = make(reasoning=True).bind_tools([GetWeather])
+    question = HumanMessage("Weather in Paris?")
+    fake.reply(_tool_turn([SIGNED]), stop_reason="tool_use")
+    first = llm.invoke([question])
+    result = ToolMessage("sunny", tool_call_id="toolu_T1")
+
+    dropped = AIMessage(content=first.content, tool_calls=first.tool_calls)
+    with pytest.raises(BadRequestError, match="must start with a thinking block"):
+        llm.invoke([question, dropped, result])
+    tampered = AIMessage(content=first.content, tool_calls=first.tool_calls, additional_kwargs={
+        "thinking_blocks": [{**SIGNED, "thinking": "Something else."}]})
+    with pytest.raises(BadRequestError, match="Invalid `signature`"):
+        llm.invoke([question, tampered, result])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream_chat"])
+def test_llama_index_thinking_tool_use_round_trip(fake, server, stream):
+    from llama_index.core.base.llms.types import ChatMessage, ThinkingBlock
+    from llama_index.core.tools import FunctionTool
+    from llama_index.llms.modelplug import ModelPlug
+
+    def get_weather(city: str) -> str:
+        """Get the current weather in a city."""
+        return f"sunny in {city}"
+
+    llm = ModelPlug(model=SONNET, base_url=server[1], api_key=API_KEY, reasoning=True,
+                    max_retries=0)
+    tools = [FunctionTool.from_defaults(fn=get_weather)]
+    fake.reply([REDACTED, SIGNED, text("Let me check."),
+                {"type": "tool_use", "id": "toolu_L1", "name": "get_weather",
+                 "input": {"city": "Paris"}}], stop_reason="tool_use")
+    if stream:
+        *_, first = llm.stream_chat_with_tools(tools, user_msg="Weather in Paris?")
+    else:
+        first = llm.chat_with_tools(tools, user_msg="Weather in Paris?")
+    thinking = [b for b in first.message.blocks if isinstance(b, ThinkingBlock)]
+    assert [(b.content, b.additional_information) for b in thinking] == [
+        (None, {"redacted_data": REDACTED["data"]}),
+        (SIGNED["thinking"], {"signature": SIGNED["signature"]})]
+    [call] = llm.get_tool_calls_from_response(first)
+
+    fake.reply([text("It is sunny in Paris.")])
+    history = [ChatMessage(role="user", content="Weather in Paris?"), first.message,
+               ChatMessage(role="tool", content="sunny",
+                           additional_kwargs={"tool_call_id": call.tool_id})]
+    second = llm.chat_with_tools(tools, chat_history=history)
+    assert second.message.content == "It is sunny in Paris."
+    assert fake.last["messages"][1]["content"][:2] == [REDACTED, SIGNED]
 
 
 def test_thinking_conflicts_fail_before_any_request(fake, make):

@@ -81,9 +81,10 @@ def _llamaserver(request: pytest.FixtureRequest) -> ModelPlug:
 CONFIGS: dict[str, tuple[Callable[[pytest.FixtureRequest], ModelPlug], dict[str, str]]] = {
     "llamacpp": (_llamacpp, {}),
     "llamaserver": (_llamaserver, {
-        "tools": "llama-server (llama.cpp vendored by llama-cpp-python 0.3.36) ignores tools "
-                 "for SmolLM2, whose chat template declares none: tool_choice='required' comes "
-                 "back as plain text and an object tool_choice is rejected as the wrong type",
+        "tools": "llama-server (llama.cpp vendored by llama-cpp-python 0.3.36) builds its "
+                 "tool-call grammar and parser only for chat templates that render tool calls; "
+                 "SmolLM2-135M's renders none, so even tool_choice='required' (how a named "
+                 "choice is sent to llama-server) comes back as plain text",
     }),
 }
 

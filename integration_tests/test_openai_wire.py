@@ -1,9 +1,11 @@
 """What no local server shows, at the wire: ChatModelPlug -> OpenAICompatBackend -> the official
 openai SDK -> a loopback fake of OpenAI's API (integration_tests/fakes/openai_api.py).
 
-o-series parameter rewriting, reasoning_content and <think> streams, usage details (cached and
-reasoning tokens), tool-call deltas, API keys (missing, from the environment, never sent to a
-local server) and the SDK's own retries.
+o-series parameter rewriting, reasoning_content and <think> streams (incremental for thinking
+models, split the same way whole or streamed), usage details (cached and reasoning tokens),
+tool-call deltas and tool_choice spellings, catalog embedding models (openai, gemini) through
+ModelPlugEmbeddings, API keys (missing, from the environment, never sent to a local server) and
+the SDK's own retries.
 """
 
 from __future__ import annotations
@@ -11,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fakes.openai_api import API_KEY, FakeOpenAI, usage_block
+from fakes.openai_api import API_KEY, FakeOpenAI, embedding_of, usage_block
 from fakes.server import LoopbackServer
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from pydantic import BaseModel
 
-from langchain_modelplug import ChatModelPlug
-from modelplug import ConfigurationError, create_backend
+from langchain_modelplug import ChatModelPlug, ModelPlugEmbeddings
+from modelplug import ChatRequest, ConfigurationError, UnsupportedCapabilityError, create_backend
 
 
 @pytest.fixture
@@ -131,6 +133,54 @@ def test_template_opened_think_stream(fake: FakeOpenAI) -> None:
     assert full.additional_kwargs["reasoning_content"] == "Let me see."
 
 
+def test_template_opened_think_whole_answer_splits_like_the_stream(fake: FakeOpenAI) -> None:
+    fake.reply({"content": "Let me see.</think>\nYes."})
+    msg = _llm(fake, "hf-openai:deepseek-r1-distill;thinking").invoke("q")
+    assert (msg.content, msg.additional_kwargs["reasoning_content"]) == ("Yes.", "Let me see.")
+
+
+def test_unflagged_closing_tag_splits_the_same_whole_and_streamed(fake: FakeOpenAI) -> None:
+    # Without ';thinking' nothing says the template opened <think>: the text streams at once, so
+    # a lone </think> cannot make what came before it reasoning, and a whole answer follows the
+    # same rule (declare the model ';thinking' to split it).
+    answer = "Let me see.</think>\nYes."
+    fake.reply({"content": answer})
+    whole = _llm(fake, "hf-openai:deepseek-r1-distill").invoke("q")
+    fake.reply_stream([{"content": answer[i:i + 4]} for i in range(0, len(answer), 4)])
+    streamed, _ = _stream(_llm(fake, "hf-openai:deepseek-r1-distill"))
+    assert whole.content == streamed.content
+    assert whole.additional_kwargs == streamed.additional_kwargs
+
+
+WORDS = ["The ", "answer ", "is ", "four, ", "as ", "two ", "plus ", "two ", "is ", "four."]
+
+
+@pytest.mark.parametrize("model", ["openai:o4-mini", "openai:o3", "gemini:gemini-2.5-flash",
+                                   "vllm:Qwen/Qwen3-8B"])
+def test_thinking_models_stream_text_as_it_arrives(fake: FakeOpenAI, model: str) -> None:
+    # Catalog thinking models never start inside a template-opened <think> (o-series hide their
+    # reasoning, Qwen3 writes its own tags): nothing is held back for a tag that cannot come.
+    fake.reply_stream([{"content": word} for word in WORDS])
+    full, chunks = _stream(_llm(fake, model))
+    assert full.content == "".join(WORDS)
+    before_end = [c.content for c in chunks if c.content and c.chunk_position != "last"]
+    assert before_end == WORDS  # one chunk per delta, none saved for the end
+
+
+def test_template_opened_thinking_streams_text_once_the_server_splits_reasoning(
+        fake: FakeOpenAI) -> None:
+    # A ';thinking' model may start inside <think>, but a server with a reasoning parser sends
+    # the reasoning in its own field: from then on the text is text and streams.
+    fake.reply_stream([{"reasoning_content": "Two plus two."}, *({"content": w} for w in WORDS)])
+    full, chunks = _stream(_llm(fake, "vllm:deepseek-r1;thinking"))
+    assert (full.content, full.additional_kwargs["reasoning_content"]) == ("".join(WORDS),
+                                                                            "Two plus two.")
+    assert [c.content for c in chunks if c.content and c.chunk_position != "last"] == WORDS
+    fake.reply({"content": "".join(WORDS), "reasoning_content": "Two plus two."})
+    msg = _llm(fake, "vllm:deepseek-r1;thinking").invoke("q")
+    assert (msg.content, msg.additional_kwargs) == (full.content, full.additional_kwargs)
+
+
 def test_reasoning_switch_reaches_local_server_template(fake: FakeOpenAI) -> None:
     fake.reply({"content": "ok"})
     _llm(fake, "vllm:qwen3-8b", reasoning=False).invoke("q")
@@ -176,6 +226,66 @@ def test_non_streamed_tool_calls_parse(fake: FakeOpenAI) -> None:
     assert fake.requests[-1]["tool_choice"] == "required"
 
 
+class GetTime(BaseModel):
+    """Get the local time in a city."""
+
+    city: str
+
+
+def _request(tool_choice: str) -> ChatRequest:
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    return ChatRequest(messages=[{"role": "user", "content": "q"}], tool_choice=tool_choice,
+                       tools=[convert_to_openai_tool(GetWeather), convert_to_openai_tool(GetTime)])
+
+
+@pytest.mark.parametrize(("choice", "wire"), [
+    ("auto", "auto"), ("none", "none"), ("required", "required"), ("any", "required"),
+    ("GetTime", {"type": "function", "function": {"name": "GetTime"}}),
+])
+def test_tool_choice_on_the_wire(fake: FakeOpenAI, choice: str, wire) -> None:
+    fake.reply({"content": "ok"})
+    create_backend("openai:gpt-4o", base_url=fake.base_url, api_key=API_KEY).chat(  # type: ignore[attr-defined]
+        _request(choice))
+    sent = fake.requests[-1]
+    assert sent["tool_choice"] == wire
+    assert [t["function"]["name"] for t in sent["tools"]] == ["GetWeather", "GetTime"]
+
+
+def test_llamaserver_named_tool_choice_is_required_over_that_tool(fake: FakeOpenAI) -> None:
+    # llama-server reads tool_choice only as a string; an object would quietly become "auto".
+    fake.api_key = "modelplug-local"
+    fake.reply({"content": None, "tool_calls": [
+        {"id": "c1", "type": "function",
+         "function": {"name": "GetTime", "arguments": '{"city": "Oslo"}'}}]},
+        finish_reason="tool_calls")
+    llm = ChatModelPlug(model="llamaserver:m", base_url=fake.base_url)  # type: ignore[attr-defined]
+    msg = llm.bind_tools([GetWeather, GetTime], tool_choice="GetTime").invoke("Time in Oslo?")
+    sent = fake.requests[-1]
+    assert sent["tool_choice"] == "required"
+    assert [t["function"]["name"] for t in sent["tools"]] == ["GetTime"]
+    assert msg.tool_calls[0]["name"] == "GetTime"
+
+    backend = create_backend("llamaserver:m", base_url=fake.base_url)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match=r"names no tool.*'GetWeather', 'GetTime'"):
+        backend.chat(_request("GetDate"))
+    assert len(fake.requests) == 1  # refused before sending
+
+
+def test_signed_thinking_blocks_stay_out_of_openai_requests(fake: FakeOpenAI) -> None:
+    # An Anthropic answer's history (e.g. after a fallback) carries Anthropic-signed thinking.
+    fake.reply({"content": "ok"})
+    signed = [{"type": "thinking", "thinking": "t", "signature": "s"}]
+    _llm(fake, "openai:gpt-4o").invoke([
+        HumanMessage("q"),
+        AIMessage("", tool_calls=[{"name": "GetWeather", "args": {"city": "Oslo"}, "id": "c1"}],
+                  additional_kwargs={"thinking_blocks": signed, "reasoning_content": "t"}),
+        ToolMessage("rain", tool_call_id="c1")])
+    sent = fake.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert all("thinking_blocks" not in m and "reasoning_content" not in m for m in sent)
+
+
 def test_structured_output_json_schema_request(fake: FakeOpenAI) -> None:
     fake.reply({"content": '{"city": "Oslo"}'})
     result = _llm(fake, "openai:gpt-4o").with_structured_output(
@@ -197,6 +307,49 @@ def test_sampling_params_and_extra_body(fake: FakeOpenAI) -> None:
                                                                                 ["\n"])
     assert sent["top_k"] == 20 and sent["repetition_penalty"] == 1.1
     assert sent["logit_bias"] == {"50256": -100}
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("model", "env", "default_url"), [
+    ("openai:text-embedding-3-small", "OPENAI_API_KEY", "https://api.openai.com/v1/"),
+    ("openai:text-embedding-3-large", "OPENAI_API_KEY", "https://api.openai.com/v1/"),
+    ("openai:text-embedding-ada-002", "OPENAI_API_KEY", "https://api.openai.com/v1/"),
+    ("gemini:text-embedding-004", "GOOGLE_API_KEY",
+     "https://generativelanguage.googleapis.com/v1beta/openai/"),
+    ("gemini:gemini-embedding-001", "GOOGLE_API_KEY",
+     "https://generativelanguage.googleapis.com/v1beta/openai/"),
+])
+async def test_catalog_embedding_models_reach_the_embeddings_endpoint(
+        fake: FakeOpenAI, monkeypatch, model: str, env: str, default_url: str) -> None:
+    monkeypatch.setenv(env, API_KEY)
+    # Without base_url the provider's own endpoint (the client is built; nothing is sent).
+    assert str(ModelPlugEmbeddings(model=model).backend.client.base_url) == default_url
+
+    embeddings = ModelPlugEmbeddings(model=model, base_url=fake.base_url, batch_size=2)  # type: ignore[attr-defined]
+    texts = ["Paris is in France.", "Rome", "Oslo is in Norway."]
+    assert embeddings.embed_documents(texts) == [embedding_of(t) for t in texts]
+    assert embeddings.embed_query("Rome") == embedding_of("Rome")
+    assert await embeddings.aembed_documents(texts[:1]) == [embedding_of(texts[0])]
+    assert await embeddings.aembed_query("Oslo") == embedding_of("Oslo")
+
+    assert fake.paths == ["/v1/embeddings"] * 5
+    assert [r["input"] for r in fake.requests] == [texts[:2], texts[2:], ["Rome"], texts[:1],
+                                                   ["Oslo"]]
+    model_id = model.partition(":")[2]
+    assert all(r["model"] == model_id and r["encoding_format"] == "float"
+               for r in fake.requests)
+    assert fake.headers[-1]["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_embedding_and_chat_models_are_not_swapped(fake: FakeOpenAI) -> None:
+    chat = _llm(fake, "openai:text-embedding-3-small")
+    with pytest.raises(UnsupportedCapabilityError, match="embedding model and has no chat"):
+        chat.invoke("q")
+    with pytest.raises(UnsupportedCapabilityError, match="text-embedding-3-small"):
+        ModelPlugEmbeddings(model="openai:gpt-4o", api_key=API_KEY,
+                            base_url=fake.base_url).embed_query("q")  # type: ignore[attr-defined]
+    assert fake.requests == []
 
 
 # -- API keys and the SDK's own retries ----------------------------------------------------------

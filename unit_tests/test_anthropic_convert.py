@@ -65,6 +65,20 @@ def test_tool_calls_and_results():
     ]}
 
 
+def test_signed_thinking_goes_back_first_and_unchanged():
+    signed = [{"type": "redacted_thinking", "data": "EnC"},
+              {"type": "thinking", "thinking": "Call it.", "signature": "sig"}]
+    _, messages = convert_messages([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "Checking.", "thinking_blocks": signed,
+         "tool_calls": [{"id": "t1", "type": "function",
+                         "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "ok"},
+    ])
+    assert messages[1]["content"] == [*signed, text("Checking."),
+                                      {"type": "tool_use", "id": "t1", "name": "f", "input": {}}]
+
+
 def test_bad_tool_call_arguments_name_the_call():
     with pytest.raises(ConfigurationError, match=r"'t9'.*not valid JSON"):
         convert_messages([{"role": "assistant", "tool_calls": [

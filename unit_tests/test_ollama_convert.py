@@ -30,7 +30,9 @@ def test_inline_images_only():
 def test_tool_results_carry_the_tool_name():
     out = convert_messages([
         {"role": "developer", "content": "rules"},
-        {"role": "assistant", "content": None, "tool_calls": [
+        # Anthropic-signed thinking (a fallback's history) is not Ollama's: left out.
+        {"role": "assistant", "content": None, "thinking_blocks": [
+            {"type": "thinking", "thinking": "t", "signature": "s"}], "tool_calls": [
             {"id": "c1", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "rain"},
     ])

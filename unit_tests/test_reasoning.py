@@ -67,9 +67,25 @@ def test_stream_template_opened_think(pieces: list[str]) -> None:
 
 
 def test_implicit_mode_without_any_tag_is_all_text() -> None:
+    # The price of implicit mode, which is why backends use it only for models whose template
+    # opens <think> in the prompt: text that might be reasoning is held until something decides.
     text, reasoning, events = _stream(["No ", "thinking ", "here."], implicit_open=True)
     assert (text, reasoning) == ("No thinking here.", "")
     assert events[-1] == ("No thinking here.", "")  # held until the end decided it
+
+
+def test_settle_as_text_releases_held_text_and_then_streams() -> None:
+    splitter = ThinkTagSplitter(implicit_open=True)
+    assert splitter.feed("Held ") == ("", "")
+    splitter.settle_as_text()  # e.g. the server sent reasoning in a field of its own
+    assert splitter.feed("then") == ("Held then", "")
+    assert splitter.feed(" live.") == (" live.", "")
+    assert splitter.flush() == ("", "")
+
+
+def test_without_implicit_mode_text_streams_at_once() -> None:
+    _, _, events = _stream(["One ", "two ", "three."])
+    assert events[:3] == [("One ", ""), ("two ", ""), ("three.", "")]
 
 
 def test_implicit_mode_with_explicit_open_tag_streams_reasoning() -> None:

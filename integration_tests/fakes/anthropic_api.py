@@ -6,7 +6,9 @@ It replays the documented shapes: a ``message`` object for plain requests, and f
 stop reason and cumulative usage, ``message_stop``). It also refuses, with the API's
 ``invalid_request_error`` shape, requests the real API refuses (a missing max_tokens, turns that do
 not alternate, a thinking budget not below max_tokens, forced tool use with thinking, sampling
-params with adaptive thinking), so a backend bug shows up as a failed request.
+params with adaptive thinking, and, with thinking on, a tool-calling assistant turn that does
+not start with its thinking block, or a thinking block whose signature is missing or not the one
+this fake gave out for that text), so a backend bug shows up as a failed request.
 
 Tests queue replies with :meth:`FakeAnthropic.reply` and read what the SDK sent in
 :attr:`FakeAnthropic.requests`.
@@ -37,6 +39,9 @@ class FakeAnthropic:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._replies: deque[dict[str, Any]] = deque()
+        #: Signatures this fake gave out (in queued replies) -> the thinking text they sign;
+        #: redacted_thinking data is its own signature.
+        self.signatures: dict[str, str] = {}
         self._count = 0
         self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
 
@@ -46,7 +51,13 @@ class FakeAnthropic:
               input_tokens: int = 10, output_tokens: int = 5,
               cache_creation_input_tokens: int | None = None,
               cache_read_input_tokens: int | None = None) -> None:
-        """Queue the next answer: Anthropic content blocks (text, thinking, tool_use)."""
+        """Queue the next answer: Anthropic content blocks (text, thinking, redacted_thinking,
+        tool_use)."""
+        for block in content:
+            if block["type"] == "thinking":
+                self.signatures[block["signature"]] = block["thinking"]
+            elif block["type"] == "redacted_thinking":
+                self.signatures[block["data"]] = ""
         usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
         if cache_creation_input_tokens is not None:
             usage["cache_creation_input_tokens"] = cache_creation_input_tokens
@@ -68,7 +79,7 @@ class FakeAnthropic:
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
         if API_KEY not in (request.headers.get("x-api-key"), bearer):
             return _error(401, "authentication_error", "invalid x-api-key")
-        problem = validate(body)
+        problem = validate(body, self.signatures)
         if problem:
             return _error(400, "invalid_request_error", problem)
         if not self._replies:
@@ -93,8 +104,11 @@ FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stream", "temp
                     "inference_geo", "speed"})
 
 
-def validate(body: dict[str, Any]) -> str | None:
-    """What the real API would refuse in ``body`` (a subset of its documented rules), or None."""
+def validate(body: dict[str, Any], signatures: dict[str, str] | None = None) -> str | None:
+    """What the real API would refuse in ``body`` (a subset of its documented rules), or None.
+
+    ``signatures`` (signature -> thinking text) are the ones the API gave out: a thinking block
+    sent back must carry one of them, for its unmodified text."""
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         return f"{unknown[0]}: Extra inputs are not permitted"
@@ -129,11 +143,53 @@ def validate(body: dict[str, Any]) -> str | None:
             return "Thinking may not be enabled when tool_choice forces tool use."
     if thinking.get("type") == "adaptive" and ("temperature" in body or "top_p" in body):
         return "temperature and top_p may not be set with adaptive thinking"
+    problem = _check_thinking_blocks(messages, signatures or {})
+    if problem:
+        return problem
+    if thinking.get("type") in ("enabled", "adaptive"):
+        problem = _check_tool_turn_starts_with_thinking(messages)
+        if problem:
+            return problem
     names = [t.get("name") for t in body.get("tools") or []]
     choice = body.get("tool_choice") or {}
     if choice.get("type") == "tool" and choice.get("name") not in names:
         return f"tool_choice.name: no tool named {choice.get('name')!r}"
     return None
+
+
+def _check_thinking_blocks(messages: list[dict[str, Any]], signatures: dict[str, str]) -> str | None:
+    """Thinking blocks sent back must be the API's own: signed, text and signature unmodified."""
+    for i, m in enumerate(messages):
+        for j, b in enumerate(m["content"] if isinstance(m["content"], list) else []):
+            where = f"messages.{i}.content.{j}"
+            if b.get("type") == "thinking":
+                if not isinstance(b.get("signature"), str) or not b["signature"]:
+                    return f"{where}.thinking.signature: Field required"
+                if signatures.get(b["signature"]) != b.get("thinking"):
+                    return f"{where}: Invalid `signature` in `thinking` block"
+            elif b.get("type") == "redacted_thinking" and b.get("data") not in signatures:
+                return f"{where}: Invalid `data` in `redacted_thinking` block"
+    return None
+
+
+def _check_tool_turn_starts_with_thinking(messages: list[dict[str, Any]]) -> str | None:
+    """With thinking on, the last assistant turn, if it called tools, starts with its thinking."""
+    turns = [(i, m) for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not turns:
+        return None
+    i, last = turns[-1]
+    blocks = last["content"] if isinstance(last["content"], list) else [
+        {"type": "text", "text": last["content"]}]
+    if not any(b.get("type") == "tool_use" for b in blocks):
+        return None
+    first = blocks[0].get("type")
+    if first in ("thinking", "redacted_thinking"):
+        return None
+    return (f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+            f"`{first}`. When `thinking` is enabled, a final `assistant` message must start "
+            "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` "
+            "blocks). We recommend you include thinking blocks from previous turns. To avoid "
+            "this requirement, disable `thinking`.")
 
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
@@ -176,6 +232,9 @@ async def _sse(message: dict[str, Any]):
             yield _event("content_block_delta", {"type": "content_block_delta", "index": index,
                                                  "delta": {"type": "signature_delta",
                                                            "signature": block["signature"]}})
+        elif kind == "redacted_thinking":  # arrives whole: its data is encrypted
+            yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                 "content_block": block})
         elif kind == "tool_use":
             yield _event("content_block_start", {"type": "content_block_start", "index": index,
                                                  "content_block": {**block, "input": {}}})

@@ -1,4 +1,5 @@
-"""A loopback fake of OpenAI's chat-completions API, for what llama-server cannot show.
+"""A loopback fake of OpenAI's chat-completions and embeddings APIs, for what llama-server
+cannot show.
 
 It replays the documented shapes: a ``chat.completion`` object for plain requests and, for
 ``"stream": true``, server-sent ``chat.completion.chunk`` events ending in ``data: [DONE]``, with
@@ -8,10 +9,12 @@ as the API documents them; reasoning deltas use the ``reasoning_content`` field 
 vLLM. Like the real API it refuses, with its error shape, requests it would refuse: a wrong or
 missing bearer key (401), ``max_tokens`` or a non-default ``temperature`` on an o-series
 reasoning model (400). Replies queued with ``fail`` answer a status code first (for the SDK's
-retries).
+retries). ``POST /v1/embeddings`` answers the documented ``list`` of ``embedding`` objects with a
+small vector that depends only on the text, and refuses a missing model or input (400).
 
 Tests queue replies with :meth:`FakeOpenAI.reply` / :meth:`FakeOpenAI.reply_stream` and read
-what the SDK sent in :attr:`FakeOpenAI.requests` and :attr:`FakeOpenAI.headers`.
+what the SDK sent in :attr:`FakeOpenAI.requests`, :attr:`FakeOpenAI.headers` and
+:attr:`FakeOpenAI.paths`.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class FakeOpenAI:
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        #: The URL path of each request, in order ("/v1/chat/completions", "/v1/embeddings").
+        self.paths: list[str] = []
         self._replies: deque[Any] = deque()
         #: With no reply queued: answer "echo: <last user message>" (in several deltas) instead of
         #: a 500, so concurrent callers each get an answer of their own.
@@ -48,6 +53,7 @@ class FakeOpenAI:
         self._count = 0
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
         ])
 
     # -- scripting ------------------------------------------------------------------------------
@@ -68,15 +74,43 @@ class FakeOpenAI:
         for _ in range(times):
             self._replies.append(("fail", status, None, None))
 
-    # -- the endpoint ---------------------------------------------------------------------------
+    # -- the endpoints --------------------------------------------------------------------------
 
-    async def _chat(self, request: Request) -> Response:
+    async def _received(self, request: Request) -> tuple[dict[str, Any], Response | None]:
+        """The request body, recorded, and the 401 answer when the key is wrong."""
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        self.paths.append(request.url.path)
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
-            return _error(401, "Incorrect API key provided.", "invalid_request_error",
-                          code="invalid_api_key")
+            return body, _error(401, "Incorrect API key provided.", "invalid_request_error",
+                                code="invalid_api_key")
+        return body, None
+
+    async def _embeddings(self, request: Request) -> Response:
+        body, refused = await self._received(request)
+        if refused is not None:
+            return refused
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not body.get("model"):
+            return _error(400, "you must provide a model parameter", "invalid_request_error",
+                          "model")
+        if not texts or not all(isinstance(t, str) and t for t in texts):
+            return _error(400, "'input' must be a non-empty string or array of non-empty "
+                          "strings", "invalid_request_error", "input")
+        return JSONResponse({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": embedding_of(text)}
+                     for i, text in enumerate(texts)],
+            "usage": {"prompt_tokens": sum(len(t.split()) for t in texts),
+                      "total_tokens": sum(len(t.split()) for t in texts)},
+        })
+
+    async def _chat(self, request: Request) -> Response:
+        body, refused = await self._received(request)
+        if refused is not None:
+            return refused
         model = body.get("model", "")
         if _O_SERIES.match(model):
             if "max_tokens" in body:
@@ -138,6 +172,11 @@ class FakeOpenAI:
             return _error(500, "a streamed reply was queued for a non-streamed request",
                           "server_error")
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def embedding_of(text: str) -> list[float]:
+    """The fake's vector for ``text``: four numbers that only the text decides."""
+    return [float(len(text)), float(sum(map(ord, text)) % 97), float(text.count(" ")), 1.0]
 
 
 def usage_block(prompt: int = 12, completion: int = 7, cached: int = 0,

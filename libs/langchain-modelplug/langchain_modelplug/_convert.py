@@ -14,15 +14,40 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 
-from modelplug.types import ChatChunk, ChatResponse, Message, Usage
+from modelplug.types import THINKING_BLOCKS, ChatChunk, ChatResponse, Message, Usage
 
 
 def to_openai_messages(messages: Sequence[BaseMessage]) -> list[Message]:
     """LangChain messages (any content-block style) as OpenAI chat-completions dicts.
 
-    Reasoning stays out of later requests: it is the model's scratchpad, not conversation.
+    Reasoning text stays out of later requests: it is the model's scratchpad, not conversation.
+    Signed thinking blocks (``additional_kwargs["thinking_blocks"]``, as an Anthropic answer
+    left them) go back with their assistant message: the API needs them before the tool calls
+    they led to.
     """
-    return convert_to_openai_messages(list(messages))  # type: ignore[return-value]
+    out: list[Message] = []
+    for message in messages:
+        # One at a time, so each AIMessage is matched with its own dict (a message may convert
+        # to several, e.g. tool_result content blocks become tool messages).
+        converted: list[Message] = convert_to_openai_messages([message])  # type: ignore[assignment]
+        signed = message.additional_kwargs.get(THINKING_BLOCKS) \
+            if isinstance(message, AIMessage) else None
+        if signed:
+            for item in converted:
+                if item.get("role") == "assistant":
+                    item[THINKING_BLOCKS] = list(signed)
+        out.extend(converted)
+    return out
+
+
+def _extra(reasoning: str, signed: list[dict[str, Any]]) -> dict[str, Any]:
+    """``additional_kwargs`` of an answer or chunk: reasoning text and signed thinking blocks."""
+    extra: dict[str, Any] = {}
+    if reasoning:
+        extra["reasoning_content"] = reasoning
+    if signed:
+        extra[THINKING_BLOCKS] = list(signed)
+    return extra
 
 
 def usage_metadata(usage: Usage | None) -> UsageMetadata | None:
@@ -53,7 +78,7 @@ def to_ai_message(response: ChatResponse, provider: str) -> AIMessage:
         tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in good],
         invalid_tool_calls=[invalid_tool_call(name=c.name, args=c.raw_arguments, id=c.id,
                                               error=c.error) for c in bad],
-        additional_kwargs={"reasoning_content": response.reasoning} if response.reasoning else {},
+        additional_kwargs=_extra(response.reasoning, response.thinking_blocks),
         usage_metadata=usage_metadata(response.usage),
         response_metadata=_response_metadata(response.model, response.finish_reason, provider),
     )
@@ -65,7 +90,7 @@ def to_ai_chunk(chunk: ChatChunk, provider: str) -> AIMessageChunk:
         content=chunk.text,
         tool_call_chunks=[tool_call_chunk(name=d.name, args=d.arguments or None, id=d.id,
                                           index=d.index) for d in chunk.tool_calls],
-        additional_kwargs={"reasoning_content": chunk.reasoning} if chunk.reasoning else {},
+        additional_kwargs=_extra(chunk.reasoning, chunk.thinking_blocks),
         usage_metadata=usage_metadata(chunk.usage),
         response_metadata=_response_metadata(chunk.model, chunk.finish_reason, provider)
         if last else {},

@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 #: OpenAI-format messages: {"role": ..., "content": str | [content parts], "tool_calls": [...],
 #: "tool_call_id": ...}. Image parts are {"type": "image_url", "image_url": {"url": ...}}.
+#: An assistant message may also carry :data:`THINKING_BLOCKS`.
 Message = dict[str, Any]
+
+#: The assistant-message key (and response / chunk field) of provider-signed reasoning blocks:
+#: Anthropic's ``{"type": "thinking", "thinking": ..., "signature": ...}`` and
+#: ``{"type": "redacted_thinking", "data": ...}``, in the provider's own shape. They go back
+#: verbatim, before the tool calls they led to, to the provider that signed them; every other
+#: backend leaves them out of its requests, as it leaves out reasoning text.
+THINKING_BLOCKS = "thinking_blocks"
 ToolChoice = Literal["auto", "none", "required"] | str | None
 
 
@@ -106,6 +114,8 @@ class ChatResponse:
     text: str = ""
     tool_calls: list[ToolCall] = field(default_factory=list)
     reasoning: str = ""
+    #: Signed reasoning blocks to send back with this turn (see :data:`THINKING_BLOCKS`).
+    thinking_blocks: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage | None = None
     #: "stop", "length", "tool_calls" or "content_filter", as in OpenAI's API.
     finish_reason: str | None = None
@@ -126,6 +136,9 @@ class ChatChunk:
     text: str = ""
     reasoning: str = ""
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    #: Signed reasoning blocks, each whole, on the chunk where it ends (its text came before as
+    #: ``reasoning`` deltas).
+    thinking_blocks: list[dict[str, Any]] = field(default_factory=list)
     #: Set on the last chunk of a stream.
     usage: Usage | None = None
     finish_reason: str | None = None

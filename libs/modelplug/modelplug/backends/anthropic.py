@@ -9,7 +9,10 @@ Requests arrive as OpenAI-format messages and are converted here, once, at reque
 
 Thinking is native (``thinking`` blocks, never ``<think>`` tags) and follows the model's
 ``thinking_style``: ``enabled`` sends ``{"type": "enabled", "budget_tokens": N}``; ``adaptive``
-sends ``{"type": "adaptive", "display": "summarized"}`` and drops temperature/top_p.
+sends ``{"type": "adaptive", "display": "summarized"}`` and drops temperature/top_p. Each
+thinking (and redacted_thinking) block comes back whole, signature included, in
+``thinking_blocks``; an assistant message that carries them sends them back first, as the API
+requires of the turn whose tool calls the thinking led to.
 
 Structured output: a ``json_schema`` response format uses the API's own structured outputs
 (``output_config.format``), with the schema passed through ``anthropic.transform_schema`` so it
@@ -36,6 +39,7 @@ from modelplug.backends.base import Backend, maps_errors
 from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabilityError
 from modelplug.profile import Profile
 from modelplug.types import (
+    THINKING_BLOCKS,
     ChatChunk,
     ChatRequest,
     ChatResponse,
@@ -306,12 +310,13 @@ class AnthropicBackend(Backend):
         yield state.finish()
 
     def _response(self, message: Any, json_mode: bool) -> ChatResponse:
-        texts, reasoning, calls = [], [], []
+        texts, reasoning, calls, signed = [], [], [], []
         for block in message.content:
             if block.type == "text":
                 texts.append(block.text)
-            elif block.type == "thinking":
-                reasoning.append(block.thinking)
+            elif block.type in ("thinking", "redacted_thinking"):
+                signed.append(signed_block(block))
+                reasoning.append(signed[-1].get("thinking", ""))
             elif block.type == "tool_use":
                 if json_mode and block.name == JSON_TOOL_NAME:
                     texts.append(json.dumps(block.input))
@@ -322,8 +327,17 @@ class AnthropicBackend(Backend):
         if json_mode and finish == "tool_calls" and not calls:
             finish = "stop"
         return ChatResponse(text="".join(texts), tool_calls=calls, reasoning="".join(reasoning),
-                            usage=usage_from(message.usage), finish_reason=finish,
-                            model=message.model or self.ref.model_id)
+                            thinking_blocks=signed, usage=usage_from(message.usage),
+                            finish_reason=finish, model=message.model or self.ref.model_id)
+
+
+def signed_block(block: Any) -> dict[str, Any]:
+    """A thinking or redacted_thinking block (SDK object) as the dict the API needs back."""
+    # getattr: compatible servers (llama-server's Messages API) may leave the signature out.
+    if block.type == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": getattr(block, "data", None) or ""}
+    return {"type": "thinking", "thinking": getattr(block, "thinking", None) or "",
+            "signature": getattr(block, "signature", None) or ""}
 
 
 def _check_refusal(stop_reason: str | None) -> None:
@@ -355,6 +369,8 @@ class _StreamState:
         self.model = model
         #: Anthropic content-block index -> our tool-call index (0, 1, ... in order).
         self.tool_index: dict[int, int] = {}
+        #: Content-block index -> the signed thinking block being streamed there.
+        self.thinking: dict[int, dict[str, Any]] = {}
         self.json_blocks: set[int] = set()
         self.usage: dict[str, int] = {}
         self.stop_reason: str | None = None
@@ -383,14 +399,19 @@ class _StreamState:
                                  model=self.model)
             if block.type == "text" and block.text:
                 return ChatChunk(text=block.text, model=self.model)
-            if block.type == "thinking" and block.thinking:
-                return ChatChunk(reasoning=block.thinking, model=self.model)
+            if block.type in ("thinking", "redacted_thinking"):
+                self.thinking[event.index] = signed_block(block)
+                if block.type == "thinking" and block.thinking:
+                    return ChatChunk(reasoning=block.thinking, model=self.model)
         elif kind == "content_block_delta":
             delta = event.delta
             if delta.type == "text_delta":
                 return ChatChunk(text=delta.text, model=self.model)
             if delta.type == "thinking_delta":
+                self.thinking[event.index]["thinking"] += delta.thinking
                 return ChatChunk(reasoning=delta.thinking, model=self.model)
+            if delta.type == "signature_delta":
+                self.thinking[event.index]["signature"] += delta.signature
             if delta.type == "input_json_delta":
                 if event.index in self.json_blocks:
                     return ChatChunk(text=delta.partial_json, model=self.model)
@@ -399,6 +420,9 @@ class _StreamState:
                     return ChatChunk(tool_calls=[ToolCallDelta(index,
                                                                arguments=delta.partial_json)],
                                      model=self.model)
+        elif kind == "content_block_stop" and event.index in self.thinking:
+            # Whole, signature included: only now can it go back in a later request.
+            return ChatChunk(thinking_blocks=[self.thinking.pop(event.index)], model=self.model)
         elif kind == "message_delta":
             self.stop_reason = event.delta.stop_reason or self.stop_reason
             self._take_usage(event.usage)
@@ -503,7 +527,9 @@ def image_block(url: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
+    # Signed thinking first: with thinking on, the API wants the turn that called tools to start
+    # with the (unmodified) thinking that led to the calls.
+    blocks: list[dict[str, Any]] = [dict(b) for b in message.get(THINKING_BLOCKS) or []]
     content = message.get("content")
     if isinstance(content, str):
         if content:

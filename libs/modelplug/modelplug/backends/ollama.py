@@ -457,7 +457,9 @@ def inline_image(url: str) -> str:
 
 
 def convert_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """OpenAI-format messages as /api/chat messages (images and tool results at message level)."""
+    """OpenAI-format messages as /api/chat messages (images and tool results at message level).
+
+    Anthropic-signed ``thinking_blocks`` stay out, as reasoning text does."""
     names: dict[str, str] = {}  # tool_call_id -> tool name, for tool results
     out = []
     for message in messages:

@@ -5,7 +5,9 @@ One backend serves OpenAI itself, Gemini's OpenAI-compatible endpoint, the local
 clouds; the registry row supplies the base URL and the API-key variable. Timeouts and retries
 are the SDK's own (``timeout`` / ``max_retries`` go to the client unchanged). Reasoning arrives
 as ``reasoning_content`` / ``reasoning`` fields or as ``<think>`` tags in the text, and is
-routed out of the answer either way.
+routed out of the answer either way; text streams as it arrives unless the model may start
+inside a template-opened ``<think>`` (see ``_starts_in_thinking``). A named tool_choice goes to
+llama-server, which reads tool_choice only as a string, as "required" over just that tool.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from typing import Any
 
 from modelplug.backends.base import Backend, collect_stream, maps_errors
 from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
+from modelplug.catalog import models_for
 from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabilityError
 from modelplug.types import (
+    THINKING_BLOCKS,
     ChatChunk,
     ChatRequest,
     ChatResponse,
     CompletionRequest,
+    Message,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -41,6 +46,11 @@ _O_SERIES = re.compile(r"^o\d")
 
 #: Fields LangChain may leave in per-call kwargs for its own tracing; never request fields.
 _NOT_REQUEST_FIELDS = frozenset({"ls_structured_output_format"})
+
+#: Servers that read ``tool_choice`` only as a string ("auto", "none", "required"): llama-server
+#: takes an object ``{"type": "function", ...}`` as the wrong type and falls back to "auto" with
+#: only a log line. There a named choice is sent as "required" over just the named tool.
+_NO_NAMED_TOOL_CHOICE = frozenset({"llamaserver"})
 
 
 class OpenAICompatBackend(Backend):
@@ -127,11 +137,12 @@ class OpenAICompatBackend(Backend):
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         """The chat.completions.create keyword arguments for ``request``."""
         self.check(request)
-        body: dict[str, Any] = {"model": self.ref.model_id, "messages": request.messages}
+        body: dict[str, Any] = {"model": self.ref.model_id,
+                                "messages": _without_signed_thinking(request.messages)}
         if request.tools:
             body["tools"] = request.tools
         if request.tool_choice is not None:
-            body["tool_choice"] = _tool_choice(request.tool_choice)
+            self._set_tool_choice(request, body)
         if request.response_format is not None:
             body["response_format"] = request.response_format
         for name in ("temperature", "top_p", "max_tokens", "seed"):
@@ -151,6 +162,46 @@ class OpenAICompatBackend(Backend):
         if extra_body:
             body["extra_body"] = extra_body
         return body
+
+    def _set_tool_choice(self, request: ChatRequest, body: dict[str, Any]) -> None:
+        """ChatRequest's tool_choice on the wire: "auto", "none", "required" ("any" is
+        LangChain's and Anthropic's name for it) or one named tool."""
+        choice = request.tool_choice
+        if choice in ("auto", "none", "required", "any"):
+            body["tool_choice"] = "required" if choice == "any" else choice
+        elif self.spec.key not in _NO_NAMED_TOOL_CHOICE:
+            body["tool_choice"] = {"type": "function", "function": {"name": choice}}
+        else:
+            names = [(t.get("function") or t).get("name") for t in request.tools or []]
+            if choice not in names:
+                raise ConfigurationError(
+                    f"tool_choice {choice!r} names no tool of the request. Tools: {names}; or "
+                    "use 'auto', 'none' or 'required'.")
+            body["tools"] = [t for t, name in zip(request.tools or [], names, strict=True)
+                             if name == choice]
+            body["tool_choice"] = "required"
+
+    def check(self, request: ChatRequest) -> None:
+        self._check_kind("chat")
+        super().check(request)
+
+    def _check_kind(self, use: str) -> None:
+        """Refuse, before any request, a catalog model used for what it is not: chat on an
+        embedding model, or embeddings on a chat model of a closed catalog (openai, gemini)."""
+        info = self.ref.info
+        if info is None or info.kind == use:
+            return
+        if use == "embedding" and not self.spec.closed_catalog:
+            return  # a local server may embed with any model it serves
+        if info.kind == "embedding":
+            raise UnsupportedCapabilityError(
+                f"'{self.ref}' is an embedding model and has no chat. Use it with "
+                "ModelPlugEmbeddings (LangChain) or ModelPlugEmbedding (LlamaIndex), or chat with "
+                f"a chat model of {self.spec.key!r}.")
+        embedders = [m.key for m in models_for(self.spec.key) if m.kind == "embedding"]
+        raise UnsupportedCapabilityError(
+            f"'{self.ref}' is a chat model and has no embeddings. Use an embedding model: "
+            f"{embedders}.")
 
     def _reasoning_switch(self, on: bool | None, body: dict[str, Any],
                           extra_body: dict[str, Any]) -> None:
@@ -175,25 +226,37 @@ class OpenAICompatBackend(Backend):
                 "the provider's own field through model_kwargs={...}."
             )
 
-    def _implicit_think(self, request: ChatRequest) -> bool:
-        """Whether a stream may start inside ``<think>`` (the template opened it)."""
-        return self.ref.thinking is True and request.reasoning is not False
+    def _starts_in_thinking(self, request: ChatRequest) -> bool:
+        """Whether the answer may begin inside a ``<think>`` the chat template opened in the
+        prompt (DeepSeek-R1 distills, QwQ, Qwen3 *-Thinking-2507), so that its text must be held
+        until a tag (or a reasoning field) shows where the thinking ends.
+
+        Only raw model output on a local server does this, and only for a model declared
+        ``;thinking`` whose catalog row does not say it writes its own tags. Cloud APIs (o-series,
+        Gemini, DeepSeek) return reasoning in a field or hide it, and catalog models with
+        ``thinking_style="tags"`` open their own tag, so their text streams at once. Answers
+        and streams are split by this same decision.
+        """
+        style = self.ref.info.thinking_style if self.ref.info is not None else None
+        return (self.spec.kind == "local-server" and self.ref.thinking is True
+                and style != "tags" and request.reasoning is not False)
 
     # -- chat ----------------------------------------------------------------------------------
 
     @maps_errors
     def chat(self, request: ChatRequest) -> ChatResponse:
-        return self._response(self.client.chat.completions.create(**self._body(request)))
+        body = self._body(request)
+        return self._response(self.client.chat.completions.create(**body), request)
 
     @maps_errors
     async def achat(self, request: ChatRequest) -> ChatResponse:
         body = self._body(request)
-        return self._response(await self.aclient.chat.completions.create(**body))
+        return self._response(await self.aclient.chat.completions.create(**body), request)
 
     @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         body = self._body(request)
-        folder = _StreamFolder(self.ref.model_id, self._implicit_think(request))
+        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request))
         events = self.client.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         with events:
@@ -204,7 +267,7 @@ class OpenAICompatBackend(Backend):
     @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request)
-        folder = _StreamFolder(self.ref.model_id, self._implicit_think(request))
+        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request))
         events = await self.aclient.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         async with events:
@@ -213,12 +276,14 @@ class OpenAICompatBackend(Backend):
                     yield chunk
         yield folder.final()
 
-    def _response(self, completion: Any) -> ChatResponse:
+    def _response(self, completion: Any, request: ChatRequest) -> ChatResponse:
         choice = completion.choices[0]
         message = choice.message
         _check_refusal(self.spec.key, getattr(message, "refusal", None))
-        text, reasoning = split_think_tags(message.content or "")
         fields = _reasoning_field(message)
+        # As _StreamFolder decides: a reasoning field means the server split the thinking out.
+        implicit = self._starts_in_thinking(request) and not fields
+        text, reasoning = split_think_tags(message.content or "", implicit_open=implicit)
         tool_calls = [
             ToolCall.parse(call.id, call.function.name, call.function.arguments)
             for call in (message.tool_calls or []) if getattr(call, "function", None) is not None
@@ -235,6 +300,7 @@ class OpenAICompatBackend(Backend):
     # -- raw completion (/v1/completions) -------------------------------------------------------
 
     def _completion_body(self, request: CompletionRequest) -> dict[str, Any]:
+        self._check_kind("chat")
         if self.spec.key == "gemini":  # Google's OpenAI-compatible endpoint has chat only
             raise UnsupportedCapabilityError(
                 "Gemini's OpenAI-compatible API has no /completions endpoint; use ChatModelPlug "
@@ -277,6 +343,7 @@ class OpenAICompatBackend(Backend):
 
     @maps_errors
     def embed(self, texts: list[str]) -> list[list[float]]:
+        self._check_kind("embedding")
         if not texts:
             return []
         result = self.client.embeddings.create(model=self.ref.model_id, input=texts,
@@ -285,6 +352,7 @@ class OpenAICompatBackend(Backend):
 
     @maps_errors
     async def aembed(self, texts: list[str]) -> list[list[float]]:
+        self._check_kind("embedding")
         if not texts:
             return []
         result = await self.aclient.embeddings.create(model=self.ref.model_id, input=texts,
@@ -310,8 +378,11 @@ class _StreamFolder:
                 continue
             delta = choice.delta
             _check_refusal(None, getattr(delta, "refusal", None))
+            field = _reasoning_field(delta) if delta else ""
+            if field:  # the server splits reasoning out: the text does not start inside it
+                self.splitter.settle_as_text()
             text, reasoning = self.splitter.feed(delta.content or "") if delta else ("", "")
-            reasoning = (_reasoning_field(delta) if delta else "") + reasoning
+            reasoning = field + reasoning
             calls = [
                 ToolCallDelta(index=call.index, id=call.id,
                               name=call.function.name if call.function else None,
@@ -363,10 +434,11 @@ def _check_refusal(provider: str | None, refusal: str | None) -> None:
             provider=provider)
 
 
-def _tool_choice(choice: str) -> str | dict[str, Any]:
-    if choice in ("auto", "none", "required"):
-        return choice
-    return {"type": "function", "function": {"name": choice}}
+def _without_signed_thinking(messages: list[Message]) -> list[Message]:
+    """The messages without ``thinking_blocks``: those are signed for Anthropic only, and here,
+    as reasoning text always is, they are left out of the conversation sent back."""
+    return [{k: v for k, v in m.items() if k != THINKING_BLOCKS} if THINKING_BLOCKS in m else m
+            for m in messages]
 
 
 def _reasoning_field(message: Any) -> str:

@@ -33,10 +33,12 @@ class ThinkTagSplitter:
     """Feed raw text deltas; get back ``(text, reasoning)`` parts safe to emit now.
 
     ``implicit_open=True`` is for output that may begin inside thinking (the template opened the
-    tag in the prompt). Nothing is emitted until that is decided: a ``</think>`` makes everything
-    before it reasoning; an explicit ``<think>`` first means the model opens its own tags; the end
-    of the output without either means there was no thinking, and it is all text. Reasoning is
-    therefore not streamed live in that mode, but it never leaks into the answer.
+    tag in the prompt): use it only for models known to do that, since nothing is emitted until
+    it is decided. A ``</think>`` makes everything before it reasoning; an explicit ``<think>``
+    first means the model opens its own tags; :meth:`settle_as_text` (the server split the
+    reasoning out) or the end of the output without either means there was no thinking, and it
+    is all text. Reasoning is therefore not streamed live in that mode, but it never leaks into
+    the answer.
 
     Without ``implicit_open`` text streams at once; a stray ``</think>`` is dropped.
     """
@@ -56,6 +58,12 @@ class ThinkTagSplitter:
     @property
     def in_thinking(self) -> bool:
         return self._state == _THINK
+
+    def settle_as_text(self) -> None:
+        """The output did not start inside thinking (e.g. the server sends reasoning in a field
+        of its own): an undecided start is text, emitted by the next :meth:`feed`."""
+        if self._state == _UNDECIDED:
+            self._state = _TEXT
 
     def feed(self, delta: str) -> tuple[str, str]:
         self._buf += delta

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 ThinkingStyle = Literal["tags", "enabled", "adaptive"]
+#: What a model is for: chat (and raw completion) or embeddings.
+ModelKind = Literal["chat", "embedding"]
 ToolCallFormat = Literal["XML", "JSON_OBJECT", "JSON_ARRAY", "BRACKETED"]
 
 
@@ -20,6 +22,7 @@ class ModelInfo:
 
     provider: str
     id: str
+    kind: ModelKind = "chat"
     tools: bool = False
     thinking: bool = False
     vision: bool = False
@@ -95,6 +98,7 @@ __all__ = [
     "HFModel",
     "LlamaCppModel",
     "ModelInfo",
+    "ModelKind",
     "OllamaModel",
     "OpenAIModel",
     "VLLMModel",

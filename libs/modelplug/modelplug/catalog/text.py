@@ -1,4 +1,4 @@
-"""Text models the project knows by name. Data only: add a row, not code.
+"""Text models (chat and embedding) the project knows by name. Data only: add a row, not code.
 
 Context windows and output limits are the providers' published figures; free-form ids (local
 servers, hub ids, GGUF files) need no row here and get their limits from runtime probes.
@@ -9,6 +9,11 @@ from __future__ import annotations
 from modelplug.catalog import CatalogModel, ModelInfo
 
 M = ModelInfo
+
+
+def _embedding(provider: str, model_id: str, context_window: int) -> ModelInfo:
+    """An embedding model: no chat, no tools; ``context_window`` is its input limit in tokens."""
+    return M(provider, model_id, kind="embedding", context_window=context_window)
 
 
 class AnthropicModel(CatalogModel):
@@ -42,6 +47,9 @@ class OpenAIModel(CatalogModel):
                 max_output=100_000)
     O4_MINI = M("openai", "o4-mini", tools=True, thinking=True, vision=True, context_window=200_000,
                 max_output=100_000)
+    TEXT_EMBEDDING_3_SMALL = _embedding("openai", "text-embedding-3-small", 8_191)
+    TEXT_EMBEDDING_3_LARGE = _embedding("openai", "text-embedding-3-large", 8_191)
+    TEXT_EMBEDDING_ADA_002 = _embedding("openai", "text-embedding-ada-002", 8_191)
 
 
 class GeminiModel(CatalogModel):
@@ -51,6 +59,8 @@ class GeminiModel(CatalogModel):
                        context_window=1_048_576, max_output=65_536, thinking_style="tags")
     GEMINI_2_5_FLASH_LITE = M("gemini", "gemini-2.5-flash-lite", tools=True, vision=True,
                               context_window=1_048_576, max_output=65_536)
+    TEXT_EMBEDDING_004 = _embedding("gemini", "text-embedding-004", 2_048)
+    GEMINI_EMBEDDING_001 = _embedding("gemini", "gemini-embedding-001", 2_048)
 
 
 class OllamaModel(CatalogModel):

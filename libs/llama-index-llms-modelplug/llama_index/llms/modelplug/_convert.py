@@ -30,7 +30,7 @@ from llama_index.core.base.llms.types import (
     VideoBlock,
 )
 
-from modelplug.types import ChatChunk, Message, ToolCall, ToolCallDelta, Usage
+from modelplug.types import THINKING_BLOCKS, ChatChunk, Message, ToolCall, ToolCallDelta, Usage
 from modelplug.types import ChatResponse as NeutralResponse
 
 _ROLES = {
@@ -52,8 +52,10 @@ def to_openai_messages(messages: Sequence[ChatMessage]) -> list[Message]:
     """LlamaIndex chat messages as OpenAI chat-completions dicts (new dicts; inputs untouched).
 
     Text blocks become the content (a string, or content parts when images are present); image
-    blocks become ``image_url`` parts; tool-call blocks become the assistant's ``tool_calls``;
-    thinking blocks stay out (reasoning is the model's scratchpad, not conversation).
+    blocks become ``image_url`` parts; tool-call blocks become the assistant's ``tool_calls``.
+    Thinking blocks stay out (reasoning is the model's scratchpad, not conversation), except
+    signed ones (an Anthropic answer's, signature in ``additional_information``): they go back
+    as the message's ``thinking_blocks``, which the API needs before the tool calls they led to.
     """
     return [_message(m) for m in messages]
 
@@ -74,6 +76,9 @@ def _message(message: ChatMessage) -> Message:
         calls = calls or _legacy_tool_calls(message.additional_kwargs.get("tool_calls"))
         if calls:
             out["tool_calls"] = calls
+        signed = [s for s in map(_signed_block, message.blocks) if s is not None]
+        if signed:
+            out[THINKING_BLOCKS] = signed
     if role == "tool":
         if has_images:
             raise ValueError("A tool message cannot carry images through modelplug; return text "
@@ -100,7 +105,7 @@ def _block(block: Any, parts: list[dict[str, Any]], calls: list[dict[str, Any]])
                          "arguments": kwargs if isinstance(kwargs, str) else json.dumps(kwargs)},
         })
     elif isinstance(block, (ThinkingBlock, CachePoint)):
-        return
+        return  # signed thinking: see _signed_block
     elif isinstance(block, CitableBlock):
         for inner in block.content:
             _block(inner, parts, calls)
@@ -156,6 +161,19 @@ def _sniff_mime(head: bytes) -> str:
     return "image/png"
 
 
+def _signed_block(block: Any) -> dict[str, Any] | None:
+    """A signed ThinkingBlock as the provider's block (the inverse of :func:`thinking_block`)."""
+    if not isinstance(block, ThinkingBlock):
+        return None
+    info = block.additional_information
+    if info.get("redacted_data"):
+        return {"type": "redacted_thinking", "data": info["redacted_data"]}
+    if info.get("signature"):
+        return {"type": "thinking", "thinking": block.content or "",
+                "signature": info["signature"]}
+    return None
+
+
 def _legacy_tool_calls(calls: Any) -> list[dict[str, Any]]:
     """``additional_kwargs["tool_calls"]`` of older integrations: OpenAI dicts or SDK objects."""
     out = []
@@ -200,8 +218,23 @@ def tool_call_block(call: ToolCall) -> ToolCallBlock:
                          tool_kwargs=call.arguments if call.error is None else call.raw_arguments)
 
 
-def _blocks(text: str, reasoning: str, calls: list[ToolCallBlock]) -> list[Any]:
-    blocks: list[Any] = [ThinkingBlock(content=reasoning)] if reasoning else []
+def thinking_block(signed: dict[str, Any]) -> ThinkingBlock:
+    """A provider-signed block as a ThinkingBlock, its signature (or redacted data) kept in
+    ``additional_information`` as llama-index-llms-anthropic keeps it."""
+    if signed["type"] == "redacted_thinking":
+        return ThinkingBlock(content=None, additional_information={"redacted_data": signed["data"]})
+    return ThinkingBlock(content=signed["thinking"],
+                         additional_information={"signature": signed["signature"]})
+
+
+def _blocks(text: str, reasoning: str, signed: list[dict[str, Any]],
+            calls: list[ToolCallBlock]) -> list[Any]:
+    """Thinking (one block per signed block, then any reasoning they do not hold), text, calls."""
+    blocks: list[Any] = [thinking_block(s) for s in signed]
+    covered = "".join(s.get("thinking", "") for s in signed)
+    rest = reasoning[len(covered):] if reasoning.startswith(covered) else reasoning
+    if rest:  # unsigned reasoning, or a signed block's text still streaming
+        blocks.append(ThinkingBlock(content=rest))
     blocks.append(TextBlock(text=text))
     return blocks + calls
 
@@ -210,7 +243,7 @@ def to_chat_response(response: NeutralResponse, provider: str) -> ChatResponse:
     """A whole neutral answer as a LlamaIndex ChatResponse."""
     message = ChatMessage(
         role=MessageRole.ASSISTANT,
-        blocks=_blocks(response.text, response.reasoning,
+        blocks=_blocks(response.text, response.reasoning, response.thinking_blocks,
                        [tool_call_block(c) for c in response.tool_calls]),
     )
     return ChatResponse(
@@ -231,9 +264,10 @@ def to_completion_response(response: NeutralResponse, provider: str) -> Completi
 class StreamAccumulator:
     """Folds chunks into the cumulative ChatResponse LlamaIndex expects on every step.
 
-    Each response carries the whole message so far: text, a ThinkingBlock with all reasoning,
-    and one ToolCallBlock per tool call assembled from its deltas (partial JSON arguments stay a
-    string until they parse). ``delta`` is the new text; ``thinking_delta`` the new reasoning.
+    Each response carries the whole message so far: text, the reasoning as ThinkingBlocks (one
+    per signed block once it has ended, the rest in one unsigned block), and one ToolCallBlock
+    per tool call assembled from its deltas (partial JSON arguments stay a string until they
+    parse). ``delta`` is the new text; ``thinking_delta`` the new reasoning.
     """
 
     def __init__(self, provider: str, single_tool_call: bool = False) -> None:
@@ -241,6 +275,7 @@ class StreamAccumulator:
         self.single_tool_call = single_tool_call
         self.text = ""
         self.reasoning = ""
+        self.signed: list[dict[str, Any]] = []
         self.calls: dict[int, ToolCallDelta] = {}
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
@@ -249,6 +284,7 @@ class StreamAccumulator:
     def feed(self, chunk: ChatChunk) -> ChatResponse:
         self.text += chunk.text
         self.reasoning += chunk.reasoning
+        self.signed += chunk.thinking_blocks
         for delta in chunk.tool_calls:
             call = self.calls.setdefault(delta.index, ToolCallDelta(delta.index))
             call.id = call.id or delta.id
@@ -262,7 +298,8 @@ class StreamAccumulator:
             extra["thinking_delta"] = chunk.reasoning
         return ChatResponse(
             message=ChatMessage(role=MessageRole.ASSISTANT,
-                                blocks=_blocks(self.text, self.reasoning, self._call_blocks())),
+                                blocks=_blocks(self.text, self.reasoning, self.signed,
+                                               self._call_blocks())),
             delta=chunk.text,
             raw=_raw(self.model, self.finish_reason, self.usage, self.provider),
             additional_kwargs=extra,
