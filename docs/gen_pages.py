@@ -80,7 +80,8 @@ def models_page() -> str:
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for member in enum_cls:
             info = member.info
-            notes = [f"thinking: {info.thinking_style}" if info.thinking_style else "",
+            notes = ["embedding model" if info.kind == "embedding" else "",
+                     f"thinking: {info.thinking_style}" if info.thinking_style else "",
                      f"tool calls: {info.tool_call_format}" if info.tool_call_format else "",
                      f"ships in `{info.package}`" if info.package else "",
                      f"aliases: {', '.join(info.aliases)}" if info.aliases else ""]

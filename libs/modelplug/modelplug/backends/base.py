@@ -252,6 +252,7 @@ def collect_stream(chunks: Iterator[ChatChunk]) -> ChatResponse:
     for chunk in chunks:
         parts.append(chunk.text)
         response.reasoning += chunk.reasoning
+        response.thinking_blocks += chunk.thinking_blocks
         for delta in chunk.tool_calls:
             call = calls.setdefault(delta.index, ToolCallDelta(delta.index))
             call.id = call.id or delta.id
