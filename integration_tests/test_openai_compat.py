@@ -7,7 +7,8 @@ answers repeatable, so stop sequences can be checked against the same answer wit
 
 Tool calls do not work here: llama-server builds its tool-call grammar and parser only for chat
 templates that render tool calls, and SmolLM2's renders none, so even a forced call comes back as
-text (test_forced_named_tool_call is a strict xfail that will show when that changes). Tool-call
+text (test_forced_named_tool_call is a strict xfail that will show when that changes). The
+server says so at /props, so a tool request is refused before it is sent. Tool-call
 requests and streamed tool-call deltas are covered at the wire in test_openai_wire.py.
 """
 
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
-from langchain_modelplug import ChatModelPlug, ModelPlugLLM
-from modelplug import create_backend
+from langchain_modelplug import ChatModelPlug, FallbackChatModel, ModelPlugLLM
+from modelplug import UnsupportedCapabilityError, create_backend
 
 PROVIDERS = ["llamaserver", "lmstudio", "vllm", "sglang", "hf-openai", "ollama-openai"]
 PARIS = "What is the capital of France? Answer in one sentence."
@@ -156,12 +158,35 @@ def get_weather(city: str) -> str:
     "the forced call (sent as tool_choice='required' over just the named tool, since llama-server "
     "reads tool_choice only as a string) comes back as plain text"))
 def test_forced_named_tool_call(llama_server_v1: str) -> None:
-    llm = ChatModelPlug(model="llamaserver:smollm2", base_url=llama_server_v1, temperature=0,
-                        max_tokens=40)
+    # ";tools" overrides what /props says, so the request goes out (see the test below).
+    llm = ChatModelPlug(model="llamaserver:smollm2;tools", base_url=llama_server_v1,
+                        temperature=0, max_tokens=40)
     forced = llm.bind_tools([get_weather, magic_function], tool_choice="magic_function")
     msg = forced.invoke("What is the value of magic_function(3)?")
     assert [(c["name"], c["args"]) for c in msg.tool_calls] == [("magic_function", {"input": 3})]
     assert msg.response_metadata["finish_reason"] == "tool_calls"
+
+
+def test_llama_server_props_say_what_the_model_can_do(llama_server_v1: str) -> None:
+    """/props, asked before the first request: SmolLM2's template renders no tool calls, so a
+    tool request is refused up front (not silently answered in text), and a fallback set skips
+    the server for it."""
+    props = httpx.get(llama_server_v1.removesuffix("/v1") + "/props").json()
+    llm = ChatModelPlug(model="llamaserver:smollm2", base_url=llama_server_v1, temperature=0,
+                        max_tokens=40)
+    assert llm.backend.profile().tool_calling is None  # construction asked nothing
+    with pytest.raises(UnsupportedCapabilityError, match="does not support tool calling"):
+        llm.bind_tools([magic_function], tool_choice="magic_function").invoke("magic_function(3)?")
+    profile = llm.backend.profile()
+    assert profile.tool_calling is False and profile.image_inputs is False
+    assert profile.max_input_tokens == props["default_generation_settings"]["n_ctx"] > 0
+    assert llm.invoke(PARIS).content  # plain chat is unaffected
+    local = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=40)
+    answer = FallbackChatModel([llm, local]).bind_tools(
+        [magic_function], tool_choice="magic_function").invoke(
+        "What is the value of magic_function(3)?")
+    assert answer.response_metadata["fallback_model"] == "llamacpp:smollm2"
+    assert [(c["name"], c["args"]) for c in answer.tool_calls] == [("magic_function", {"input": 3})]
 
 
 def test_embeddings(provider: str, llama_server_embeddings: str) -> None:

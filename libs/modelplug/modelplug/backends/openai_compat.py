@@ -7,7 +7,8 @@ are the SDK's own (``timeout`` / ``max_retries`` go to the client unchanged). Re
 as ``reasoning_content`` / ``reasoning`` fields or as ``<think>`` tags in the text, and is
 routed out of the answer either way; text streams as it arrives unless the model may start
 inside a template-opened ``<think>`` (see ``_starts_in_thinking``). A named tool_choice goes to
-llama-server, which reads tool_choice only as a string, as "required" over just that tool.
+llama-server, which reads tool_choice only as a string, as "required" over just that tool;
+llama-server's ``/props`` tells, before the first request, whether its template can call tools.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from modelplug.backends.base import Backend, collect_stream, maps_errors
 from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
 from modelplug.catalog import models_for
 from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabilityError
+from modelplug.profile import Profile
 from modelplug.types import (
     THINKING_BLOCKS,
     ChatChunk,
@@ -52,6 +54,11 @@ _NOT_REQUEST_FIELDS = frozenset({"ls_structured_output_format"})
 #: only a log line. There a named choice is sent as "required" over just the named tool.
 _NO_NAMED_TOOL_CHOICE = frozenset({"llamaserver"})
 
+#: Servers that say at ``GET /props`` (beside ``/v1``) what the loaded model and its chat
+#: template can do; the others publish nothing, so the catalog and ``;flags`` decide there.
+_PROPS_SERVERS = frozenset({"llamaserver"})
+PROBE_TIMEOUT_S = 2.0
+
 
 class OpenAICompatBackend(Backend):
     """Chat and embeddings over ``/v1/chat/completions`` and ``/v1/embeddings``."""
@@ -65,6 +72,7 @@ class OpenAICompatBackend(Backend):
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
+        self._props: dict[str, Any] | None = None  # llama-server's /props, once probed
         self._check_api_key()  # a missing key fails here, before any request
 
     # -- configuration -------------------------------------------------------------------------
@@ -131,6 +139,34 @@ class OpenAICompatBackend(Backend):
             if client is None:
                 client = self._aclients[loop] = openai.AsyncOpenAI(**self._client_kwargs())
         return client
+
+    # -- what the model can do -------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """llama-server's ``/props``, asked once before the first request of a model string
+        without ``;flags``: whether its chat template renders tool calls (without, the server
+        ignores tools and answers in text), image input, the context size. Unreachable: {}."""
+        if self.spec.key not in _PROPS_SERVERS or self._props is not None or (
+                self.ref.tools is not None):
+            return
+        import httpx
+
+        root = (self.base_url or "").rstrip("/").removesuffix("/v1")
+        try:
+            answer = httpx.get(f"{root}/props", timeout=PROBE_TIMEOUT_S)
+            self._props = answer.json() if answer.is_success else {}
+        except (httpx.HTTPError, ValueError):
+            self._props = {}  # the request itself will say what is wrong
+
+    def profile(self) -> Profile:
+        """The catalog (or ``;flags``), refined by what a llama-server said at ``/props``."""
+        base = super().profile()
+        props = self._props or {}
+        tools = (props.get("chat_template_caps") or {}).get("supports_tool_calls")
+        vision = (props.get("modalities") or {}).get("vision")
+        context = (props.get("default_generation_settings") or {}).get("n_ctx")
+        return base.merged(tool_calling=tools, tool_choice=tools, tool_call_streaming=tools,
+                           image_inputs=vision, max_input_tokens=context)
 
     # -- requests ------------------------------------------------------------------------------
 
