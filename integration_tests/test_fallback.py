@@ -14,6 +14,9 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from fakes.openai_api import API_KEY as OPENAI_KEY
+from fakes.openai_api import FakeOpenAI
+from fakes.server import LoopbackServer
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableWithFallbacks
 from pydantic import BaseModel
@@ -56,6 +59,27 @@ def server() -> Iterator[StatusServer]:
 @pytest.fixture(scope="module")
 def local() -> ChatModelPlug:
     return ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def openai_fake() -> Iterator[tuple[FakeOpenAI, str]]:
+    """The loopback OpenAI fake (echo: answers "echo: <last user message>" in several deltas)
+    and its base URL."""
+    fake = FakeOpenAI()
+    fake.echo = True
+    server = LoopbackServer(fake.app).start()
+    yield fake, server.url + "/v1"
+    server.stop()
+
+
+def openai_candidate(kind: str, url: str):
+    """A candidate against the OpenAI fake: langchain-openai's ChatOpenAI or ChatModelPlug."""
+    if kind == "ChatOpenAI":
+        from langchain_openai import ChatOpenAI
+
+        return ChatOpenAI(model="gpt-4o-mini", api_key=OPENAI_KEY, base_url=url, max_retries=0)
+    return ChatModelPlug(model="openai:gpt-4o-mini", api_key=OPENAI_KEY, base_url=url,
+                         max_retries=0)
 
 
 def down() -> ChatModelPlug:
@@ -341,6 +365,77 @@ async def test_async_stream_error_after_the_first_chunk_propagates(
     assert len(server.seen("ok")) == before
 
 
+# One loop: langchain-openai caches ChatOpenAI's async client per base URL, bound to the
+# loop that made it.
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("kind", ["ChatOpenAI", "ChatModelPlug"])
+async def test_a_stream_names_the_answering_candidate_once(
+        openai_fake: tuple[FakeOpenAI, str], kind: str) -> None:
+    # ChatOpenAI keeps finish_reason in its chunks' generation_info, ChatModelPlug in the
+    # metadata of a last chunk: either way the stream says who answered, exactly once.
+    _, url = openai_fake
+    candidate = openai_candidate(kind, url)
+    for llm, failed_over in ((FallbackChatModel([down(), candidate]), True),
+                             (FallbackChatModel([candidate]), False)):
+        for chunks in (list(llm.stream("hi there")),
+                       [c async for c in llm.astream("hi there")]):
+            marked = [c for c in chunks if "fallback_model" in c.response_metadata]
+            assert marked == chunks[:1]  # the first chunk, and no other
+            full = chunks[0]
+            for chunk in chunks[1:]:
+                full += chunk
+            assert full.content == "echo: hi there"
+            assert full.response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+            assert full.response_metadata["finish_reason"] == "stop"  # the candidate's own
+            if failed_over:
+                [failure] = full.response_metadata["fallback_failures"]
+                assert failure.startswith("vllm:x: ProviderUnavailableError")
+            else:
+                assert "fallback_failures" not in full.response_metadata
+
+
+# One loop: langchain-openai caches ChatOpenAI's async client per base URL, bound to the
+# loop that made it.
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("kind", ["ChatOpenAI", "ChatModelPlug"])
+async def test_invoke_stream_and_batch_name_the_answering_candidate(
+        openai_fake: tuple[FakeOpenAI, str], kind: str) -> None:
+    _, url = openai_fake
+    llm = FallbackChatModel([down(), openai_candidate(kind, url)])
+    answers = [llm.invoke("one"), await llm.ainvoke("two"), *llm.batch(["three", "four"]),
+               *(await llm.abatch(["five"]))]
+    merged = None
+    for chunk in llm.stream("six"):
+        merged = chunk if merged is None else merged + chunk
+    answers.append(merged)
+    assert [a.content for a in answers] == [
+        "echo: one", "echo: two", "echo: three", "echo: four", "echo: five", "echo: six"]
+    for answer in answers:
+        assert answer.response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+        assert len(answer.response_metadata["fallback_failures"]) == 1
+
+
+def test_ls_params_report_sampling_settings_every_candidate_shares() -> None:
+    from langchain_openai import ChatOpenAI
+
+    # The shared kwargs go to the string candidates: the set reports them.
+    llm = FallbackChatModel(["vllm:x", "llamacpp:smollm2"], temperature=0, max_tokens=24)
+    params = llm._get_ls_params()
+    assert (params["ls_provider"], params["ls_model_name"]) == (
+        "fallback", "vllm:x, llamacpp:smollm2")
+    assert (params["ls_temperature"], params["ls_max_tokens"]) == (0, 24)
+    # A call's own settings go to every candidate: they win.
+    assert llm._get_ls_params(temperature=0.5)["ls_temperature"] == 0.5
+    # Candidates that differ: the set has no one temperature to report.
+    other = ChatOpenAI(model="gpt-4o", api_key="sk-test", temperature=0.7)
+    params = FallbackChatModel(["vllm:x", other], temperature=0)._get_ls_params()
+    assert "ls_temperature" not in params
+    assert params["ls_model_name"] == "vllm:x, openai:gpt-4o"
+    same = ChatOpenAI(model="gpt-4o", api_key="sk-test", temperature=0)
+    assert FallbackChatModel(["vllm:x", same], temperature=0)._get_ls_params()[
+        "ls_temperature"] == 0
+
+
 # -- skipping by capability -------------------------------------------------------------------
 
 
@@ -466,12 +561,44 @@ def test_bind_tools_on_every_candidate_and_failover(local: ChatModelPlug) -> Non
     assert call["name"] == "magic_function" and call["args"] == {"input": 3}
 
 
+class Capital(BaseModel):
+    country: str
+    city: str
+
+
+class FunctionCallingOnly(ChatModelPlug):
+    """A chat model whose with_structured_output refuses json_schema (as some providers do)."""
+
+    def with_structured_output(self, schema=None, *, method=None, **kwargs):
+        if method == "json_schema":
+            raise ValueError("method='json_schema' is not supported; use 'function_calling'.")
+        return super().with_structured_output(schema, method=method, **kwargs)
+
+
+def test_with_structured_output_skips_candidates_that_refuse_it(
+        openai_fake: tuple[FakeOpenAI, str], server: StatusServer) -> None:
+    fake, url = openai_fake
+    refuser = FunctionCallingOnly(model="vllm:x", base_url=server.url("status-500"),
+                                  max_retries=0)
+    before = len(server.seen("status-500"))
+    llm = FallbackChatModel([refuser, openai_candidate("ChatModelPlug", url)])
+    fake.reply({"content": '{"country": "France", "city": "Paris"}'})
+    answer = llm.with_structured_output(Capital, method="json_schema").invoke("Paris?")
+    assert answer == Capital(country="France", city="Paris")
+    assert len(server.seen("status-500")) == before  # the refuser was never called
+    assert fake.requests[-1]["response_format"]["type"] == "json_schema"
+    # When every candidate refuses, the first one's error is raised, every refusal noted.
+    with pytest.raises(ValueError, match="method='json_schema' is not supported") as info:
+        FallbackChatModel([refuser, refuser]).with_structured_output(Capital,
+                                                                     method="json_schema")
+    note = "".join(info.value.__notes__)
+    assert "No candidate of this FallbackChatModel can give structured output " \
+        "(method='json_schema')" in note
+    assert note.count("vllm:x (ValueError") == 2
+
+
 @pytest.mark.parametrize("method", [None, "json_schema"])
 def test_with_structured_output_on_every_candidate(method: str | None) -> None:
-    class Capital(BaseModel):
-        country: str
-        city: str
-
     local = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)
     llm = FallbackChatModel([down(), local])
     structured = llm.with_structured_output(Capital, **({"method": method} if method else {}))

@@ -29,7 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_modelplug._convert import to_openai_messages
 from modelplug.catalog import CatalogModel
-from modelplug.fallback import Candidate, FallbackPolicy, Needs, RetryOn, combine_profiles
+from modelplug.fallback import (
+    Candidate,
+    FallbackPolicy,
+    Needs,
+    Outcome,
+    RetryOn,
+    combine_profiles,
+)
 from modelplug.types import ChatRequest
 
 logger = logging.getLogger("modelplug.fallback")
@@ -49,14 +56,20 @@ def candidate_name(model: BaseChatModel) -> str:
     ref = getattr(getattr(model, "backend", None), "ref", None)
     if ref is not None and type(model).__module__.startswith("langchain_modelplug"):
         return f"{ref.provider}:{ref.model_id}"
-    try:
-        params = model._get_ls_params()
-        provider, name = params.get("ls_provider"), params.get("ls_model_name")
-    except Exception:  # a third-party model whose ls params need a call's kwargs
-        provider, name = None, None
+    params = _ls_params(model)
+    provider, name = params.get("ls_provider"), params.get("ls_model_name")
     name = name or getattr(model, "model_name", None) or getattr(model, "model", None)
     provider = provider or model._llm_type
     return f"{provider}:{name}" if name else str(provider)
+
+
+def _ls_params(model: BaseChatModel, stop: list[str] | None = None) -> dict[str, Any]:
+    """A candidate's LangSmith params, or none for one whose _get_ls_params needs a call's
+    kwargs."""
+    try:
+        return dict(model._get_ls_params(stop=stop))
+    except Exception:
+        return {}
 
 
 def combined_profile(profiles: Sequence[ModelProfile | None]) -> ModelProfile:
@@ -140,7 +153,7 @@ class FallbackChatModel(BaseChatModel):
     Each call is one chat-model run: the candidates run inside it, so callbacks see one start and
     one end, tokens once, and usage counted once. The answer's ``response_metadata`` names the
     candidate that answered (``fallback_model``) and the failures before it
-    (``fallback_failures``).
+    (``fallback_failures``); a stream says so once, on its first chunk.
 
     Setup:
         .. code-block:: bash
@@ -283,12 +296,18 @@ class FallbackChatModel(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         # The parent run names the whole set; the candidate that answers runs as a child run
         # with its own provider and model name (so token costs are counted there).
+        # A sampling setting is reported when the call sets it (every candidate gets it) or when
+        # every candidate has the same one (as the shared kwargs give the string-built ones).
         params = LangSmithParams(ls_provider="fallback", ls_model_name=", ".join(self.names),
                                  ls_model_type="chat")
-        if kwargs.get("temperature") is not None:
-            params["ls_temperature"] = kwargs["temperature"]
-        if kwargs.get("max_tokens") is not None:
-            params["ls_max_tokens"] = kwargs["max_tokens"]
+        own = [_ls_params(m, stop) for m in self.models]
+        for key, ls_key in (("temperature", "ls_temperature"), ("max_tokens", "ls_max_tokens")):
+            values = {p.get(ls_key) for p in own}
+            value = kwargs.get(key)
+            if value is None and len(values) == 1:
+                value = values.pop()
+            if value is not None:
+                params[ls_key] = value  # type: ignore[literal-required]
         if stop:
             params["ls_stop"] = stop
         return params
@@ -326,17 +345,22 @@ class FallbackChatModel(BaseChatModel):
         return RunnableConfig(callbacks=manager)
 
     @staticmethod
-    def _result(result: ChatResult, name: str, failures: list) -> ChatResult:
-        failed = [f"{n}: {type(e).__name__}: {e}" for n, e in failures]
-        generations = []
-        for generation in result.generations:
-            meta = {**generation.message.response_metadata, "fallback_model": name}
-            if failed:
-                meta["fallback_failures"] = failed
-            generations.append(ChatGeneration(
-                message=generation.message.model_copy(update={"response_metadata": meta}),
-                generation_info=generation.generation_info))
-        return ChatResult(generations=generations, llm_output=result.llm_output)
+    def _fallback_metadata(outcome: Outcome[Any]) -> dict[str, Any]:
+        """What an answer's response_metadata says of the fallback run: the candidate that
+        answered and, when there were any, the failures (and skips) before it."""
+        meta: dict[str, Any] = {"fallback_model": outcome.candidate.name}
+        if outcome.failures:
+            meta["fallback_failures"] = [f"{n}: {type(e).__name__}: {e}"
+                                         for n, e in outcome.failures]
+        return meta
+
+    def _result(self, outcome: Outcome[ChatResult]) -> ChatResult:
+        meta = self._fallback_metadata(outcome)
+        generations = [ChatGeneration(
+            message=g.message.model_copy(
+                update={"response_metadata": {**g.message.response_metadata, **meta}}),
+            generation_info=g.generation_info) for g in outcome.value.generations]
+        return ChatResult(generations=generations, llm_output=outcome.value.llm_output)
 
     # -- calls ----------------------------------------------------------------------------------
     #
@@ -360,7 +384,7 @@ class FallbackChatModel(BaseChatModel):
 
         outcome = self._policy.run(self._candidates(), call,
                                    needs=self._needs(messages, kwargs))
-        return self._result(outcome.value, outcome.candidate.name, outcome.failures)
+        return self._result(outcome)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
@@ -378,12 +402,12 @@ class FallbackChatModel(BaseChatModel):
 
         outcome = await self._policy.arun(self._candidates(), call,
                                           needs=self._needs(messages, kwargs))
-        return self._result(outcome.value, outcome.candidate.name, outcome.failures)
+        return self._result(outcome)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        chosen: list[str] = []
+        chosen: list[Outcome[None]] = []
 
         def start(target: Runnable) -> Iterator[ChatGenerationChunk]:
             unwrapped = _unwrap(target)
@@ -401,16 +425,19 @@ class FallbackChatModel(BaseChatModel):
             return iter([self._emit(_as_generation_chunk(result.generations[0].message),
                                     run_manager)])
 
-        for chunk in self._policy.stream(
-            self._candidates(), start, needs=self._needs(messages, kwargs),
-            on_select=lambda outcome: chosen.append(outcome.candidate.name),
-        ):
-            yield self._mark(chunk, chosen)
+        marked = False
+        for chunk in self._policy.stream(self._candidates(), start,
+                                         needs=self._needs(messages, kwargs),
+                                         on_select=chosen.append):
+            yield chunk if marked else self._mark(chunk, chosen[0])
+            marked = True
+        if not marked and chosen:  # the candidate streamed nothing: say who, all the same
+            yield self._mark(ChatGenerationChunk(message=AIMessageChunk(content="")), chosen[0])
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        chosen: list[str] = []
+        chosen: list[Outcome[None]] = []
 
         async def start(target: Runnable) -> AsyncIterator[ChatGenerationChunk]:
             unwrapped = _unwrap(target)
@@ -437,11 +464,14 @@ class FallbackChatModel(BaseChatModel):
                 await run_manager.on_llm_new_token(generation.text, chunk=generation)
             yield generation
 
-        async for chunk in self._policy.astream(
-            self._candidates(), start, needs=self._needs(messages, kwargs),
-            on_select=lambda outcome: chosen.append(outcome.candidate.name),
-        ):
-            yield self._mark(chunk, chosen)
+        marked = False
+        async for chunk in self._policy.astream(self._candidates(), start,
+                                                needs=self._needs(messages, kwargs),
+                                                on_select=chosen.append):
+            yield chunk if marked else self._mark(chunk, chosen[0])
+            marked = True
+        if not marked and chosen:
+            yield self._mark(ChatGenerationChunk(message=AIMessageChunk(content="")), chosen[0])
 
     @staticmethod
     def _emit(generation: ChatGenerationChunk, run_manager: Any) -> ChatGenerationChunk:
@@ -449,17 +479,16 @@ class FallbackChatModel(BaseChatModel):
             run_manager.on_llm_new_token(generation.text, chunk=generation)
         return generation
 
-    @staticmethod
-    def _mark(generation: ChatGenerationChunk, chosen: list[str]) -> ChatGenerationChunk:
-        """Name the answering candidate on the last chunk's metadata."""
+    def _mark(self, generation: ChatGenerationChunk,
+              outcome: Outcome[None]) -> ChatGenerationChunk:
+        """The first chunk of a stream, naming the answering candidate (and the failures before
+        it) in its response_metadata. Only the first chunk says so, whatever the candidate puts
+        in its own chunks' metadata, so the merged message has each once (chunks that both
+        carried a string would merge it as "xx")."""
         message = generation.message
-        if chosen and (message.chunk_position == "last"  # type: ignore[union-attr]
-                       or message.response_metadata.get("finish_reason")):
-            meta = {**message.response_metadata, "fallback_model": chosen[0]}
-            generation = ChatGenerationChunk(
-                message=message.model_copy(update={"response_metadata": meta}),
-                generation_info=generation.generation_info)
-        return generation
+        meta = {**message.response_metadata, **self._fallback_metadata(outcome)}
+        return ChatGenerationChunk(message=message.model_copy(update={"response_metadata": meta}),
+                                   generation_info=generation.generation_info)
 
     # -- tools and structured output -----------------------------------------------------------
 
@@ -480,26 +509,12 @@ class FallbackChatModel(BaseChatModel):
         """
         # A tracing-only key (set by BaseChatModel.with_structured_output): this run reports it.
         ls_format = kwargs.pop("ls_structured_output_format", None)
-        bound: list[Runnable | bool | None] = []
-        refused: list[tuple[str, Exception]] = []
-        for model, name in zip(self.models, self.names, strict=True):
-            try:
-                if tool_choice is None:
-                    bound.append(model.bind_tools(tools, **kwargs))
-                else:
-                    bound.append(model.bind_tools(tools, tool_choice=tool_choice, **kwargs))
-            except (NotImplementedError, TypeError, ValueError) as exc:
-                logger.info("Candidate %r cannot bind these tools (%s: %s); it is skipped while "
-                            "they are bound.", name, type(exc).__name__, exc)
-                refused.append((name, exc))
-                bound.append(False)
-        if len(refused) == len(bound):
-            first = refused[0][1]
-            first.add_note(
-                "No candidate of this FallbackChatModel can bind these tools: " + "; ".join(
-                    f"{name} ({type(e).__name__}: {e})" for name, e in refused)
-                + ". Fix the tools or tool_choice, or add a tool-calling chat model.")
-            raise first
+        choice = {} if tool_choice is None else {"tool_choice": tool_choice}
+        bound: list[Runnable | bool | None] = [
+            False if r is None else r for r in self._each_candidate(
+                lambda model: model.bind_tools(tools, **choice, **kwargs),
+                "bind these tools", "Fix the tools or tool_choice, or add a tool-calling chat "
+                "model.")]
         new = self.model_copy()
         new._policy = self._policy
         new._bound = bound
@@ -521,27 +536,47 @@ class FallbackChatModel(BaseChatModel):
         candidate (the method every tool-calling model shares), and the set runs as one chat
         model run. Any other ``method`` (``"json_schema"``, ``"json_mode"``) and extra keyword
         arguments (``strict=``) go to each candidate's own ``with_structured_output``; the
-        candidates are then tried in order as child runs.
+        candidates are then tried in order as child runs. As with :meth:`bind_tools`, a candidate
+        whose ``with_structured_output`` refuses (NotImplementedError, or TypeError/ValueError
+        for a schema or option it does not take) is skipped; when every one refuses, the first
+        one's error is raised, the others' noted on it.
         """
         if method in (None, "function_calling") and not kwargs:
             return super().with_structured_output(schema, include_raw=include_raw)
-        runnables: list[Candidate[Runnable]] = []
-        refused: list[str] = []
+        options = {**({"method": method} if method else {}), **kwargs}
+        shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        structured = self._each_candidate(
+            lambda model: model.with_structured_output(schema, include_raw=include_raw,
+                                                       **options),
+            f"give structured output ({shown})",
+            "Fix the schema or the options, or add a chat model that supports them.")
+        runnables = [Candidate(name, runnable, getattr(model, "profile", None))
+                     for model, name, runnable in zip(self.models, self.names, structured,
+                                                      strict=True) if runnable is not None]
+        return FallbackRunnable(runnables, self._policy)
+
+    def _each_candidate(self, make: Callable[[BaseChatModel], Runnable], what: str,
+                        fix: str) -> list[Runnable | None]:
+        """``make(candidate)`` for each candidate (bind_tools, with_structured_output), None
+        for one that refuses: NotImplementedError, or TypeError/ValueError for a tool, schema
+        or option it does not take. Such a candidate is skipped while the result is used. When
+        every candidate refuses, the first one's error is raised, every refusal noted on it."""
+        made: list[Runnable | None] = []
+        refused: list[tuple[str, Exception]] = []
         for model, name in zip(self.models, self.names, strict=True):
             try:
-                structured = model.with_structured_output(
-                    schema, include_raw=include_raw,
-                    **({"method": method} if method else {}), **kwargs)
-            except NotImplementedError:
-                refused.append(name)
-                continue
-            runnables.append(Candidate(name, structured, getattr(model, "profile", None)))
-        if not runnables:
-            raise NotImplementedError(
-                f"No candidate of this FallbackChatModel supports with_structured_output "
-                f"({refused})."
-            )
-        return FallbackRunnable(runnables, self._policy)
+                made.append(make(model))
+            except (NotImplementedError, TypeError, ValueError) as exc:
+                logger.info("Candidate %r cannot %s (%s: %s); it is skipped.", name, what,
+                            type(exc).__name__, exc)
+                refused.append((name, exc))
+                made.append(None)
+        if len(refused) == len(made):
+            first = refused[0][1]
+            first.add_note(f"No candidate of this FallbackChatModel can {what}: " + "; ".join(
+                f"{name} ({type(e).__name__}: {e})" for name, e in refused) + f". {fix}")
+            raise first
+        return made
 
 
 class FallbackRunnable(Runnable[LanguageModelInput, Any]):

@@ -25,6 +25,8 @@ from llama_index.core.base.llms.types import (
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
+from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
@@ -56,13 +58,34 @@ def candidate_name(llm: LLM) -> str:
 
 
 def candidate_profile(llm: LLM) -> dict[str, Any]:
-    """What the policy compares a request with: tool calling and the context window."""
+    """What the policy compares a request with: tool calling, image inputs, the context window.
+
+    A ModelPlug has its backend's profile, with its own ``context_window`` override. Any other
+    LLM says only what its metadata says: tool calling when it is a FunctionCallingLLM whose
+    metadata says so, and its context window unless that is LlamaIndex's default
+    (``DEFAULT_CONTEXT_WINDOW``, what ``LLMMetadata`` holds when an LLM sets none): an unknown
+    window skips nothing, as a candidate that turns out too small fails over anyway.
+    """
     backend = getattr(llm, "backend", None)
     if backend is not None and hasattr(backend, "profile"):
-        return backend.profile().as_dict()
+        profile = backend.profile().as_dict()
+        if getattr(llm, "context_window", None) is not None:
+            profile["max_input_tokens"] = llm.context_window
+        return profile
     meta = llm.metadata
-    return {"tool_calling": isinstance(llm, FunctionCallingLLM)
-            and meta.is_function_calling_model, "max_input_tokens": meta.context_window}
+    profile: dict[str, Any] = {
+        "tool_calling": isinstance(llm, FunctionCallingLLM) and meta.is_function_calling_model}
+    if meta.context_window != DEFAULT_CONTEXT_WINDOW:
+        profile["max_input_tokens"] = meta.context_window
+    return profile
+
+
+def _callbacks(handlers: list[BaseCallbackHandler]) -> CallbackManager:
+    """A callback manager with exactly ``handlers``. (``CallbackManager([])`` is no such thing:
+    given no handlers it takes those of ``Settings.callback_manager``.)"""
+    manager = CallbackManager()
+    manager.set_handlers(list(handlers))
+    return manager
 
 
 class FallbackLLM(FunctionCallingLLM):
@@ -71,10 +94,14 @@ class FallbackLLM(FunctionCallingLLM):
     The candidates are tried in order with the same messages. A transient error (connection
     refused, timeout, HTTP 429 or 5xx) hands the request to the next candidate; a permanent one
     (400, 401, 404, a validation error) is raised at once. A candidate whose profile says it
-    cannot serve the request (tools, context length) is skipped without a call. Streams fail
-    over only before their first chunk. When every candidate fails or is skipped,
+    cannot serve the request (tools, images, context length) is skipped without a call. Streams
+    fail over only before their first chunk. When every candidate fails or is skipped,
     ``modelplug.FallbackExhaustedError`` lists every error. The policy is the one LangChain's
     ``FallbackChatModel`` uses (``modelplug.fallback``).
+
+    Each call is one LLM event of the FallbackLLM's callback manager: the candidate runs without
+    the handlers the FallbackLLM has (a copy of it for that call; the object you passed is left
+    as it is), so ``TokenCountingHandler`` counts a call once.
 
     Setup:
         .. code-block:: bash
@@ -160,8 +187,28 @@ class FallbackLLM(FunctionCallingLLM):
 
     # -- the policy -----------------------------------------------------------------------------
 
-    def _candidates(self) -> list[Candidate[LLM]]:
-        return [Candidate(candidate_name(m), m, candidate_profile(m)) for m in self.models]
+    def _candidates(self, reported: bool = True) -> list[Candidate[LLM]]:
+        """The candidates, each set up so that every callback handler sees a call once.
+
+        ``reported``: this FallbackLLM reports the call as an LLM event of its own (chat,
+        complete and their twins carry LlamaIndex's callback decorators), so each candidate runs
+        without the handlers this FallbackLLM has; otherwise (structured_predict, whose events
+        are the candidate's) each runs with them too. Either way a candidate whose handlers are
+        not already so is replaced, for this call only, by a shallow copy with the right ones:
+        the caller's object is left as it is, and the copy shares its weights and clients.
+        """
+        mine = self.callback_manager.handlers
+        out = []
+        for model in self.models:
+            theirs = model.callback_manager.handlers
+            if reported:
+                handlers = [h for h in theirs if h not in mine]
+            else:
+                handlers = theirs + [h for h in mine if h not in theirs]
+            if len(handlers) != len(theirs):
+                model = model.model_copy(update={"callback_manager": _callbacks(handlers)})
+            out.append(Candidate(candidate_name(model), model, candidate_profile(model)))
+        return out
 
     @staticmethod
     def _needs(messages: Sequence[ChatMessage], tools: Sequence[Any] | None,
@@ -359,22 +406,24 @@ class FallbackLLM(FunctionCallingLLM):
     def structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
                            llm_kwargs: dict[str, Any] | None = None,
                            **prompt_args: Any) -> Model:
-        return self._policy.run(self._candidates(), lambda llm: llm.structured_predict(
-            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)).value
+        return self._policy.run(
+            self._candidates(reported=False), lambda llm: llm.structured_predict(
+                output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args)).value
 
     async def astructured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
                                   llm_kwargs: dict[str, Any] | None = None,
                                   **prompt_args: Any) -> Model:
         outcome: Outcome[Model] = await self._policy.arun(
-            self._candidates(), lambda llm: llm.astructured_predict(
+            self._candidates(reported=False), lambda llm: llm.astructured_predict(
                 output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args))
         return outcome.value
 
     def stream_structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
                                   llm_kwargs: dict[str, Any] | None = None,
                                   **prompt_args: Any) -> Generator[Any, None, None]:
-        return self._policy.stream(self._candidates(), lambda llm: llm.stream_structured_predict(
-            output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args))
+        return self._policy.stream(
+            self._candidates(reported=False), lambda llm: llm.stream_structured_predict(
+                output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args))
 
     async def astream_structured_predict(self, output_cls: type[Model], prompt: PromptTemplate,
                                          llm_kwargs: dict[str, Any] | None = None,
@@ -384,7 +433,7 @@ class FallbackLLM(FunctionCallingLLM):
                     output_cls, prompt, llm_kwargs=llm_kwargs, **prompt_args):
                 yield item
 
-        return self._policy.astream(self._candidates(), start)
+        return self._policy.astream(self._candidates(reported=False), start)
 
 
 def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> LLM:
@@ -393,9 +442,8 @@ def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> LLM:
     if isinstance(model, str | CatalogModel):
         from llama_index.llms.modelplug.base import ModelPlug
 
-        # Its own (empty) callback manager: the FallbackLLM's events already cover the call,
-        # so token counting through Settings.callback_manager does not count it twice.
-        return ModelPlug(model=model, callback_manager=CallbackManager([]), **model_kwargs)
+        # No handlers of its own: the FallbackLLM's events cover its calls (see _candidates).
+        return ModelPlug(model=model, callback_manager=_callbacks([]), **model_kwargs)
     raise TypeError(
         f"Candidate {index} of FallbackLLM is {model!r} ({type(model).__name__}); pass a model "
         "string ('provider:model_id'), a catalog member (LlamaCppModel.SMOLLM2) or a LlamaIndex "
