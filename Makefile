@@ -50,8 +50,8 @@ demo: install fetch-model
 # on success).
 test: install fetch-model llama-server
 	$(PY) -m pytest unit_tests integration_tests --junitxml=.reports/junit.xml
-	$(PY) docs/gen_pages.py --check
-	$(MAKE) --no-print-directory docs
+	@$(PY) docs/gen_pages.py --check
+	@$(MAKE) -s --no-print-directory docs
 
 unit: install fetch-model
 	$(PY) -m pytest unit_tests
