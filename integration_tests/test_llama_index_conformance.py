@@ -72,6 +72,11 @@ def _llamacpp(request: pytest.FixtureRequest) -> ModelPlug:
     return ModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=MAX_TOKENS)
 
 
+def _hf(request: pytest.FixtureRequest) -> ModelPlug:
+    path = request.getfixturevalue("smollm2_hf_path")  # the same model, as a transformers folder
+    return ModelPlug(model=f"hf:{path}", temperature=0, max_tokens=MAX_TOKENS)
+
+
 def _llamaserver(request: pytest.FixtureRequest) -> ModelPlug:
     return ModelPlug(model="llamaserver:smollm2", base_url=request.getfixturevalue(
         "llama_server_v1"), temperature=0, max_tokens=MAX_TOKENS)
@@ -80,6 +85,7 @@ def _llamaserver(request: pytest.FixtureRequest) -> ModelPlug:
 #: name -> (factory, what the configuration cannot do, with the reason)
 CONFIGS: dict[str, tuple[Callable[[pytest.FixtureRequest], ModelPlug], dict[str, str]]] = {
     "llamacpp": (_llamacpp, {}),
+    "hf": (_hf, {}),
     "llamaserver": (_llamaserver, {
         "tools": "llama-server (llama.cpp vendored by llama-cpp-python 0.3.36) builds its "
                  "tool-call grammar and parser only for chat templates that render tool calls; "
@@ -136,7 +142,7 @@ def test_metadata_is_sane(llm: ModelPlug, config: str) -> None:
     assert meta.is_chat_model and meta.is_function_calling_model
     assert meta.num_output == MAX_TOKENS
     assert meta.context_window > meta.num_output
-    assert meta.model_name == f"{config}:smollm2"
+    assert meta.model_name == llm.model and llm.model.startswith(f"{config}:")
     assert ModelPlug(model=llm.model, base_url=llm.base_url,
                      context_window=1000).metadata.context_window == 1000
 
