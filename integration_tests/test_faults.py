@@ -247,9 +247,8 @@ async def test_fallback_chat_model(fresh: Provider, mode: str, fault_name: str) 
         if expected is None:
             assert len(fresh.injector.seen) == 1
         else:
-            if mode in ("invoke", "ainvoke"):  # streams name only the answering candidate
-                failures = result.response_metadata["fallback_failures"]
-                assert len(failures) == 1 and f": {expected.__name__}: " in failures[0]
+            failures = result.response_metadata["fallback_failures"]  # streams: 1st chunk
+            assert len(failures) == 1 and f": {expected.__name__}: " in failures[0]
             first, second = (body for _, body in fresh.injector.seen)
             assert first["messages"] == second["messages"]  # the same conversation, failed over
     assert messages == before
