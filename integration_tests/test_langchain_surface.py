@@ -18,6 +18,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
+from pydantic import SecretStr
 
 from langchain_modelplug import (
     ChatModelPlug,
@@ -302,6 +303,16 @@ def test_chat_model_configurable_shares_loaded_weights() -> None:
     assert cold.backend._loaded().model is hot.backend._loaded().model
     # Configuring the same settings again reuses the built model.
     assert model.model_for({"configurable": {"llm_temperature": 0}}) is cold
+
+
+def test_chat_model_configurable_keys_do_not_share_a_model() -> None:
+    """Two API keys (SecretStr, whose repr is masked alike) select two models."""
+    model = chat_model("openai:gpt-4o-mini", configurable_fields=["api_key"], max_retries=0)
+    first = model.model_for({"configurable": {"api_key": SecretStr("sk-first")}})
+    second = model.model_for({"configurable": {"api_key": SecretStr("sk-second")}})
+    assert first is not second
+    assert second.api_key.get_secret_value() == "sk-second"
+    assert model.model_for({"configurable": {"api_key": SecretStr("sk-first")}}) is first
 
 
 def test_chat_model_configurable_replays_bind_tools() -> None:

@@ -18,6 +18,7 @@ from langchain_core.messages import AnyMessage, BaseMessage
 from langchain_core.prompt_values import ChatPromptValueConcrete, StringPromptValue
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.runnables.config import ensure_config
+from pydantic import SecretStr
 
 from langchain_modelplug.chat_models import ChatModelPlug
 
@@ -42,6 +43,10 @@ def chat_model(
         configurable_fields: None: a plain ``ChatModelPlug``. A list of field names
             (``["model", "temperature"]``) or ``"any"`` (every ChatModelPlug field and provider
             setting): a runnable that reads them from ``config["configurable"]`` on each call.
+            Security note, as for LangChain's ``init_chat_model``: with ``"any"``, a config can
+            also set ``api_key`` and ``base_url`` and so send requests (and their content) to
+            another service or account; when configs come from untrusted callers, list the
+            fields instead.
         config_prefix: Read ``"{prefix}_{field}"`` keys instead of bare field names, so several
             configurable models can share one config.
         **kwargs: Defaults for every call (``temperature=0``, ``max_tokens=256``,
@@ -147,7 +152,10 @@ class ConfigurableChatModel(Runnable[LanguageModelInput, Any]):
     def model_for(self, config: RunnableConfig | None = None) -> ChatModelPlug:
         """The ChatModelPlug for a config: built once per distinct configuration."""
         params = self.params(config)
-        key = repr(sorted(params.items(), key=lambda kv: kv[0]))
+        # SecretStr values by their secret: their repr is masked, and two keys must not share
+        # one model. (The cache key stays in memory; nothing logs it.)
+        key = repr(sorted((k, v.get_secret_value() if isinstance(v, SecretStr) else v)
+                          for k, v in params.items()))
         with self._lock:
             model = self._models.get(key)
             if model is not None:
