@@ -83,6 +83,22 @@ def test_stream_matches_invoke_and_carries_usage(llm: ChatModelPlug, reference_l
     assert sum(1 for c in chunks if c.usage_metadata) == 1  # usage once, on the last chunk
 
 
+def test_a_call_from_inside_an_open_stream_is_refused_not_interleaved(llm: ChatModelPlug) -> None:
+    """The stream holds the model; the same thread calling it again would drive one llama.cpp
+    context twice at once. It gets a clear error, and the stream goes on unharmed."""
+    from modelplug import ConfigurationError
+
+    other = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=4)  # same weights
+    parts = []
+    for n, chunk in enumerate(llm.stream(PARIS)):
+        parts.append(chunk.content)
+        if n == 1:
+            with pytest.raises(ConfigurationError, match="already generating in this thread"):
+                other.invoke("Hello")
+    assert "".join(parts) == llm.invoke(PARIS).content  # the stream was not disturbed
+    assert other.invoke("Hello").content  # and the model is free again
+
+
 def test_chain_prompt_model_parser(llm: ChatModelPlug) -> None:
     chain = ChatPromptTemplate.from_messages(
         [("user", "What is the capital of {country}? Answer in one sentence.")]

@@ -14,14 +14,54 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelplug.errors import ConfigurationError
+
+
+class ModelLock:
+    """One model's lock, which refuses re-entry from the thread that holds it.
+
+    A sync stream holds its model's lock while it yields; a call on the same model from inside
+    that loop (the loop body, a callback) would otherwise drive one llama.cpp context or one
+    generate() twice at once (with a re-entrant lock) or wait for itself forever (with a plain
+    one). Other threads wait their turn as usual.
+    """
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    def __enter__(self) -> ModelLock:
+        if self._owner == threading.get_ident():
+            raise ConfigurationError(
+                f"The in-process model {_name(self.key)} is already generating in this thread: a "
+                "stream on it is still open, and this call came from inside it (its loop body "
+                "or a callback). Finish or close that stream first, collect it into a list, or "
+                "make the second call from another thread (it then waits its turn).")
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner = None
+        self._lock.release()
+
+
+def _name(key: Hashable) -> str:
+    """A cache key as a reader knows it: the runtime and the model (``('llamacpp', path)``)."""
+    return repr(key[:2]) if isinstance(key, tuple) else repr(key)
+
 
 @dataclass
 class LoadedModel:
     key: Hashable
     model: Any = None
     #: Held while loading and for every call that drives the model.
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: ModelLock = field(init=False)
     companions: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.lock = ModelLock(self.key)
 
     def companion(self, name: str, build: Callable[[], Any]) -> Any:
         """An object built once over this model (and unloaded with it); call under the lock."""
@@ -44,6 +84,10 @@ def get_or_load(key: Hashable, load: Callable[[], Any]) -> LoadedModel:
     if entry.model is None:
         with entry.lock:
             if entry.model is None:
+                with _entries_lock:
+                    orphaned = _entries.get(key) is not entry
+                if orphaned:  # the load this thread waited for failed: start over, cached
+                    return get_or_load(key, load)
                 try:
                     entry.model = load()
                 except BaseException:
