@@ -6,14 +6,7 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 

@@ -294,8 +294,8 @@ class FallbackChatModel(BaseChatModel):
         return combined_profile(self.profiles)
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        # The parent run names the whole set; the candidate that answers runs as a child run
-        # with its own provider and model name (so token costs are counted there).
+        # The run names the whole set: chat-model candidates run inside it (see "calls" below),
+        # so the answering one is named in response_metadata["fallback_model"], not here.
         # A sampling setting is reported when the call sets it (every candidate gets it) or when
         # every candidate has the same one (as the shared kwargs give the string-built ones).
         params = LangSmithParams(ls_provider="fallback", ls_model_name=", ".join(self.names),

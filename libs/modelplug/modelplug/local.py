@@ -115,14 +115,15 @@ def _hf_cached_models() -> list[str]:
             if any(_is_chat_snapshot(s) for s in (entry / "snapshots").glob("*"))]
 
 
-def _server_models() -> list[tuple[str, str]]:
+def _server_models(ollama_up: bool | None = None) -> list[tuple[str, str]]:
     """(provider, id) for every model a reachable local OpenAI-compatible server lists.
 
     Each address is asked once. Providers sharing an address (hf-openai and vllm on :8000)
     cannot be told apart by the port, so a model goes under the one its server names in
     ``owned_by`` (vLLM says "vllm") when that is one of them, else under each: every one of
     those rows reaches it. ``ollama-openai`` is skipped where native Ollama answered at the
-    same address, since it lists the same models.
+    same address, since it lists the same models (``ollama_up``: whether it did, when the
+    caller already asked).
     """
     by_url: dict[str, list[str]] = {}
     for spec in providers().values():
@@ -130,8 +131,11 @@ def _server_models() -> list[tuple[str, str]]:
             by_url.setdefault(spec.base_url.rstrip("/"), []).append(spec.key)
     found = []
     for url, keys in by_url.items():
-        if _origin(url) == _origin(_ollama_host()) and _ollama_tags() is not None:
-            continue
+        if _origin(url) == _origin(_ollama_host()):
+            if ollama_up is None:
+                ollama_up = _ollama_tags() is not None
+            if ollama_up:
+                continue
         data = _get_json(f"{url}/models") or {}
         for model in data.get("data", []):
             if isinstance(model, dict) and "id" in model:
@@ -152,11 +156,12 @@ def available_models() -> list[ModelRef]:
     default among them).
     """
     refs: list[ModelRef] = []
-    for name in _ollama_models():
+    tags = _ollama_tags()  # asked once, for its models and for ollama-openai's duplicates
+    for name in tags or []:
         refs.append(_ref_for("ollama", name))
     for repo in _hf_cached_models():
         refs.append(_ref_for("hf", repo))
-    for provider, model_id in _server_models():
+    for provider, model_id in _server_models(ollama_up=tags is not None):
         refs.append(_ref_for(provider, model_id))
     for info in catalog.models_for("llamacpp"):
         if packaged_model_path(info) is not None:

@@ -248,10 +248,6 @@ class AnthropicBackend(Backend):
             choice = convert_tool_choice(request.tool_choice, tools)
             if choice is not None:
                 params["tool_choice"] = choice
-        elif rf_type not in (None, "json_schema", "text"):
-            raise UnsupportedCapabilityError(
-                f"Unknown response_format type {rf_type!r}; use 'json_schema' or 'json_object'."
-            )
         if tools:
             if self.cache_prompt:
                 tools[-1] = {**tools[-1], "cache_control": {"type": "ephemeral"}}

@@ -171,16 +171,11 @@ class OllamaBackend(Backend):
         elif request.tools and request.tool_choice != "none":
             params["tools"] = [_tool(t) for t in request.tools]
         if forced is None:
-            rf_type = (request.response_format or {}).get("type")
+            # (An unknown response_format type never gets here: Backend.check refuses it.)
             if request.json_schema is not None:
                 params["format"] = request.json_schema
-            elif rf_type == "json_object":
+            elif (request.response_format or {}).get("type") == "json_object":
                 params["format"] = "json"
-            elif rf_type not in (None, "text", "json_schema"):
-                raise UnsupportedCapabilityError(
-                    f"Unknown response_format type {rf_type!r}; use 'json_schema' or "
-                    "'json_object'."
-                )
         return params
 
     # -- calls --------------------------------------------------------------------------------

@@ -19,12 +19,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import (
-    Field,
-    PrivateAttr,
-    SecretStr,
-    model_validator,
-)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
