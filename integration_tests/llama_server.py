@@ -13,7 +13,6 @@ only when a test asks for it; the chat server runs with the plain options above.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fakes.server import free_port
 
 STARTUP_TIMEOUT_S = 180
 
@@ -31,12 +31,6 @@ STARTUP_TIMEOUT_S = 180
 def llama_server_binary() -> Path:
     cache = Path(os.environ.get("MODELPLUG_CACHE", Path.home() / ".cache" / "modelplug"))
     return cache / "bin" / "llama-server"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> None:
@@ -69,7 +63,7 @@ def run_llama_server(model: Path, *extra_args: str) -> Iterator[str]:
             pytrace=False,
         )
     for _attempt in range(3):  # another process may take the port between pick and bind
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = tempfile.NamedTemporaryFile(
             prefix="llama-server-", suffix=".log", delete=False)

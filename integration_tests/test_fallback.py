@@ -8,7 +8,6 @@ or needs an HTTP status (429, 500, 400, 401, ...).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from fakes.openai_api import API_KEY as OPENAI_KEY
 from fakes.openai_api import FakeOpenAI
-from fakes.server import LoopbackServer
+from fakes.server import LoopbackServer, free_port
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.runnables import RunnableWithFallbacks
 from pydantic import BaseModel
@@ -41,13 +40,6 @@ TOOL_QUESTION = "What is the value of magic_function(3)?"
 def magic_function(input: int) -> int:
     """Applies a magic function to an input."""
     return input + 2
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +75,7 @@ def openai_candidate(kind: str, url: str):
 
 
 def down() -> ChatModelPlug:
-    return ChatModelPlug(model="vllm:x", base_url=f"http://127.0.0.1:{closed_port()}/v1",
+    return ChatModelPlug(model="vllm:x", base_url=f"http://127.0.0.1:{free_port()}/v1",
                          max_retries=0, timeout=10)
 
 
@@ -134,7 +126,7 @@ def test_connection_errors_of_every_sdk_are_retryable() -> None:
     import ollama
     import openai
 
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     errors = []
     for call in (
         lambda: openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
@@ -209,7 +201,7 @@ def test_a_third_party_chat_model_is_a_candidate(local: ChatModelPlug) -> None:
     from langchain_openai import ChatOpenAI
 
     openai_down = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0,
-                             base_url=f"http://127.0.0.1:{closed_port()}/v1")
+                             base_url=f"http://127.0.0.1:{free_port()}/v1")
     llm = FallbackChatModel([openai_down, local])
     assert llm.names == ["openai:gpt-4o-mini", "llamacpp:smollm2"]
     message = llm.invoke(QUESTION)
@@ -258,7 +250,7 @@ def test_retry_on_classes_match_a_third_party_models_sdk_errors(server: StatusSe
     from langchain_openai import ChatOpenAI
 
     openai_down = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0,
-                             base_url=f"http://127.0.0.1:{closed_port()}/v1")
+                             base_url=f"http://127.0.0.1:{free_port()}/v1")
     llm = FallbackChatModel([openai_down, at(server, "ok")],
                             retry_on=(TimeoutError, ConnectionError))
     message = llm.invoke("hi")

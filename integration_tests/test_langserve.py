@@ -3,24 +3,18 @@ through RemoteRunnable."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from fakes.server import free_port
 from langchain_core.messages import AIMessage, AIMessageChunk
 
 from langchain_modelplug import ChatModelPlug, FallbackChatModel
 
 QUESTION = "What is the capital of France? Answer in one sentence."
 SECRET = "sk-langserve-must-never-show-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,13 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fakes.openai_api import API_KEY as OPENAI_KEY
 from fakes.openai_api import FakeOpenAI
-from fakes.server import LoopbackServer
+from fakes.server import LoopbackServer, free_port
 from llama_index.core import Settings
 from llama_index.core.base.llms.types import ImageBlock, LLMMetadata, TextBlock
 from llama_index.core.callbacks import CallbackManager, CBEventType, TokenCountingHandler
@@ -60,13 +59,6 @@ def magic_function(input: int) -> int:
 TOOL = FunctionTool.from_defaults(fn=magic_function)
 
 
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[StatusServer]:
     with StatusServer() as srv:
@@ -74,7 +66,7 @@ def server() -> Iterator[StatusServer]:
 
 
 def down() -> ModelPlug:
-    return ModelPlug(model="vllm:down", base_url=f"http://127.0.0.1:{closed_port()}/v1",
+    return ModelPlug(model="vllm:down", base_url=f"http://127.0.0.1:{free_port()}/v1",
                      max_retries=0, timeout=10)
 
 

@@ -4,22 +4,16 @@ in-process SmolLM2 GGUF. Every call fails over; every xfail names a limit of the
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
+from fakes.server import free_port
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from langchain_modelplug import ChatModelPlug, FallbackChatModel
 
 IN_PROCESS_REFUSED = ("timeout", "max_retries", "api_key")
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TestFallbackChatModelIntegration(ChatModelIntegrationTests):
@@ -29,7 +23,7 @@ class TestFallbackChatModelIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        down = ChatModelPlug(model="vllm:x", base_url=f"http://127.0.0.1:{_closed_port()}/v1",
+        down = ChatModelPlug(model="vllm:x", base_url=f"http://127.0.0.1:{free_port()}/v1",
                              max_retries=0)
         # max_tokens here too: test_stop_sequence builds the model from these params alone.
         return {"models": [down, "llamacpp:smollm2"], "temperature": 0, "seed": 0,

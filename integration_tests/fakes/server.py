@@ -10,6 +10,14 @@ from typing import Any
 import uvicorn
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now (bound, then released): for a server a test starts
+    there, or as a candidate that refuses connections."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class LoopbackServer:
     """Runs ``app`` until :meth:`stop`; ``url`` is ``http://127.0.0.1:<port>``."""
 
