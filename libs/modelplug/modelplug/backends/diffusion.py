@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelplug.backends.hf.loading import has_safetensors
 from modelplug.errors import ConfigurationError, ModelNotFoundError, UnsupportedCapabilityError
 from modelplug.media import AudioBackend, ImageBackend, MediaBackend
 from modelplug.placement import (
@@ -402,8 +403,8 @@ def _check_folder(folder: Path, ref: str) -> bool:
         raise ModelNotFoundError(
             f"{folder} is neither a diffusers pipeline folder (model_index.json) nor a model "
             "folder (config.json).")
-    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json")
-           for name in files):
+    if has_safetensors(files, folder, ref,
+                       convert="pipe.save_pretrained(folder, safe_serialization=True)"):
         return is_diffusers
     raise ConfigurationError(
         f"'{ref}' has no .safetensors weights in {folder}. modelplug loads safetensors only, "
