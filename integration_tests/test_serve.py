@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -199,6 +200,134 @@ def test_bad_requests_get_openai_errors_with_status(client: openai.OpenAI) -> No
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=SERVED, messages=image, stream=True, max_tokens=4)
     assert "image" in info.value.message
+
+
+USER = {"role": "user", "content": "Hi"}
+CALLED = {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call_1", "type": "function",
+     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+UNRESOLVED = {"type": "object", "properties": {"city": {"$ref": "#/$defs/City"}}}
+#: id -> (request fields, the error's param, the bad value its message must quote). Each goes
+#: through the openai SDK (it sends what it is given), those in RAW as raw JSON with httpx.
+BAD_REQUESTS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "unknown role": ({"messages": [USER, {"role": "wizard", "content": "Hi"}]},
+                     "messages[1].role", "wizard"),
+    "content a number": ({"messages": [{"role": "user", "content": 42}]},
+                         "messages[0].content", "42"),
+    "content part a string": ({"messages": [{"role": "user", "content": ["Hi"]}]},
+                              "messages[0].content[0]", "Hi"),
+    "content part of an unknown type": ({"messages": [{"role": "user", "content": [
+        {"type": "hologram", "data": "..."}]}]}, "messages[0].content[0].type", "hologram"),
+    "tool message without tool_call_id": (
+        {"messages": [USER, CALLED, {"role": "tool", "content": "Sunny"}]},
+        "messages[2].tool_call_id", "tool_call_id"),
+    "max_tokens negative": ({"max_tokens": -5}, "max_tokens", "-5"),
+    "max_tokens a string": ({"max_tokens": "ten"}, "max_tokens", "ten"),
+    "max_completion_tokens zero": ({"max_completion_tokens": 0}, "max_completion_tokens", "0"),
+    "temperature a string": ({"temperature": "hot"}, "temperature", "hot"),
+    "temperature over 2": ({"temperature": 2.5}, "temperature", "2.5"),
+    "top_p zero": ({"top_p": 0}, "top_p", "0"),
+    "top_p over 1": ({"top_p": 1.5}, "top_p", "1.5"),
+    "n of 3": ({"n": 3}, "n", "3"),
+    "stop a number": ({"stop": 7}, "stop", "7"),
+    "stop five strings": ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "5"),
+    "seed a decimal": ({"seed": 1.5}, "seed", "1.5"),
+    "stream a string": ({"stream": "yes"}, "stream", "yes"),
+    "tool not an object": ({"tools": [42]}, "tools[0]", "42"),
+    "tool without a name": ({"tools": [{"type": "function", "function": {
+        "parameters": {"type": "object"}}}]}, "tools[0].function", "name"),
+    "tool parameters not a schema": ({"tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "strin"}}}}}]},
+        "tools[0].function.parameters", "strin"),
+    "tool_choice names no tool": ({"tools": [WEATHER_TOOL], "tool_choice": {
+        "type": "function", "function": {"name": "get_time"}}}, "tool_choice.function.name",
+        "get_time"),
+    "tool_choice a bare name": ({"tools": [WEATHER_TOOL], "tool_choice": "get_weather"},
+                                "tool_choice", "get_weather"),
+    "unknown response_format": ({"response_format": {"type": "xml"}}, "response_format.type",
+                                "xml"),
+    "response_format schema invalid": ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": {"type": "objekt"}}}}, "response_format.json_schema.schema",
+        "objekt"),
+    "response_format $ref unresolvable": ({"response_format": {"type": "json_schema",
+                                                               "json_schema": {
+        "name": "answer", "schema": UNRESOLVED}}}, "response_format.json_schema.schema",
+        "#/$defs/City"),
+}
+RAW = {"stream a string"}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_is_a_400_naming_the_field(case: str, client: openai.OpenAI,
+                                               url: str) -> None:
+    fields, param, bad = BAD_REQUESTS[case]
+    body = {"model": SERVED, "messages": ASK, "max_tokens": 4, **fields}
+    if case in RAW:
+        response = httpx.post(f"{url}/chat/completions", json=body, timeout=30,
+                              headers={"Authorization": f"Bearer {KEY}"})
+        status, error = response.status_code, response.json()["error"]
+    else:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(**body)
+        status, error = info.value.status_code, info.value.body
+    assert status == 400
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert bad in error["message"]
+    assert error["code"]
+
+
+def test_the_server_answers_after_bad_requests(client: openai.OpenAI, url: str) -> None:
+    for body in (b"{not json", b"[1, 2]"):  # also refused before any work
+        response = httpx.post(f"{url}/chat/completions", content=body, timeout=30,
+                              headers={"Authorization": f"Bearer {KEY}",
+                                       "Content-Type": "application/json"})
+        assert response.status_code == 400
+    completion = client.chat.completions.create(model=SERVED, messages=ASK, max_tokens=4)
+    assert completion.choices[0].message.content
+
+
+def test_request_size_limit_is_checked_before_the_body_is_read(backend, url: str) -> None:
+    """413 for a declared length over the limit and for a chunked body that outgrows it (bytes
+    counted as they come); the body here is no JSON at all, so a 413 means it was not parsed."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    response = httpx.post(f"{url}/chat/completions", content=b"x" * (9 * 1024 * 1024),
+                          headers=headers, timeout=60)  # over the default 8 MiB
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    server = LoopbackServer(create_app(backend, api_key="", max_request_bytes=10_000)).start()
+    try:
+        small = f"{server.url}/v1/chat/completions"
+        response = httpx.post(small, content=b"x" * 10_001, headers=headers, timeout=30)
+        assert response.status_code == 413
+        assert "10,000 bytes" in response.json()["error"]["message"]
+        chunked = httpx.post(small, content=iter([b"x" * 4_000] * 5), headers=headers,
+                             timeout=30)
+        assert "content-length" not in chunked.request.headers
+        assert chunked.status_code == 413
+        ok = httpx.post(small, json={"model": SERVED, "messages": ASK, "max_tokens": 4},
+                        timeout=60)
+        assert ok.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_health_needs_no_key(url: str, backend) -> None:
+    health = httpx.get(url.removesuffix("/v1") + "/health", timeout=10)
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "ok" and body["model"] == SERVED
+    stats = backend.serving_stats()
+    if stats is not None:  # an in-process model on its scheduler reports its load
+        assert {"running", "waiting", "capacity"} <= set(body)
+
+
+def test_a_full_queue_is_a_503() -> None:
+    from modelplug.errors import ServerBusyError
+    from modelplug.server import error_body
+
+    status, body = error_body(ServerBusyError("12 requests are already waiting"))
+    assert status == 503 and body["error"]["type"] == "server_error"
 
 
 def test_concurrent_requests_take_turns_on_the_model(client, reference: str) -> None:

@@ -234,19 +234,31 @@ def chat(model: Model, system: System = None, max_tokens: MaxTokens = None,
 @reports_errors
 def serve(model: Model,
           host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 for every one "
-                                                 "(set an API key then).")] = "127.0.0.1",
+                                                 "(needs an API key then).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
           api_key: Annotated[str | None, typer.Option(
               envvar="MODELPLUG_SERVE_API_KEY", show_envvar=True,
               help="Require this key as 'Authorization: Bearer <key>' on every request.")] = None,
+          insecure_no_api_key: Annotated[bool, typer.Option(
+              "--insecure-no-api-key",
+              help="Serve a non-loopback --host without an API key: anyone who can reach the "
+                   "port can use the model.")] = False,
+          max_request_bytes: Annotated[int | None, typer.Option(
+              min=1, help="Refuse larger request bodies (HTTP 413) before reading them "
+                          "(default: 8 MiB).")] = None,
           settings: Settings = None) -> None:
-    """An OpenAI-compatible server for MODEL: /v1/chat/completions, /v1/embeddings, /v1/models."""
+    """An OpenAI-compatible server for MODEL: /v1/chat/completions, /v1/embeddings, /v1/models,
+    /health."""
+    from modelplug.server import check_bind
     from modelplug.server import serve as run_server
 
+    key = api_key or ""
+    check_bind(host, key, insecure_no_api_key)  # before the banner: a refusal is the only line
     console.print(f"Serving [bold]{model}[/bold] at http://{host}:{port}/v1"
-                  + (" (API key required)" if api_key else ""), markup=True)
-    run_server(model, host=host, port=port, api_key=api_key or "",
-               **parse_settings(settings))
+                  + (" (API key required)" if key else ""), markup=True)
+    limit = {} if max_request_bytes is None else {"max_request_bytes": max_request_bytes}
+    run_server(model, host=host, port=port, api_key=key, insecure_no_api_key=insecure_no_api_key,
+               **limit, **parse_settings(settings))
 
 
 def main() -> None:

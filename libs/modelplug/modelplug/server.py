@@ -7,70 +7,122 @@ OpenAI client (the ``openai`` SDK, ``ChatOpenAI``, another machine's ``ChatModel
 ``llamaserver:``/``vllm:`` model and ``base_url=``) can then use it.
 
 Routes: ``POST /v1/chat/completions`` (streaming as SSE ``data:`` lines ending with
-``data: [DONE]``, tools, usage), ``POST /v1/embeddings``, ``GET /v1/models``. Errors come back
-as OpenAI error JSON with a matching status code. When an API key is set (``api_key=`` or
-``$MODELPLUG_SERVE_API_KEY``) every request must carry it as ``Authorization: Bearer <key>``.
+``data: [DONE]``, tools, usage), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``.
+Errors come back as OpenAI error JSON with a matching status code. When an API key is set
+(``api_key=`` or ``$MODELPLUG_SERVE_API_KEY``) every request but ``/health`` must carry it as
+``Authorization: Bearer <key>``; :func:`serve` refuses a non-loopback bind without one.
 
-Calls go through the backend's async methods: in-process backends run generation in a worker
-thread and take turns on the model's lock (see :mod:`modelplug.weights`), so concurrent requests
-queue instead of corrupting each other, and the event loop stays free.
+The server is what an endpoint exposes to the world, so it checks requests as the OpenAI API
+does, before any work: a body over ``max_request_bytes`` is refused with 413 before it is
+parsed, and every malformed field is a 400 naming the field (``param``), the bad value and the
+fix.
+
+Calls go through the backend's async methods: in-process models admit concurrent requests on
+their scheduler (:mod:`modelplug.scheduling`) or take turns on the model's lock, and the event
+loop stays free. A client that disconnects mid-stream closes the backend stream at once, which
+frees its slot; on shutdown open streams are cut after a few seconds and every scheduler stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hmac
+import ipaddress
 import json
+import math
 import os
+import socket
 import time
 import uuid
 from array import array
 from collections.abc import AsyncIterator
 from typing import Any
 
+from modelplug import scheduling
 from modelplug.backends import Backend, create_backend
+from modelplug.backends.base import RESPONSE_FORMAT_TYPES, check_tool
 from modelplug.errors import ConfigurationError, MissingDependencyError, ModelPlugError
 from modelplug.spec import ModelLike
 from modelplug.types import ChatChunk, ChatRequest, ChatResponse, ToolCall, Usage
 
 try:
+    import anyio
+    import jsonschema
+    import referencing
+    import referencing.exceptions
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
+    from referencing.jsonschema import DRAFT202012
     from starlette.exceptions import HTTPException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(
-        "modelplug's server needs fastapi and uvicorn. Install them with: "
+        "modelplug's server needs fastapi, uvicorn and jsonschema. Install them with: "
         "pip install 'modelplug[serve]'") from exc
 
 API_KEY_ENV = "MODELPLUG_SERVE_API_KEY"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+#: Largest request body accepted (413 above it): room for a few base64 images, while a text
+#: prompt this long is far over any local model's context already.
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: Seconds open connections get to finish on shutdown before they are cut: a stream may run for
+#: minutes, and SIGTERM / Ctrl-C must stop generation promptly.
+SHUTDOWN_GRACE_SECONDS = 3
+ROLES = ("system", "developer", "user", "assistant", "tool")
+#: Content-part types of chat messages, as OpenAI has them (whether a model takes images or
+#: audio is its backend's check).
+PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
 
 
 class RequestError(ConfigurationError):
-    """A request body the server cannot turn into a backend request (HTTP 400)."""
+    """A request body the server cannot turn into a backend request (HTTP 400). ``param`` is
+    the field's path (``messages[1].role``), ``code`` OpenAI's error code for the problem."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None,
+                 code: str = "invalid_request_error") -> None:
         super().__init__(message)
-        self.param = param
+        self.param, self.code = param, code
+
+
+class RequestTooLargeError(RequestError):
+    """A request body over ``max_request_bytes`` (HTTP 413)."""
+
+    status_code = 413
 
 
 def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None = None,
-               **settings: Any) -> FastAPI:
+               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, **settings: Any) -> FastAPI:
     """The ASGI app serving ``model`` (a model string, catalog member, ready backend, or None
     for the local default). ``settings`` are the provider's settings, e.g. ``model_path=``.
 
     ``api_key`` defaults to ``$MODELPLUG_SERVE_API_KEY``; an empty key means no key is asked.
+    ``max_request_bytes``: larger request bodies are refused with 413 before they are parsed.
+    The app's shutdown (its lifespan) stops every in-process model's scheduler.
     """
+    if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int) \
+            or max_request_bytes < 1:
+        raise ConfigurationError(f"max_request_bytes must be a positive int (bytes); got "
+                                 f"{max_request_bytes!r}.")
     backend = model if isinstance(model, Backend) else create_backend(model, **settings)
     served = str(backend.ref)
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    app = FastAPI(title="modelplug", description=f"OpenAI-compatible API for {served}")
+    key = resolve_key(api_key)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        # What still waits or generates fails now, so the process exits without finishing
+        # answers nobody will read (the worker threads are joined off the event loop).
+        await asyncio.to_thread(scheduling.shutdown_all, "the server is shutting down")
+
+    app = FastAPI(title="modelplug", description=f"OpenAI-compatible API for {served}",
+                  lifespan=lifespan)
     app.state.backend = backend
 
     @app.middleware("http")
     async def require_key(request: Request, call_next: Any) -> Any:
-        if key:
+        if key and request.url.path != "/health":  # load balancers probe without a key
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
                                                                      key.encode()):
@@ -91,6 +143,14 @@ def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None 
     async def any_error(_: Request, exc: Exception) -> JSONResponse:
         return error_json(exc)
 
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Liveness, as llama-server has it, with the in-process scheduler's load if any."""
+        stats = backend.serving_stats() or {}
+        closed = bool(stats.get("closed"))
+        return JSONResponse({"status": "shutting_down" if closed else "ok", "model": served,
+                             **stats}, status_code=503 if closed else 200)
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(backend)]}
@@ -105,7 +165,7 @@ def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        body = await json_body(request)
+        body = await json_body(request, max_request_bytes)
         chat = to_chat_request(body)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if not body.get("stream"):
@@ -121,11 +181,11 @@ def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None 
             raise
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = sse_events(first, chunks, completion_id, served, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream")
+        return ClosingStream(events, chunks)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
-        body = await json_body(request)
+        body = await json_body(request, max_request_bytes)
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]
@@ -147,63 +207,382 @@ def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None 
 
 
 def serve(model: ModelLike | None = None, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          api_key: str | None = None, log_level: str = "info", **settings: Any) -> None:
-    """Run the server with uvicorn until interrupted. Binds to loopback unless ``host`` says
-    otherwise (``host="0.0.0.0"`` to accept other machines; set an API key then)."""
+          api_key: str | None = None, log_level: str = "info",
+          max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, insecure_no_api_key: bool = False,
+          **settings: Any) -> None:
+    """Run the server with uvicorn until interrupted (SIGTERM or Ctrl-C: open streams are cut
+    after a few seconds). Binds to loopback unless ``host`` says otherwise; a non-loopback
+    ``host`` (``"0.0.0.0"`` to accept other machines) needs an API key, or
+    ``insecure_no_api_key=True`` to serve anyone who can reach the port."""
+    check_bind(host, resolve_key(api_key), insecure_no_api_key)
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependencyError("modelplug's server needs uvicorn. Install it with: "
                                      "pip install 'modelplug[serve]'") from exc
-    uvicorn.run(create_app(model, api_key=api_key, **settings), host=host, port=port,
-                log_level=log_level)
+    app = create_app(model, api_key=api_key, max_request_bytes=max_request_bytes, **settings)
+    uvicorn.run(app, host=host, port=port, log_level=log_level,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS)
+
+
+def resolve_key(api_key: str | None) -> str:
+    """The key requests must carry: ``api_key``, else ``$MODELPLUG_SERVE_API_KEY``; "" for none."""
+    return api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+
+
+def check_bind(host: str, api_key: str, insecure_no_api_key: bool = False) -> None:
+    """Refuse to serve other machines without an API key unless the caller opted out: an open
+    endpoint lets anyone who reaches the port use the model (and a cloud backend's key)."""
+    if api_key or insecure_no_api_key or is_loopback(host):
+        return
+    raise ConfigurationError(
+        f"Refusing to serve on {host!r} (not a loopback address) without an API key: anyone who "
+        f"can reach this port could use the model. Set a key with --api-key or ${API_KEY_ENV} "
+        "(api_key= in Python), bind to 127.0.0.1, or pass --insecure-no-api-key "
+        "(insecure_no_api_key=True) to serve without a key anyway.")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` accepts connections from this machine only (127.0.0.0/8, ::1,
+    localhost, or a name that resolves to those alone)."""
+    name = host.strip().strip("[]")
+    if not name:
+        return False  # "" binds every interface
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback
+                                   for a in addresses)
+
+
+class ClosingStream(StreamingResponse):
+    """An SSE response that closes the backend stream however the response ends, a client that
+    disconnected or a shutdown that cut it included: the in-process model's slot is freed at
+    once, not when the abandoned generator is garbage-collected."""
+
+    def __init__(self, events: AsyncIterator[str], backend_stream: AsyncIterator[Any]) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self.backend_stream = backend_stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # a cancelled task must still close them
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+                await self.backend_stream.aclose()  # type: ignore[attr-defined]
 
 
 # -- OpenAI wire format <-> neutral types -----------------------------------------------------
 
 
-async def json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, read only up to ``limit`` bytes: the declared length is checked
+    before anything is read, and the bytes are counted as they come (a chunked body has none)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(f"{int(declared):,} bytes", limit)
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            raise too_large(f"more than {limit:,} bytes", limit)
     try:
-        body = await request.json()
-    except ValueError as exc:
-        raise RequestError(f"The request body is not valid JSON: {exc}") from exc
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(f"The request body is not valid JSON: {exc}. Send a JSON object "
+                           "(Content-Type: application/json).") from exc
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object.")
     return body
 
 
+def too_large(size: str, limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"The request body is {size}; this server accepts at most {limit:,} bytes. Send a "
+        "shorter request, or start the server with a larger --max-request-bytes "
+        "(max_request_bytes=).", code="request_too_large")
+
+
 def to_chat_request(body: dict[str, Any]) -> ChatRequest:
-    """An OpenAI chat-completions request body as a :class:`ChatRequest`."""
+    """An OpenAI chat-completions request body as a :class:`ChatRequest`, every field checked
+    first as the OpenAI API checks it (:class:`RequestError` names the first bad one)."""
     messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list of messages.", param="messages")
-    if body.get("n", 1) != 1:
-        raise RequestError("Only n=1 is supported.", param="n")
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict):  # {"type": "function", "function": {"name": ...}}
-        choice = (choice.get("function") or {}).get("name")
-        if not choice:
-            raise RequestError("tool_choice must be 'auto', 'none', 'required' or "
-                               "{'type': 'function', 'function': {'name': ...}}.",
-                               param="tool_choice")
+    check_messages(messages)
+    check_sampling(body)
+    tools = body.get("tools") or None
+    choice = check_tools(tools, body.get("tool_choice"))
+    check_response_format(body.get("response_format"))
     stop = body.get("stop")
     # The reasoning switch as OpenAI-compatible local servers take it (and modelplug's own
     # openai_compat backend sends it), or OpenAI's reasoning_effort="none".
     switch = (body.get("chat_template_kwargs") or {}).get("enable_thinking")
     if switch is None and body.get("reasoning_effort") is not None:
         switch = body["reasoning_effort"] != "none"
+    max_tokens = body.get("max_completion_tokens")
     return ChatRequest(
-        messages=messages,
-        tools=body.get("tools") or None,
+        messages=messages,  # type: ignore[arg-type]
+        tools=tools,
         tool_choice=choice,
         response_format=body.get("response_format"),
         temperature=body.get("temperature"),
         top_p=body.get("top_p"),
-        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+        max_tokens=max_tokens if max_tokens is not None else body.get("max_tokens"),
         stop=[stop] if isinstance(stop, str) else stop,
         seed=body.get("seed"),
         reasoning=switch,
     )
+
+
+# -- request checks: one per concern, phrased as the OpenAI API phrases its 400s ---------------
+
+
+def shown(value: Any) -> str:
+    """A bad value as an error message quotes it, cut short (it may be a 10 MB prompt)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def json_type(value: Any) -> str:
+    for kind, name in ((bool, "a boolean"), (int, "an integer"), (float, "a decimal"),
+                       (str, "a string"), (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def invalid_type(param: str, value: Any, expected: str) -> RequestError:
+    return RequestError(f"Invalid type for '{param}': expected {expected}, but got "
+                        f"{json_type(value)} ({shown(value)}) instead.", param, "invalid_type")
+
+
+def missing(param: str, fix: str) -> RequestError:
+    return RequestError(f"Missing required parameter: '{param}'. {fix}", param,
+                        "missing_required_parameter")
+
+
+def check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(f"'messages' must be a non-empty array of messages, e.g. [{{'role': "
+                           f"'user', 'content': 'Hello'}}]; got {shown(messages)}.", "messages",
+                           "invalid_value")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise invalid_type(where, message, "an object with 'role' and 'content'")
+        role = message.get("role")
+        if role not in ROLES:
+            raise RequestError(f"Invalid value for '{where}.role': {shown(role)}. Supported "
+                               f"values are: {', '.join(map(repr, ROLES))}.", f"{where}.role",
+                               "invalid_value")
+        check_content(where, role, message)
+        if role == "tool" and not (isinstance(message.get("tool_call_id"), str)
+                                   and message["tool_call_id"]):
+            raise missing(f"{where}.tool_call_id", "A tool message answers one tool call: set "
+                          "'tool_call_id' to the 'id' of the assistant's tool call.")
+
+
+def check_content(where: str, role: str, message: dict[str, Any]) -> None:
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and message.get("tool_calls"):
+            return  # a turn that only calls tools
+        raise missing(f"{where}.content", "Give the message a 'content' string (or an array "
+                      "of content parts).")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            at = f"{where}.content[{j}]"
+            if not isinstance(part, dict):
+                raise invalid_type(at, part, "a content part object, e.g. {'type': 'text', "
+                                   "'text': '...'}")
+            if part.get("type") not in PART_TYPES:  # a part no backend reads would be dropped
+                raise RequestError(f"Invalid value for '{at}.type': {shown(part.get('type'))}. "
+                                   f"Supported values are: {', '.join(map(repr, PART_TYPES))}.",
+                                   f"{at}.type", "invalid_value")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise missing(f"{at}.text", "A text part carries its text as a string: "
+                              "{'type': 'text', 'text': '...'}.")
+    elif not isinstance(content, str):
+        raise invalid_type(f"{where}.content", content, "a string or an array of content parts")
+
+
+def check_int(body: dict[str, Any], name: str, minimum: int | None = None) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid_type(name, value, "an integer")
+    if minimum is not None and value < minimum:
+        raise RequestError(f"Invalid '{name}': integer below minimum value. Expected a value "
+                           f">= {minimum}, but got {value} instead.", name,
+                           "integer_below_min_value")
+
+
+def check_number(body: dict[str, Any], name: str, low: float, high: float,
+                 low_inclusive: bool = True) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    # JSON parsing accepts NaN and Infinity, which no range check would catch.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise invalid_type(name, value, f"a decimal between {low} and {high}")
+    if value < low or (value == low and not low_inclusive):
+        bound = f">= {low}" if low_inclusive else f"> {low}"
+        raise RequestError(f"Invalid '{name}': decimal below minimum value. Expected a value "
+                           f"{bound}, but got {value} instead.", name, "decimal_below_min_value")
+    if value > high:
+        raise RequestError(f"Invalid '{name}': decimal above maximum value. Expected a value "
+                           f"<= {high}, but got {value} instead.", name, "decimal_above_max_value")
+
+
+def check_sampling(body: dict[str, Any]) -> None:
+    """The scalar fields: token limits, sampling, n, stop, seed, stream."""
+    check_int(body, "max_tokens", 1)
+    check_int(body, "max_completion_tokens", 1)
+    check_number(body, "temperature", 0, 2)
+    check_number(body, "top_p", 0, 1, low_inclusive=False)
+    check_int(body, "n")
+    if body.get("n", 1) not in (None, 1):
+        raise RequestError(f"Invalid 'n': this server generates one choice per request, got "
+                           f"{body['n']}. Leave 'n' unset or set it to 1 (send n requests for n "
+                           "answers).", "n", "unsupported_value")
+    check_int(body, "seed")
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise invalid_type("stop", stop, "a string or an array of up to 4 strings")
+        if len(stop) > 4:
+            raise RequestError(f"Invalid 'stop': array too long. Expected an array with maximum "
+                               f"length 4, but got an array with length {len(stop)} instead.",
+                               "stop", "array_above_max_length")
+    for name, expected in (("stream", bool), ("stream_options", dict),
+                           ("chat_template_kwargs", dict)):
+        value = body.get(name)
+        if value is not None and not isinstance(value, expected):
+            raise invalid_type(name, value, "a boolean" if expected is bool else "an object")
+
+
+def check_tools(tools: Any, choice: Any) -> str | None:
+    """Checks ``tools`` and ``tool_choice``; returns the choice as :class:`ChatRequest` takes it
+    (``"auto"``, ``"none"``, ``"required"`` or the name of the tool to force)."""
+    if tools is not None and not isinstance(tools, list):
+        raise invalid_type("tools", tools, "an array of tools")
+    for i, tool in enumerate(tools or []):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function" or not isinstance(tool.get("function"), dict):
+            raise RequestError(f"Invalid 'tools[{i}]': {shown(tool)} is not a function tool. "
+                               "Write it as {'type': 'function', 'function': {'name': ..., "
+                               "'parameters': {...}}}.", f"tools[{i}]", "invalid_value")
+        try:
+            check_tool(i, tool)
+        except ConfigurationError as exc:
+            raise RequestError(str(exc), f"tools[{i}].function", "invalid_value") from None
+        if tool["function"].get("parameters") is not None:
+            check_json_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
+    names = [t["function"]["name"] for t in tools or []]
+    forms = "'none', 'auto', 'required' or {'type': 'function', 'function': {'name': ...}}"
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise RequestError(f"Invalid 'tool_choice': {shown(choice)}. Use {forms}.",
+                               "tool_choice", "invalid_value")
+        if name not in names:
+            raise RequestError(f"Invalid 'tool_choice': it names the tool {name!r}, which is not "
+                               f"in 'tools' ({names}). Name one of those tools, or add it.",
+                               "tool_choice.function.name", "invalid_value")
+        return name
+    if choice not in (None, "none", "auto", "required"):
+        raise RequestError(f"Invalid value for 'tool_choice': {shown(choice)}. Supported values "
+                           f"are: {forms}.", "tool_choice", "invalid_value")
+    if choice == "required" and not names:
+        raise RequestError("Invalid 'tool_choice': 'required' needs tools, and 'tools' is "
+                           "empty. Send the tools, or leave tool_choice unset.", "tool_choice",
+                           "invalid_value")
+    return choice
+
+
+def check_response_format(response_format: Any) -> None:
+    if response_format is None:
+        return
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in RESPONSE_FORMAT_TYPES:
+        bad = kind if isinstance(response_format, dict) else response_format
+        raise RequestError(
+            f"Invalid value for 'response_format.type': {shown(bad)}. Supported values are: "
+            f"{', '.join(map(repr, RESPONSE_FORMAT_TYPES))}, e.g. {{'type': 'json_schema', "
+            "'json_schema': {'name': ..., 'schema': {...}}}.", "response_format.type",
+            "invalid_value")
+    if kind != "json_schema":
+        return
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalid_type("response_format.json_schema", spec,
+                           "an object {'name': ..., 'schema': {...}}")
+    if spec.get("schema") is not None:
+        check_json_schema(spec["schema"], "response_format.json_schema.schema")
+
+
+def check_json_schema(schema: Any, param: str) -> None:
+    """A valid Draft 2020-12 JSON Schema whose every ``$ref`` resolves within itself: a bad one
+    would otherwise fail deep inside grammar compilation, as a 500."""
+    if not isinstance(schema, dict):
+        raise invalid_type(param, schema, "a JSON Schema object")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        bad_ref = next(unresolvable_refs(schema), None)
+    except jsonschema.SchemaError as exc:
+        raise RequestError(f"Invalid JSON Schema in '{param}': {exc.message} (at "
+                           f"{exc.json_path}). Fix the schema (JSON Schema Draft 2020-12).",
+                           param, "invalid_json_schema") from None
+    except RecursionError:
+        raise RequestError(f"Invalid JSON Schema in '{param}': it is nested too deeply. Use "
+                           "'$defs' and '$ref' for recursive shapes.", param,
+                           "invalid_json_schema") from None
+    if bad_ref is not None:
+        raise RequestError(f"Invalid JSON Schema in '{param}': the reference {bad_ref!r} does "
+                           "not resolve. Point '$ref' at a definition the schema contains (e.g. "
+                           "'#/$defs/Name' with 'Name' under '$defs'); other documents are not "
+                           "fetched.", param, "invalid_json_schema")
+
+
+#: Keywords whose values are data, not subschemas: a "$ref" inside them is no reference.
+DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def unresolvable_refs(schema: dict[str, Any]) -> Any:
+    """Each ``$ref`` of ``schema`` that does not resolve, looked up as a validator would (from
+    the base URI its enclosing ``$id`` sets); no document is fetched."""
+    resource = DRAFT202012.create_resource(schema)
+    registry: Any = referencing.Registry().with_resource(resource.id() or "", resource)
+
+    def walk(node: Any, resolver: Any) -> Any:
+        if isinstance(node, list):
+            for item in node:
+                yield from walk(item, resolver)
+            return
+        if not isinstance(node, dict):
+            return
+        if isinstance(node.get("$id"), str):
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                yield ref
+        for key, value in node.items():
+            if key not in DATA_KEYWORDS:
+                yield from walk(value, resolver)
+
+    yield from walk(schema, registry.resolver(base_uri=resource.id() or ""))
 
 
 def model_card(backend: Backend) -> dict[str, Any]:
@@ -317,8 +696,9 @@ def error_body(exc: Exception) -> tuple[int, dict[str, Any]]:
             status = 500
     type_ = "invalid_request_error" if 400 <= status < 500 else "server_error"
     message = str(exc) or type(exc).__name__
+    code = exc.code if isinstance(exc, RequestError) else type(exc).__name__
     return status, {"error": {"message": message, "type": type_,
-                              "param": getattr(exc, "param", None), "code": type(exc).__name__}}
+                              "param": getattr(exc, "param", None), "code": code}}
 
 
 def error_json(exc: Exception) -> JSONResponse:
@@ -326,4 +706,4 @@ def error_json(exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-__all__ = ["API_KEY_ENV", "create_app", "serve"]
+__all__ = ["API_KEY_ENV", "DEFAULT_MAX_REQUEST_BYTES", "RequestError", "create_app", "serve"]
