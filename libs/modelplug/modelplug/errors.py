@@ -18,6 +18,7 @@ AuthenticationError            PermissionError                  no
 RateLimitError                 --                               yes
 ProviderUnavailableError       ConnectionError                  yes
   ProviderTimeoutError         ConnectionError, TimeoutError    yes
+  ServerBusyError              ConnectionError                  yes
 BadRequestError                ValueError                       no
   ContextOverflowError         ValueError                       yes [2]_
 RefusalError                   --                               no
@@ -126,6 +127,13 @@ class ProviderUnavailableError(ProviderError, ConnectionError):
 
 class ProviderTimeoutError(ProviderUnavailableError, TimeoutError):
     """The provider did not answer within the configured ``timeout``."""
+
+
+class ServerBusyError(ProviderUnavailableError):
+    """An in-process model's request queue is full (its ``max_queue``): back-pressure, served as
+    HTTP 503 by ``modelplug serve``. Retry later, or let a fallback set try another model."""
+
+    status_code = 503
 
 
 class BadRequestError(ProviderError, ValueError):

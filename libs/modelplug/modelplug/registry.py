@@ -28,9 +28,11 @@ Kind = Literal["cloud", "local-server", "in-process"]
 NETWORK_KWARGS = frozenset({"api_key", "base_url", "timeout", "max_retries", "default_headers",
                             "model_kwargs"})
 LLAMACPP_KWARGS = frozenset({"model_path", "n_ctx", "n_gpu_layers", "n_threads", "n_batch",
-                             "chat_format", "chat_handler", "verbose", "model_kwargs"})
+                             "chat_format", "chat_handler", "verbose", "model_kwargs",
+                             "n_parallel", "max_queue", "queue_timeout"})
 HF_KWARGS = frozenset({"model_kwargs", "device", "torch_dtype", "allow_download",
-                       "trust_remote_code", "tool_call_format"})
+                       "trust_remote_code", "tool_call_format", "max_batch", "kv_cache_tokens",
+                       "max_queue", "queue_timeout", "continuous_batching"})
 
 
 @dataclass(frozen=True)

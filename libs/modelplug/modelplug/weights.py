@@ -3,8 +3,10 @@
 Every adapter that names the same model with the same load settings gets the same loaded object,
 so two chat models, an embeddings object and a LlamaIndex LLM share one copy of the weights.
 Each entry carries a lock: in-process runtimes (llama.cpp contexts, generate() on one model) are
-not safe to drive from two threads at once, so calls on one model take turns. Objects built over
-a model (llama.cpp's embedding context) are the entry's companions and are dropped with it.
+not safe to drive from two threads at once, so calls that drive the model directly take turns.
+Models that batch concurrent callers do so through a scheduler (:mod:`modelplug.scheduling`),
+which owns its own runtime and needs no lock per call. Objects built over a model (a scheduler,
+llama.cpp's embedding context) are the entry's companions and are dropped with it.
 """
 
 from __future__ import annotations
@@ -59,15 +61,24 @@ class LoadedModel:
     #: Held while loading and for every call that drives the model.
     lock: ModelLock = field(init=False)
     companions: dict[str, Any] = field(default_factory=dict)
+    _companions_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.lock = ModelLock(self.key)
 
     def companion(self, name: str, build: Callable[[], Any]) -> Any:
-        """An object built once over this model (and unloaded with it); call under the lock."""
-        if name not in self.companions:
-            self.companions[name] = build()
-        return self.companions[name]
+        """An object built once over this model (and unloaded with it), from any thread."""
+        with self._companions_lock:
+            if name not in self.companions:
+                self.companions[name] = build()
+            return self.companions[name]
+
+    def retire(self) -> None:
+        """Stop this entry's schedulers: requests already queued finish, new ones are refused."""
+        for companion in list(self.companions.values()):
+            retire = getattr(companion, "retire", None)
+            if retire is not None:
+                retire()
 
 
 _entries: dict[Hashable, LoadedModel] = {}
@@ -105,9 +116,17 @@ def unload(key: Hashable | None = None) -> int:
     """
     with _entries_lock:
         keys = list(_entries) if key is None else [key] if key in _entries else []
-        for k in keys:
-            del _entries[k]
+        dropped = [_entries.pop(k) for k in keys]
+    for entry in dropped:
+        entry.retire()
     return len(keys)
+
+
+def peek(key: Hashable) -> LoadedModel | None:
+    """The loaded entry for ``key`` if there is one (never loads)."""
+    with _entries_lock:
+        entry = _entries.get(key)
+    return entry if entry is not None and entry.model is not None else None
 
 
 def loaded_keys() -> list[Hashable]:

@@ -47,6 +47,12 @@ class Backend:
         """Ask the running server what the model can do, so profile() can tell. Network allowed:
         called before the first request and by ``modelplug list``, never at construction."""
 
+    def serving_stats(self) -> dict[str, Any] | None:
+        """For in-process models that batch concurrent requests: what their scheduler holds now
+        (running, waiting, capacity; see :meth:`modelplug.scheduling.Scheduler.stats`), or None
+        when nothing is loaded or the backend does not schedule."""
+        return None
+
     def check(self, request: ChatRequest) -> None:
         """Refuse, before anything is sent, a request that cannot work as given
         (:class:`ConfigurationError`: the caller must fix it, so a fallback set raises it at once)

@@ -12,18 +12,22 @@ loaded weights (one ``llama_model``), so chat and embeddings share one copy of t
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
+import random
 import struct
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from modelplug.backends import tooling
 from modelplug.backends.base import Backend, collect_stream
+from modelplug.backends.llamacpp_engine import DEFAULT_N_PARALLEL
 from modelplug.errors import ConfigurationError, ContextOverflowError, ModelNotFoundError
 from modelplug.local import packaged_model_path
 from modelplug.profile import GGUFInfo, Profile, read_gguf_info
+from modelplug.scheduling import DEFAULT_MAX_QUEUE, Scheduler, Ticket
 from modelplug.types import (
     ChatChunk,
     ChatRequest,
@@ -32,7 +36,7 @@ from modelplug.types import (
     ToolCallDelta,
     Usage,
 )
-from modelplug.weights import LoadedModel, get_or_load
+from modelplug.weights import LoadedModel, get_or_load, peek
 
 #: Default context size when n_ctx is not given: the model's trained length, capped here because
 #: the KV cache is allocated up front (n_ctx=... raises the cap up to the trained length).
@@ -112,7 +116,16 @@ class LlamaCppBackend(Backend):
         extra = tuple(sorted((k, repr(v)) for k, v in (s.get("model_kwargs") or {}).items()))
         return ("llamacpp", str(self.model_path.resolve()), self.n_ctx, s.get("n_gpu_layers", 0),
                 s.get("n_threads"), s.get("n_batch"), s.get("chat_format"),
-                id(s.get("chat_handler")), extra)
+                id(s.get("chat_handler")), extra, self._n_parallel(),
+                s.get("max_queue", DEFAULT_MAX_QUEUE), s.get("queue_timeout", 0.0))
+
+    def _n_parallel(self) -> int:
+        wanted = self.settings.get("n_parallel", DEFAULT_N_PARALLEL)
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            raise ConfigurationError(
+                f"n_parallel must be a positive int (sequences decoded together); got "
+                f"{wanted!r}.")
+        return wanted
 
     def _loaded(self) -> LoadedModel:
         return get_or_load(self._load_key(), self._load)
@@ -123,9 +136,31 @@ class LlamaCppBackend(Backend):
         s = self.settings
         kwargs = {k: s[k] for k in ("n_gpu_layers", "n_threads", "n_batch", "chat_format",
                                     "chat_handler") if k in s}
-        return Llama(model_path=str(self.model_path), n_ctx=self.n_ctx,
+        # Scheduled models generate in the scheduler's own batched context, so the Llama's
+        # context only backs tokenization and the embedding context: keep it one batch long.
+        n_ctx = self.n_ctx if self._delegates else min(self.n_ctx, s.get("n_batch", 512))
+        return Llama(model_path=str(self.model_path), n_ctx=n_ctx,
                      verbose=s.get("verbose", False), **kwargs, **extra,
                      **(s.get("model_kwargs") or {}))
+
+    def _scheduler(self, loaded: LoadedModel) -> Scheduler:
+        """The loaded model's scheduler: one batched context, every caller's requests in it."""
+        from modelplug.backends.llamacpp_engine import LlamaEngine
+
+        def build() -> Scheduler:
+            s = self.settings
+            engine = LlamaEngine(loaded.model, n_ctx=self.n_ctx, n_parallel=self._n_parallel(),
+                                 n_threads=s.get("n_threads"), n_batch=s.get("n_batch", 512))
+            return Scheduler(engine, name=f"'{self.ref}'",
+                             max_queue=s.get("max_queue", DEFAULT_MAX_QUEUE),
+                             queue_timeout=s.get("queue_timeout", 0.0))
+
+        return loaded.companion("scheduler", build)
+
+    def serving_stats(self) -> dict[str, Any] | None:
+        loaded = peek(self._load_key())
+        scheduler = loaded.companions.get("scheduler") if loaded is not None else None
+        return scheduler.stats() if scheduler is not None else None
 
     @property
     def _delegates(self) -> bool:
@@ -149,6 +184,12 @@ class LlamaCppBackend(Backend):
 
     # -- calls --------------------------------------------------------------------------------
 
+    # Chat and completion requests go through the model's scheduler (see llamacpp_engine): each
+    # is prepared in the caller's thread (template, tokens, sampler, grammar), then decoded in one
+    # batch with every other caller's. Only the delegated path (llama-cpp-python's own chat
+    # handlers: vision projectors, named chat formats) keeps the model's lock: those handlers
+    # evaluate the prompt into the Llama's single context themselves.
+
     def chat(self, request: ChatRequest) -> ChatResponse:
         return collect_stream(self.stream(request))
 
@@ -156,23 +197,119 @@ class LlamaCppBackend(Backend):
         self.check(request)
         sampling = self._sampling(request)
         loaded = self._loaded()
-        with loaded.lock:
-            llm = loaded.model
-            if self._delegates:
-                yield from self._delegate_stream(llm, request, sampling)
-            elif tooling.constrained(request):
-                yield self._tool_turn(llm, request, sampling)
-            else:
-                tokens = self._chat_tokens(llm, request, with_tools=False)
-                yield from self._generate(llm, tokens, request, _grammar(request), sampling)
+        if self._delegates:
+            with loaded.lock:
+                yield from self._delegate_stream(loaded.model, request, sampling)
+            return
+        ticket = self._submit(loaded, self._chat_job(loaded.model, request, sampling))
+        if tooling.constrained(request):
+            yield _tool_chunk(collect_stream(iter(ticket)))
+        else:
+            yield from ticket
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        if self._delegates:
+            async for chunk in super().astream(request):
+                yield chunk
+            return
+        ticket = await self._asubmit(lambda loaded: self._chat_job(
+            loaded.model, request, self._sampling(request)), request)
+        if tooling.constrained(request):
+            yield _tool_chunk(await _acollect(ticket))
+        else:
+            async for chunk in ticket:
+                yield chunk
+
+    async def achat(self, request: ChatRequest) -> ChatResponse:
+        return await _acollect(self.astream(request))
+
+    def batch(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        """Every request decoded together (submitted at once, collected in order)."""
+        if self._delegates:
+            return super().batch(requests)
+        for request in requests:
+            self.check(request)
+        loaded = self._loaded()
+        tickets = [self._submit(loaded, self._chat_job(loaded.model, r, self._sampling(r)))
+                   for r in requests]
+        return [_tool_response(collect_stream(iter(t))) if tooling.constrained(r)
+                else collect_stream(iter(t)) for t, r in zip(tickets, requests, strict=True)]
 
     def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
         sampling = self._sampling(request)
         loaded = self._loaded()
-        with loaded.lock:
-            llm = loaded.model
-            tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
-            yield from self._generate(llm, tokens, request, None, sampling)
+        if self._delegates:
+            with loaded.lock:
+                llm = loaded.model
+                tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
+                yield from self._generate(llm, tokens, request, None, sampling)
+            return
+        yield from self._submit(loaded, self._completion_job(loaded.model, request, sampling))
+
+    async def astream_complete(self, request: CompletionRequest) -> AsyncIterator[ChatChunk]:
+        if self._delegates:
+            async for chunk in super().astream_complete(request):
+                yield chunk
+            return
+        ticket = await self._asubmit(lambda loaded: self._completion_job(
+            loaded.model, request, self._sampling(request)))
+        async for chunk in ticket:
+            yield chunk
+
+    async def acomplete(self, request: CompletionRequest) -> ChatResponse:
+        return await _acollect(self.astream_complete(request))
+
+    def _submit(self, loaded: LoadedModel, job: Any,
+                loop: asyncio.AbstractEventLoop | None = None) -> Ticket:
+        return self._scheduler(loaded).submit(job, loop)
+
+    async def _asubmit(self, make_job: Any, request: ChatRequest | None = None) -> Ticket:
+        """Load, prepare and queue off the event loop (loading and long prompts take time; a
+        full queue may wait ``queue_timeout``); the ticket then delivers on this loop."""
+        loop = asyncio.get_running_loop()
+
+        def prepare() -> Ticket:
+            if request is not None:
+                self.check(request)
+            loaded = self._loaded()
+            return self._submit(loaded, make_job(loaded), loop)
+
+        return await asyncio.to_thread(prepare)
+
+    def _chat_job(self, llm: Any, request: ChatRequest, sampling: dict[str, Any]) -> Any:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        with_tools = tooling.constrained(request)
+        tokens = self._chat_tokens(llm, request, with_tools=with_tools)
+        grammar = LlamaGrammar.from_json_schema(json.dumps(tooling.output_schema(request)),
+                                                verbose=False) if with_tools \
+            else _grammar(request)
+        return self._job(llm, tokens, request, grammar, sampling)
+
+    def _completion_job(self, llm: Any, request: CompletionRequest,
+                        sampling: dict[str, Any]) -> Any:
+        tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
+        return self._job(llm, tokens, request, None, sampling)
+
+    def _job(self, llm: Any, tokens: list[int], request: ChatRequest | CompletionRequest,
+             grammar: Any, sampling: dict[str, Any]) -> Any:
+        from modelplug.backends.llamacpp_engine import LlamaJob
+
+        return LlamaJob(tokens=tokens, max_new=self._max_new(tokens, request),
+                        sampler=_sampler(llm, grammar, request.seed, sampling),
+                        stops=request.stop or [], model=self.ref.model_id)
+
+    def _max_new(self, prompt_tokens: list[int], request: ChatRequest | CompletionRequest) -> int:
+        """The request's output budget, within the context window (a prompt that fills the
+        window is a ContextOverflowError, raised before anything is queued)."""
+        n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
+        if len(prompt_tokens) >= n_ctx:
+            raise ContextOverflowError(
+                f"The prompt has {len(prompt_tokens)} tokens but the context window of "
+                f"'{self.ref}' is {n_ctx}. Shorten the conversation or load with a larger n_ctx.",
+                provider=self.spec.key)
+        budget = n_ctx - len(prompt_tokens)
+        return min(request.max_tokens, budget) if request.max_tokens else budget
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised embeddings, computed on the chat model's loaded weights."""
@@ -189,36 +326,13 @@ class LlamaCppBackend(Backend):
             sampling["top_p"] = request.top_p
         return sampling
 
-    def _tool_turn(self, llm: Any, request: ChatRequest, sampling: dict[str, Any]) -> ChatChunk:
-        """One constrained turn: a tool call or a plain answer, parsed whole (so one chunk)."""
-        from llama_cpp.llama_grammar import LlamaGrammar
-
-        tokens = self._chat_tokens(llm, request, with_tools=True)
-        grammar = LlamaGrammar.from_json_schema(json.dumps(tooling.output_schema(request)),
-                                                verbose=False)
-        raw = collect_stream(self._generate(llm, tokens, request, grammar, sampling))
-        text, calls = tooling.parse_output(raw.text)
-        return ChatChunk(
-            text=text,
-            tool_calls=[ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.raw_arguments)
-                        for i, c in enumerate(calls)],
-            usage=raw.usage, model=raw.model,
-            finish_reason="tool_calls" if calls else raw.finish_reason,
-        )
-
     def _generate(self, llm: Any, prompt_tokens: list[int],
                   request: ChatRequest | CompletionRequest, grammar: Any,
                   sampling: dict[str, Any]) -> Iterator[ChatChunk]:
+        """The Llama's own generate loop: raw completion on a delegated (chat_format) load."""
         import llama_cpp
 
-        n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
-        if len(prompt_tokens) >= n_ctx:
-            raise ContextOverflowError(
-                f"The prompt has {len(prompt_tokens)} tokens but the context window of "
-                f"'{self.ref}' is {n_ctx}. Shorten the conversation or load with a larger n_ctx.",
-                provider=self.spec.key)
-        budget = n_ctx - len(prompt_tokens)
-        max_tokens = min(request.max_tokens, budget) if request.max_tokens else budget
+        max_tokens = self._max_new(prompt_tokens, request)
         if request.seed is not None:
             llm.set_seed(request.seed)
         stops = StopScanner(request.stop or [])
@@ -366,6 +480,68 @@ class StopScanner:
     def flush(self, text: str = "") -> str:
         out, self.pending = self.pending + text, ""
         return out
+
+
+def _sampler(llm: Any, grammar: Any, seed: int | None, sampling: dict[str, Any]) -> Any:
+    """One request's own sampler chain, in the order ``Llama.generate`` builds it (penalties,
+    grammar, then greedy or top-k/typical/top-p/min-p/temperature and a seeded draw), so an
+    answer is the one the Llama's own loop would give."""
+    from llama_cpp import _internals
+
+    opts = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "typical_p": 1.0, "temp": 0.8,
+            "repeat_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+            "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1, **sampling}
+    chain = _internals.LlamaSampler()
+    chain.add_penalties(llm.n_vocab(), llm.last_n_tokens_size, opts["repeat_penalty"],
+                        opts["frequency_penalty"], opts["presence_penalty"])
+    if grammar is not None:
+        import llama_cpp
+
+        native = llama_cpp.llama_sampler_init_grammar(
+            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+        if not native:  # llama.cpp refused the grammar: this request fails, alone and at once
+            raise ConfigurationError(
+                "llama.cpp could not compile the grammar for this request's JSON schema or "
+                "tools. Simplify the schema (see the structured-output docs) or use a model "
+                "on another backend.")
+        llama_cpp.llama_sampler_chain_add(chain.sampler, native)
+    seed = seed if seed is not None else random.getrandbits(32)
+    temp = opts["temp"]
+    if temp == 0:
+        chain.add_greedy()
+    elif opts["mirostat_mode"] == 1:
+        chain.add_mirostat(llm.n_vocab(), seed, opts["mirostat_tau"], opts["mirostat_eta"], 100)
+    elif opts["mirostat_mode"] == 2:
+        chain.add_mirostat_v2(seed, opts["mirostat_tau"], opts["mirostat_eta"])
+    else:
+        if temp > 0:
+            chain.add_top_k(opts["top_k"])
+            chain.add_typical(opts["typical_p"], 1)
+            chain.add_top_p(opts["top_p"], 1)
+            chain.add_min_p(opts["min_p"], 1)
+            chain.add_temp(temp)
+        chain.add_dist(seed)
+    return chain
+
+
+def _tool_chunk(raw: ChatResponse) -> ChatChunk:
+    """A constrained turn's whole output as one chunk: a tool call or a plain answer."""
+    text, calls = tooling.parse_output(raw.text)
+    return ChatChunk(
+        text=text,
+        tool_calls=[ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.raw_arguments)
+                    for i, c in enumerate(calls)],
+        usage=raw.usage, model=raw.model,
+        finish_reason="tool_calls" if calls else raw.finish_reason,
+    )
+
+
+def _tool_response(raw: ChatResponse) -> ChatResponse:
+    return collect_stream(iter([_tool_chunk(raw)]))
+
+
+async def _acollect(chunks: AsyncIterator[ChatChunk]) -> ChatResponse:
+    return collect_stream(iter([c async for c in chunks]))
 
 
 def _grammar(request: ChatRequest) -> Any:

@@ -1,0 +1,274 @@
+"""llama.cpp continuous batching: many sequences in one ``llama_batch`` over one context.
+
+As llama.cpp's own server and ``batched`` example do: one context whose KV cache holds up to
+``n_parallel`` sequences (one sequence id per slot, a unified cache of ``n_ctx`` cells shared by
+all of them), each request with its own sampler chain (temperature, top-k/p, seed, penalties,
+grammar). Each step evaluates, in one ``llama_decode``, the newest token of every decoding
+sequence and prompt chunks of newly admitted ones (decoders first, so prompts never stall
+running streams), then samples every sequence from its own row of logits.
+
+Prefix reuse: a finished sequence leaves its tokens in its slot's cache. A new request takes the
+free slot whose cache shares the longest prefix with its prompt and evaluates only the rest, so a
+chat's next turn (the whole conversation re-sent) starts without re-reading the conversation.
+
+Room: idle caches are evicted, least recently used first, when cells are needed. If the running
+sequences themselves outgrow the cache, the newest is preempted (its cells freed) and evaluated
+again later from its own tokens, its sampler state kept, so no request fails for another's sake.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelplug.scheduling import Ticket
+from modelplug.types import ChatChunk, Usage
+
+#: Sequences decoded together unless ``n_parallel=`` says otherwise.
+DEFAULT_N_PARALLEL = 8
+
+
+@dataclass
+class LlamaJob:
+    """One request as the engine runs it, built in the caller's thread (so a bad prompt or
+    grammar fails there, before it is queued)."""
+
+    tokens: list[int]
+    max_new: int
+    #: The request's own ``LlamaSampler`` chain (grammar, penalties, temperature, seed).
+    sampler: Any
+    stops: list[str]
+    model: str
+
+
+@dataclass
+class _Slot:
+    seq: int
+    #: Tokens whose keys and values this slot's sequence holds in the cache, in order.
+    cached: list[int] = field(default_factory=list)
+    ticket: Ticket | None = None
+    last_used: float = 0.0
+
+
+@dataclass
+class _Run:
+    """A running request: its slot, every token it has (prompt, then generated), and how many
+    of them the cache holds."""
+
+    slot: _Slot
+    tokens: list[int]
+    order: int
+    prompt_len: int
+    reused: int
+    decoder: Any
+    scanner: Any
+    n_out: int = 0
+
+
+class LlamaEngine:
+    """The :class:`~modelplug.scheduling.Engine` of one loaded GGUF model (see module doc)."""
+
+    def __init__(self, llm: Any, *, n_ctx: int, n_parallel: int, n_threads: int | None,
+                 n_batch: int, unified: bool = True) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self.llm, self.vocab = llm, llm._model.vocab
+        self.capacity = min(n_parallel, llama_cpp.llama_max_parallel_sequences())
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx, self.capacity, unified
+        params.n_batch = params.n_ubatch = n_batch
+        params.embeddings = False
+        # Every core for one decode: llama-cpp-python's default (half the cores for single
+        # sequences) runs at about half llama-server's speed.
+        params.n_threads = params.n_threads_batch = n_threads or _cores()
+        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.cells, self.n_batch = self.ctx.n_ctx(), n_batch
+        self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.slots = [_Slot(seq) for seq in range(self.capacity)]
+        self._order = itertools.count()
+
+    # -- the Engine protocol -------------------------------------------------------------------
+
+    def admit(self, ticket: Ticket, running: list[Ticket]) -> bool:
+        from modelplug.backends.llamacpp import StopScanner
+
+        job: LlamaJob = ticket.job
+        free = [s for s in self.slots if s.ticket is None]
+        if not free:
+            return False
+        # The longest cached prefix wins; among equals the least recently used slot, so recent
+        # conversations keep their caches.
+        slot = max(free, key=lambda s: (_common(s.cached, job.tokens), -s.last_used))
+        # At least one prompt token is evaluated: its logits give the first new token.
+        keep = min(_common(slot.cached, job.tokens), len(job.tokens) - 1)
+        self._trim(slot, keep)
+        if self._free() < len(job.tokens) - keep:
+            self._evict_idle(len(job.tokens) - keep - self._free(), keep_slot=slot)
+            if self._free() < len(job.tokens) - keep and running:
+                return False  # wait for running requests to finish
+        slot.ticket = ticket
+        ticket.state = _Run(slot=slot, tokens=list(job.tokens), order=next(self._order),
+                            prompt_len=len(job.tokens), reused=keep,
+                            decoder=codecs.getincrementaldecoder("utf-8")(errors="replace"),
+                            scanner=StopScanner(job.stops))
+        return True
+
+    def step(self, running: list[Ticket]) -> list[Ticket]:
+        import llama_cpp
+
+        plan = self._plan(running)
+        while not plan:  # prompts half-read and the cache full: the newest starts over later
+            self._preempt(max((t.state for t in running if t.state.slot.cached),
+                              key=lambda r: r.order))
+            plan = self._plan(running)
+        while True:
+            self.batch.reset()
+            rows: list[tuple[Ticket, int, int | None]] = []
+            for ticket, n in plan:
+                run: _Run = ticket.state
+                start = len(run.slot.cached)
+                last = start + n == len(run.tokens)
+                index = self.batch.batch.n_tokens + n - 1 if last else None
+                self._add(run.tokens[start:start + n], start, run.slot.seq, last)
+                rows.append((ticket, n, index))
+            code = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
+            if code == 0:
+                break
+            if code != 1 or len(plan) == 1:
+                raise RuntimeError(f"llama_decode failed (code {code}) on {len(plan)} "
+                                   "sequence(s)")
+            # No room in the cache for this batch: the newest request gives way and goes on later.
+            newest = max((t for t, _ in plan), key=lambda t: t.state.order)
+            self._preempt(newest.state)
+            plan = [(t, n) for t, n in plan if t is not newest]
+        done = []
+        for ticket, n, index in rows:
+            run = ticket.state
+            run.slot.cached.extend(run.tokens[len(run.slot.cached):len(run.slot.cached) + n])
+            if index is not None and self._sample(ticket, run, index):
+                done.append(ticket)
+        return done
+
+    def release(self, ticket: Ticket) -> None:
+        run = ticket.state
+        if isinstance(run, _Run) and run.slot.ticket is ticket:
+            run.slot.ticket, run.slot.last_used = None, time.monotonic()
+        ticket.state = None
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def _plan(self, running: list[Ticket]) -> list[tuple[Ticket, int]]:
+        """How many tokens of each request this step evaluates: one for each decoding request,
+        then prompt chunks (oldest request first) as far as the batch and the cache allow."""
+        decoding = [t for t in running if len(t.state.tokens) - len(t.state.slot.cached) == 1]
+        prefilling = sorted((t for t in running if t not in decoding), key=lambda t: t.state.order)
+        if self._free() < len(decoding):
+            self._evict_idle(len(decoding) - self._free())
+        while self._free() < len(decoding):  # the running requests outgrew the cache
+            newest = max(decoding, key=lambda t: t.state.order)
+            decoding.remove(newest)
+            self._preempt(newest.state)
+            prefilling.append(newest)
+        plan = [(t, 1) for t in decoding]
+        budget, room = self.n_batch - len(decoding), self._free() - len(decoding)
+        for ticket in prefilling:
+            run = ticket.state
+            todo = len(run.tokens) - len(run.slot.cached)
+            if todo > room:
+                self._evict_idle(todo - room)
+                room = self._free() - sum(n for _, n in plan)
+            n = min(todo, budget, room)
+            if n <= 0:
+                continue
+            plan.append((ticket, n))
+            budget, room = budget - n, room - n
+        return plan
+
+    def _free(self) -> int:
+        return self.cells - sum(len(s.cached) for s in self.slots)
+
+    def _evict_idle(self, needed: int, keep_slot: _Slot | None = None) -> None:
+        idle = sorted((s for s in self.slots
+                       if s.ticket is None and s.cached and s is not keep_slot),
+                      key=lambda s: s.last_used)
+        freed = 0
+        for slot in idle:
+            if freed >= needed:
+                return
+            freed += len(slot.cached)
+            self._trim(slot, 0)
+
+    def _preempt(self, run: _Run) -> None:
+        self._trim(run.slot, 0)  # its tokens stay with the run: they are evaluated again
+
+    def _trim(self, slot: _Slot, keep: int) -> None:
+        if len(slot.cached) > keep:
+            self.ctx.kv_cache_seq_rm(slot.seq, keep, -1)
+            del slot.cached[keep:]
+
+    def _add(self, tokens: list[int], start: int, seq: int, logits_last: bool) -> None:
+        batch, n0 = self.batch.batch, self.batch.batch.n_tokens
+        for i, token in enumerate(tokens):
+            batch.token[n0 + i] = token
+            batch.pos[n0 + i] = start + i
+            batch.n_seq_id[n0 + i] = 1
+            batch.seq_id[n0 + i][0] = seq
+            batch.logits[n0 + i] = False
+        if logits_last:
+            batch.logits[n0 + len(tokens) - 1] = True
+        batch.n_tokens = n0 + len(tokens)
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def _sample(self, ticket: Ticket, run: _Run, index: int) -> bool:
+        """Sample the request's next token from batch row ``index``; True when it is finished."""
+        import llama_cpp
+
+        job: LlamaJob = ticket.job
+        token = job.sampler.sample(self.ctx, index)  # the chain also accepts it (grammar state)
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            return self._finish(ticket, run, "stop")
+        run.n_out += 1
+        piece = run.decoder.decode(self.llm.detokenize([token], special=False))
+        text, hit = run.scanner.feed(piece)
+        if text:
+            ticket.put(ChatChunk(text=text))
+        if hit:
+            return self._finish(ticket, run, "stop")
+        if run.n_out >= job.max_new:
+            return self._finish(ticket, run, "length")
+        run.tokens.append(token)
+        return False
+
+    def _finish(self, ticket: Ticket, run: _Run, reason: str) -> bool:
+        job: LlamaJob = ticket.job
+        tail = "" if run.scanner.hit else run.scanner.flush(run.decoder.decode(b"", final=True))
+        ticket.finish(ChatChunk(text=tail, finish_reason=reason, model=job.model,
+                                usage=Usage(input_tokens=run.prompt_len, output_tokens=run.n_out,
+                                            cache_read_tokens=run.reused)))
+        return True
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+__all__ = ["DEFAULT_N_PARALLEL", "LlamaEngine", "LlamaJob"]
