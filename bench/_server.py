@@ -110,12 +110,16 @@ def loopback_server() -> Iterator[str]:
             proc.kill()
 
 
-def refused_url() -> str:
-    """A loopback URL whose port was just free: connecting to it is refused at once."""
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for a server started by a script)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+        return sock.getsockname()[1]
+
+
+def refused_url() -> str:
+    """A loopback URL whose port was just free: connecting to it is refused at once."""
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 if __name__ == "__main__":
