@@ -64,7 +64,8 @@ def tokenizer(smollm2_hf_path: Path):
 
 
 class _CountingGenerate:
-    """Wraps the transformers model's own ``generate`` to count calls and batch rows."""
+    """Wraps the transformers model's own ``generate`` (the locked path: continuous batching
+    does not call it) to count calls and batch rows."""
 
     def __init__(self, llm: ChatModelPlug) -> None:
         self.model = llm.backend._loaded().model.model
@@ -213,19 +214,27 @@ def test_json_mode_returns_json(llm: ChatModelPlug) -> None:
         assert message.content.lstrip().startswith("{")
 
 
-def test_batch_of_8_equals_single_answers_in_one_generate(model_string: str) -> None:
+def test_batch_of_8_equals_single_answers_decoded_together(model_string: str) -> None:
     llm = ChatModelPlug(model=model_string, temperature=0, max_tokens=12)
     singles = [llm.invoke(p) for p in PROMPTS]
+    before = llm.backend.serving_stats()["completed"]
     with _CountingGenerate(llm) as counter:
         batched = llm.batch(PROMPTS)
-    assert counter.calls == [8]  # one generate call with 8 rows
+    assert counter.calls == []  # no plain generate: the continuous batch decoded all 8
+    assert llm.backend.serving_stats()["completed"] - before == 8
     assert [m.content for m in batched] == [m.content for m in singles]
     assert [m.usage_metadata for m in batched] == [m.usage_metadata for m in singles]
 
-    with _CountingGenerate(llm) as counter:
-        abatched = asyncio.run(llm.abatch(PROMPTS[:4]))
-    assert counter.calls == [4]
+    abatched = asyncio.run(llm.abatch(PROMPTS[:4]))
     assert [m.content for m in abatched] == [m.content for m in singles[:4]]
+
+    # Without continuous batching: one left-padded generate, the same greedy answers.
+    locked = ChatModelPlug(model=model_string, temperature=0, max_tokens=12,
+                           continuous_batching=False)
+    with _CountingGenerate(locked) as counter:
+        rows = locked.batch(PROMPTS[:4])
+    assert counter.calls == [4]
+    assert [m.content for m in rows] == [m.content for m in singles[:4]]
 
 
 def test_batch_with_tools_and_mixed_rows(model_string: str) -> None:
@@ -234,7 +243,7 @@ def test_batch_with_tools_and_mixed_rows(model_string: str) -> None:
     with _CountingGenerate(llm) as counter:
         messages = forced.batch(["What is the value of magic_function(3)?",
                                  "What is the value of magic_function(5)?"])
-    assert counter.calls == [2]
+    assert counter.calls == []  # grammar-constrained rows are batched too
     for message in messages:
         assert isinstance(message.tool_calls[0]["args"]["input"], int)
 
@@ -337,7 +346,7 @@ def test_generation_extras_reach_generate(model_string: str) -> None:
     greedy = backend.chat(ask(0)).text
     hot = [backend.chat(ask(1.5, seed)).text for seed in (1, 2, 3)]
     assert any(text != greedy for text in hot)  # hot sampling strays from the greedy answer...
-    # ...unless top_k=1 leaves one candidate per step. Different extras: separate generates.
+    # ...unless top_k=1 leaves one candidate per step; each row keeps its own settings and seed.
     batched = backend.batch([ask(1.5, 1, top_k=1), ask(1.5, 1)])
     assert batched[0].text == greedy and batched[1].text == hot[0]
 

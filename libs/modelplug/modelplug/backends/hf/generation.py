@@ -227,6 +227,43 @@ def finish(lm: HFModel, plan: Plan, ids: list[int], reason: str, model: str) -> 
         response.finish_reason = "tool_calls"
     return response
 
+class TextReader:
+    """One request's generated token ids in, its chunks out: incremental decoding, stop
+    sequences and (for streams) think-tag splitting. Both generation paths read with it."""
+
+    def __init__(self, lm: HFModel, plan: Plan, split: bool = True) -> None:
+        self.detok = Detokenizer(lm, plan.skip_special)
+        self.scanner = StopScanner(plan.stops)
+        self.splitter = ThinkTagSplitter(implicit_open=plan.implicit_open) \
+            if plan.think and split else None
+        #: The tokens read so far (end tokens excluded), up to and with a stop sequence's last.
+        self.ids: list[int] = []
+
+    def feed(self, token: int) -> tuple[ChatChunk | None, bool]:
+        """The text the token completes (None: none yet), and whether a stop sequence ended."""
+        self.ids.append(token)
+        text, hit = self.scanner.feed(self.detok.add(token))
+        return self._split(text), hit
+
+    def _split(self, text: str) -> ChatChunk | None:
+        reasoning = ""
+        if self.splitter is not None:
+            text, reasoning = self.splitter.feed(text)
+        return ChatChunk(text=text, reasoning=reasoning) if text or reasoning else None
+
+    def last(self, reason: str, model: str, prompt_tokens: int, output_tokens: int) -> ChatChunk:
+        """The stream's closing chunk: the held-back tail, finish reason and usage."""
+        tail = "" if self.scanner.hit else self.scanner.flush(self.detok.flush())
+        last = self._split(tail) or ChatChunk()
+        if self.splitter is not None:
+            rest_text, rest_reasoning = self.splitter.flush()
+            last.text += rest_text
+            last.reasoning += rest_reasoning
+        last.finish_reason, last.model = reason, model
+        last.usage = Usage(input_tokens=prompt_tokens, output_tokens=output_tokens)
+        return last
+
+
 def stream_plan(lm: HFModel, plan: Plan, model: str) -> Iterator[ChatChunk]:
     """Generate in a thread; decode, stop-scan and think-split token by token here."""
     streamer, cancel = TokenQueue(), threading.Event()
@@ -242,23 +279,13 @@ def stream_plan(lm: HFModel, plan: Plan, model: str) -> Iterator[ChatChunk]:
 
     worker = threading.Thread(target=run, name="modelplug-hf-generate", daemon=True)
     worker.start()
-    detok = Detokenizer(lm, plan.skip_special)
-    scanner = StopScanner(plan.stops)
-    splitter = ThinkTagSplitter(implicit_open=plan.implicit_open) if plan.think else None
-
-    def split(text: str) -> ChatChunk | None:
-        reasoning = ""
-        if splitter is not None:
-            text, reasoning = splitter.feed(text)
-        return ChatChunk(text=text, reasoning=reasoning) if text or reasoning else None
-
+    reader = TextReader(lm, plan)
     try:
         while True:
             token = streamer.queue.get()
             if token is _END or token in lm.eos_ids:
                 break
-            text, hit = scanner.feed(detok.add(token))
-            chunk = split(text)
+            chunk, hit = reader.feed(token)
             if chunk is not None:
                 yield chunk
             if hit:
@@ -270,15 +297,7 @@ def stream_plan(lm: HFModel, plan: Plan, model: str) -> Iterator[ChatChunk]:
     if "error" in outcome:
         raise outcome["error"]
     (ids, reason), = outcome["rows"]
-    tail = "" if scanner.hit else scanner.flush(detok.flush())
-    last = split(tail) or ChatChunk()
-    if splitter is not None:
-        rest_text, rest_reasoning = splitter.flush()
-        last.text += rest_text
-        last.reasoning += rest_reasoning
-    last.finish_reason, last.model = reason, model
-    last.usage = Usage(input_tokens=len(plan.ids), output_tokens=len(ids))
-    yield last
+    yield reader.last(reason, model, len(plan.ids), len(ids))
 
 
 def as_chunk(response: ChatResponse) -> ChatChunk:
@@ -290,5 +309,5 @@ def as_chunk(response: ChatResponse) -> ChatChunk:
     )
 
 
-
-__all__ = ["Detokenizer", "GrammarMask", "RowStops", "answer", "as_chunk", "finish", "generate", "stream_plan"]
+__all__ = ["Detokenizer", "GrammarMask", "RowStops", "TextReader", "answer", "as_chunk", "finish",
+           "generate", "stream_plan"]

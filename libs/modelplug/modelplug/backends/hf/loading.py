@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,10 @@ class HFModel:
     context: int
     _compiler: Any = None
     _grammars: dict[str, Any] = field(default_factory=dict)
+    #: Held for every use of the tokenizer: a fast tokenizer used from two threads while one
+    #: call changes its padding or truncation fails ("Already borrowed").
+    text_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _grammar_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def device(self) -> Any:
@@ -54,15 +59,16 @@ class HFModel:
     def grammar(self, schema: dict[str, Any] | None) -> Any:
         """A compiled xgrammar grammar for a JSON schema (None: any JSON object), cached."""
         key = json.dumps(schema, sort_keys=True)
-        if key not in self._grammars:
-            compiler = self._grammar_compiler()
-            # Compact JSON: with free whitespace a tiny model can pad the answer with newlines
-            # until max_tokens runs out.
-            # The schema as given, not the sorted key: properties are generated in its order.
-            self._grammars[key] = compiler.compile_json_schema(
-                json.dumps(schema if schema is not None else {"type": "object"}),
-                any_whitespace=False)
-        return self._grammars[key]
+        with self._grammar_lock:
+            if key not in self._grammars:
+                compiler = self._grammar_compiler()
+                # Compact JSON: with free whitespace a tiny model can pad the answer with
+                # newlines until max_tokens runs out.
+                # The schema as given, not the sorted key: properties are generated in its order.
+                self._grammars[key] = compiler.compile_json_schema(
+                    json.dumps(schema if schema is not None else {"type": "object"}),
+                    any_whitespace=False)
+            return self._grammars[key]
 
     def _grammar_compiler(self) -> Any:
         if self._compiler is None:
@@ -80,7 +86,12 @@ class HFModel:
         return self._compiler
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special)
+        with self.text_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        with self.text_lock:
+            return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def has_safetensors(names: Iterable[str], folder: Path, ref: str, *, convert: str) -> bool:

@@ -73,8 +73,7 @@ def plan_chat(lm: HFModel, request: ChatRequest, *, template: str, tool_format: 
     described = tooling.tools_prompt(request) if with_tools and not template_tools else None
     messages = tooling.template_messages(request.messages, template, described)
     prompt, extra = render(lm, messages, tools, request, ref)
-    ids = lm.tokenizer(prompt, add_special_tokens=False)["input_ids"] if extra is None \
-        else extra.pop("input_ids")[0].tolist()
+    ids = lm.encode(prompt) if extra is None else extra.pop("input_ids")[0].tolist()
     plan = budget(lm, request, ids, ref=ref, provider=provider)
     plan.mode, plan.grammar, plan.extra_inputs = mode, grammar, extra
     plan.tool_format = fmt if mode == "native" else None
@@ -121,7 +120,9 @@ def render(lm: HFModel, messages: list[Message], tools: list[dict[str, Any]] | N
                                        tokenize=False, **kwargs)
     if not images:
         return prompt, None
-    inputs = lm.processor(text=[prompt], images=_load_images(messages), return_tensors="pt")
+    pictures = _load_images(messages)
+    with lm.text_lock:
+        inputs = lm.processor(text=[prompt], images=pictures, return_tensors="pt")
     return prompt, dict(inputs)
 
 
