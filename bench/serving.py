@@ -614,6 +614,19 @@ def same_answers(row: Row, serial: Row | None) -> str:
     return f"{sum(first[q] == text for q, text in pairs)}/{len(pairs)}"
 
 
+def first_difference(row: Row, serial: Row | None) -> str | None:
+    """The first of the row's answers that differs from the serial answer, both shortened."""
+    if serial is None or serial.error is not None or row is serial:
+        return None
+    first: dict[str, str] = {}
+    for q, text in serial.answers:
+        first.setdefault(q, text)
+    for q, text in row.answers:
+        if q in first and first[q] != text:
+            return f"{q!r}: serial {first[q][:70]!r}, here {text[:70]!r}"
+    return None
+
+
 def _s(value: float | None) -> Any:
     return "-" if value is None else value
 
@@ -644,6 +657,9 @@ def tables(run: Run, backends: list[str], args: Any, elapsed: float) -> tuple[Ta
                     failures.setdefault((backend, row.label, row.error), []).append(n)
                     continue
                 vs_alt = _ratio(row.rate, alt.rate if alt else None) if side != "alt" else ""
+                if (diff := first_difference(row, serial)) is not None:
+                    table.note(f"{backend} {row.label} N={n}: an answer differs from serial: "
+                               f"{diff}")
                 table.row(backend, row.label, n, row.requests,
                           f"{row.tokens}{'*' if row.counted else ''}", row.rate,
                           _s(pct(row.ttft, 0.5)), _s(pct(row.ttft, 0.95)),
