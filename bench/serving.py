@@ -237,6 +237,7 @@ def server(name: str, cmd: list[str], port: int, ready_path: str,
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=env, preexec_fn=_die_with_parent)
     srv = Server(name, f"http://127.0.0.1:{port}", proc, log.name)
+    keep_log = True  # a server that failed keeps its log (the reason names it)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while proc.poll() is None and not _ready(srv.url + ready_path, headers or {}):
@@ -248,8 +249,12 @@ def server(name: str, cmd: list[str], port: int, ready_path: str,
             raise StartError(f"{name} exited with code {proc.returncode} at start "
                              f"({srv.tail()}; log {log.name})")
         yield srv
+        keep_log = False  # it started and was used: its log is not needed afterwards
     finally:
-        if proc.poll() is None:
+        if proc.poll() is not None:  # it died on its own (at start or while in use)
+            keep_log = True
+            srv.stopped = f"exited by itself with code {proc.returncode} (log {log.name})"
+        else:
             start = time.monotonic()
             proc.terminate()
             try:
@@ -260,6 +265,9 @@ def server(name: str, cmd: list[str], port: int, ready_path: str,
                 proc.wait()
                 srv.stopped = f"still running {STOP_TIMEOUT_S} s after SIGTERM: killed"
         log.close()
+        if not keep_log and not srv.stopped.startswith("still"):  # a clean stop
+            with contextlib.suppress(OSError):
+                os.unlink(log.name)
 
 
 # -- the clients --------------------------------------------------------------------------------
@@ -551,6 +559,8 @@ async def side_llama_server(run: Run, gguf: Path) -> None:
                 for line in srv.log_text().splitlines():
                     if "n_threads" in line and not threads:
                         threads = line.strip()[:160]
+            if "by itself" in srv.stopped or "killed" in srv.stopped:
+                run.notes.append(f"llama-server -np {n}: {srv.stopped}.")
         except Exception as exc:
             if not any(r.side == "alt" and r.backend == "llamacpp" and r.clients == n
                        for r in run.rows):
