@@ -289,6 +289,32 @@ async def test_a_bad_grammar_fails_alone(llm) -> None:
     assert results[0].content
 
 
+async def test_a_request_whose_own_processing_breaks_fails_alone(llm, singles, oracle,
+                                                                monkeypatch) -> None:
+    """An error in one request's logits processing (on the manager's generation thread) fails
+    that request only; the batch and the manager go on."""
+    from modelplug.backends.hf import batching
+
+    real = batching.row_processors
+
+    def breaking(lm, plan):
+        penalties, warpers = real(lm, plan)
+        if "boom" in str(plan.request.messages):
+            def boom(ids, scores):
+                raise RuntimeError("boom")
+            penalties = [*penalties, boom]
+        return penalties, warpers
+
+    monkeypatch.setattr(batching, "row_processors", breaking)
+    results = await asyncio.gather(llm.ainvoke(PROMPTS[7]), llm.ainvoke("Say boom."),
+                                   llm.ainvoke(PROMPTS[8]), return_exceptions=True)
+    assert isinstance(results[1], RuntimeError) and "boom" in str(results[1])
+    _check(oracle, singles, PROMPTS[7], results[0].content)
+    _check(oracle, singles, PROMPTS[8], results[2].content)
+    scheduler = llm.backend._loaded().companions["scheduler"]
+    assert scheduler.engine.manager.is_running()
+
+
 def test_seeded_sampling_does_not_depend_on_the_batch(model_string: str) -> None:
     backend = create_backend(model_string)
 
@@ -301,27 +327,31 @@ def test_seeded_sampling_does_not_depend_on_the_batch(model_string: str) -> None
     assert [r.text for r in together] == [alone[0], alone[1], alone[0]]
 
 
-def test_a_locked_path_request_runs_while_the_batch_waits(llm, singles, oracle,
-                                                         model_string) -> None:
-    """repetition_penalty has no per-request version in continuous batching: that request takes
-    the model's lock with a plain generate (the manager paused) while others are batched."""
+def test_penalties_are_batched_and_agree_with_generate(llm, singles, oracle,
+                                                      model_string) -> None:
+    """repetition_penalty is applied to its own row in the batch; the same request on the
+    locked path (a backend without continuous batching: a plain generate while the batch waits
+    paused) gives the same answer, while batched requests go on around it."""
     backend = llm.backend
     penalised = ChatRequest([{"role": "user", "content": PROMPTS[2]}], temperature=0,
                             max_tokens=MAX_TOKENS, extra={"repetition_penalty": 1.3})
     unbatched = create_backend(model_string, continuous_batching=False)
-    expected = unbatched.chat(penalised).text
+    with _NoPlainGenerate(backend) as plain:
+        batched = backend.chat(penalised).text
+    assert plain.calls == 0
+    assert batched != singles[PROMPTS[2]]  # the penalty changed the greedy answer
     results: dict[str, str] = {}
     with _NoPlainGenerate(backend) as plain:
         threads = [threading.Thread(target=lambda p=p: results.__setitem__(
             p, llm.invoke(p).content)) for p in PROMPTS[:3]]
         threads.append(threading.Thread(target=lambda: results.__setitem__(
-            "penalised", backend.chat(penalised).text)))
+            "locked", unbatched.chat(penalised).text)))
         for t in threads:
             t.start()
         for t in threads:
             t.join(300)
     assert plain.calls == 1
-    assert results["penalised"] == expected
+    assert results["locked"] == batched
     for prompt in PROMPTS[:3]:
         _check(oracle, singles, prompt, results[prompt])
 
@@ -329,15 +359,15 @@ def test_a_locked_path_request_runs_while_the_batch_waits(llm, singles, oracle,
 @pytest.fixture(scope="module")
 def small_backend(smollm2_hf_path: Path, tmp_path_factory):
     """The same weights under another folder (so another cache entry), batching one request at
-    a time behind a queue of one."""
+    a time behind a queue of one, in a paged cache of 1536 tokens."""
     folder = tmp_path_factory.mktemp("smollm2-one")
     for entry in smollm2_hf_path.iterdir():
         os.symlink(entry, folder / entry.name)
-    return create_backend(f"hf:{folder}", max_batch=1, max_queue=1)
+    return create_backend(f"hf:{folder}", max_batch=1, max_queue=1, kv_cache_tokens=1536)
 
 
 LONG = ChatRequest([{"role": "user", "content": "Write a very long story about a dragon."}],
-                   temperature=0, max_tokens=2000)
+                   temperature=0, max_tokens=1000)
 SHORT = ChatRequest([{"role": "user", "content": "Say hello."}], temperature=0, max_tokens=4)
 
 
@@ -390,6 +420,17 @@ def test_a_full_queue_is_a_clear_server_busy_error(small_backend) -> None:
         waiting.join(120)
         queued.close()
     _wait_for(small_backend, "running", 0)
+
+
+def test_a_request_longer_than_the_paged_cache_takes_the_locked_path(small_backend) -> None:
+    longer = ChatRequest(LONG.messages, temperature=0, max_tokens=2000)
+    with _NoPlainGenerate(small_backend) as plain:
+        stream = small_backend.stream(longer)
+        next(stream)
+        assert small_backend.serving_stats()["running"] == 0  # not in the batch
+        stream.close()
+    assert plain.calls == 1
+    assert small_backend.chat(SHORT).usage.output_tokens <= 4  # the batch goes on
 
 
 def test_shutdown_stops_generation_promptly(small_backend) -> None:

@@ -6,7 +6,7 @@ tasks, ``batch``, a server's clients) are then decoded together by transformers'
 batching, each with its own sampling settings, seed, stop sequences, budget, xgrammar constraint
 (structured output, forced tool calls) and its own stream back to its caller; greedy answers are
 the single answers within the batch's floating-point numerics. The few requests it cannot take
-(image inputs, repetition penalties, a request longer than the paged cache) run one batched,
+(image inputs, a request longer than the paged cache) run one batched,
 left-padded ``model.generate`` under the model's lock while the batch waits paused.
 
 Loading never downloads unless ``allow_download=True``, loads safetensors only and passes

@@ -40,9 +40,9 @@ class HFBackend(HFLoading, Backend):
 
     Concurrent calls on one loaded model (threads, ``asyncio`` tasks, ``batch``) are decoded
     together by transformers' continuous batching (:mod:`modelplug.backends.hf.batching`):
-    each request joins the running batch at the next step and streams back to its own caller.
-    Requests it cannot take (image inputs, ``repetition_penalty`` / ``no_repeat_ngram_size``,
-    ``min_p`` / ``typical_p`` when sampling, a request longer than the paged cache) take turns on
+    each request joins the running batch at the next step, with its own sampling settings,
+    seed, penalties, stop sequences, budget and grammar, and streams back to its own caller.
+    Requests it cannot take (image inputs, a request longer than the paged cache) take turns on
     the model's lock with one batched ``generate``, while the batch waits paused.
 
     Settings (keyword arguments of ``ChatModelPlug`` / ``ModelPlug`` / ``create_backend``):
