@@ -476,8 +476,12 @@ def threads_inprocess(backend: str, llm: Any) -> str:
     """What the in-process model runs on (private attributes: best effort)."""
     try:
         if backend == "llamacpp":
-            model = llm.backend._loaded().model
-            return f"llama-cpp-python n_threads={model.n_threads}"
+            scheduler = llm.backend._loaded().companions.get("scheduler")
+            if scheduler is not None:  # the batched context's own threads
+                params = scheduler.engine.ctx.params
+                return (f"llama.cpp batched context, n_threads={params.n_threads}, "
+                        f"n_parallel={scheduler.engine.capacity}")
+            return f"llama-cpp-python n_threads={llm.backend._loaded().model.n_threads}"
         import torch
 
         return f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s)"

@@ -53,7 +53,10 @@ class ChatModelPlug(BaseChatModel):
         **provider kwargs
             Provider-specific settings, checked against the provider's row: ``model_path``,
             ``n_ctx``, ``n_gpu_layers``, ``chat_format``, ``chat_handler``, ``verbose`` for
-            llamacpp; ``base_url`` for local servers; ``model_keep_alive_seconds`` for ollama.
+            llamacpp, and for in-process models serving concurrent callers ``n_parallel``
+            (llamacpp: sequences decoded together), ``max_queue`` and ``queue_timeout``
+            (back-pressure); ``base_url`` for local servers; ``model_keep_alive_seconds`` for
+            ollama.
 
     Key init args — completion params:
         temperature: float | None

@@ -11,6 +11,8 @@ llama.cpp's embedding context) are the entry's companions and are dropped with i
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -132,3 +134,22 @@ def peek(key: Hashable) -> LoadedModel | None:
 def loaded_keys() -> list[Hashable]:
     with _entries_lock:
         return [k for k, e in _entries.items() if e.model is not None]
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit: stop the schedulers, then free native models while their libraries are still
+    loaded (a llama.cpp model freed during interpreter teardown finds its C functions gone)."""
+    with _entries_lock:
+        entries = list(_entries.values())
+        _entries.clear()
+    for entry in entries:
+        for companion in list(entry.companions.values()):
+            shutdown = getattr(companion, "shutdown", None)
+            if shutdown is not None:
+                with contextlib.suppress(Exception):
+                    shutdown("the interpreter is exiting", 2.0)
+        close = getattr(entry.model, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()

@@ -1,19 +1,21 @@
 """llama.cpp continuous batching: many sequences in one ``llama_batch`` over one context.
 
-As llama.cpp's own server and ``batched`` example do: one context whose KV cache holds up to
-``n_parallel`` sequences (one sequence id per slot, a unified cache of ``n_ctx`` cells shared by
-all of them), each request with its own sampler chain (temperature, top-k/p, seed, penalties,
-grammar). Each step evaluates, in one ``llama_decode``, the newest token of every decoding
-sequence and prompt chunks of newly admitted ones (decoders first, so prompts never stall
-running streams), then samples every sequence from its own row of logits.
+As llama.cpp's own server and ``batched`` example do: one context holding up to ``n_parallel``
+sequences, one sequence id per slot, each request with its own sampler chain (temperature,
+top-k/p, seed, penalties, grammar). Each step evaluates, in one ``llama_decode``, the newest token
+of every decoding sequence and prompt chunks of newly admitted ones (decoders first, so a long
+prompt never stalls running streams), then samples every sequence from its own row of logits.
+
+Each slot has a KV cache of its own (``n_ctx`` cells: llama.cpp's non-unified cache, one stream
+per sequence) and attention runs with flash attention, which visits a sequence's cells in order.
+Together they make a request's arithmetic independent of what else runs: a greedy answer under
+any concurrency is exactly the answer the request gets alone (tested), where a unified cache,
+whose cells interleave sequences, changes the order of the sums and with it near-tied tokens.
+The price is memory: ``n_parallel`` caches of ``n_ctx`` cells.
 
 Prefix reuse: a finished sequence leaves its tokens in its slot's cache. A new request takes the
 free slot whose cache shares the longest prefix with its prompt and evaluates only the rest, so a
 chat's next turn (the whole conversation re-sent) starts without re-reading the conversation.
-
-Room: idle caches are evicted, least recently used first, when cells are needed. If the running
-sequences themselves outgrow the cache, the newest is preempted (its cells freed) and evaluated
-again later from its own tokens, its sampler state kept, so no request fails for another's sake.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from modelplug.scheduling import Ticket
 from modelplug.types import ChatChunk, Usage
 
 #: Sequences decoded together unless ``n_parallel=`` says otherwise.
-DEFAULT_N_PARALLEL = 8
+DEFAULT_N_PARALLEL = 4
 
 
 @dataclass
@@ -73,21 +75,24 @@ class LlamaEngine:
     """The :class:`~modelplug.scheduling.Engine` of one loaded GGUF model (see module doc)."""
 
     def __init__(self, llm: Any, *, n_ctx: int, n_parallel: int, n_threads: int | None,
-                 n_batch: int, unified: bool = True) -> None:
+                 n_batch: int) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
         self.llm, self.vocab = llm, llm._model.vocab
         self.capacity = min(n_parallel, llama_cpp.llama_max_parallel_sequences())
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
-        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx, self.capacity, unified
+        # Non-unified: the context is split into one n_ctx stream per sequence.
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_ctx * self.capacity, \
+            self.capacity, False
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.n_batch = params.n_ubatch = n_batch
         params.embeddings = False
         # Every core for one decode: llama-cpp-python's default (half the cores for single
-        # sequences) runs at about half llama-server's speed.
+        # sequences) ran at about half llama-server's speed.
         params.n_threads = params.n_threads_batch = n_threads or _cores()
         self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-        self.cells, self.n_batch = self.ctx.n_ctx(), n_batch
+        self.n_batch = n_batch
         self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self.slots = [_Slot(seq) for seq in range(self.capacity)]
         self._order = itertools.count()
@@ -106,11 +111,9 @@ class LlamaEngine:
         slot = max(free, key=lambda s: (_common(s.cached, job.tokens), -s.last_used))
         # At least one prompt token is evaluated: its logits give the first new token.
         keep = min(_common(slot.cached, job.tokens), len(job.tokens) - 1)
-        self._trim(slot, keep)
-        if self._free() < len(job.tokens) - keep:
-            self._evict_idle(len(job.tokens) - keep - self._free(), keep_slot=slot)
-            if self._free() < len(job.tokens) - keep and running:
-                return False  # wait for running requests to finish
+        if len(slot.cached) > keep:
+            self.ctx.kv_cache_seq_rm(slot.seq, keep, -1)
+            del slot.cached[keep:]
         slot.ticket = ticket
         ticket.state = _Run(slot=slot, tokens=list(job.tokens), order=next(self._order),
                             prompt_len=len(job.tokens), reused=keep,
@@ -121,35 +124,23 @@ class LlamaEngine:
     def step(self, running: list[Ticket]) -> list[Ticket]:
         import llama_cpp
 
-        plan = self._plan(running)
-        while not plan:  # prompts half-read and the cache full: the newest starts over later
-            self._preempt(max((t.state for t in running if t.state.slot.cached),
-                              key=lambda r: r.order))
-            plan = self._plan(running)
-        while True:
-            self.batch.reset()
-            rows: list[tuple[Ticket, int, int | None]] = []
-            for ticket, n in plan:
-                run: _Run = ticket.state
-                start = len(run.slot.cached)
-                last = start + n == len(run.tokens)
-                index = self.batch.batch.n_tokens + n - 1 if last else None
-                self._add(run.tokens[start:start + n], start, run.slot.seq, last)
-                rows.append((ticket, n, index))
-            code = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
-            if code == 0:
-                break
-            if code != 1 or len(plan) == 1:
-                raise RuntimeError(f"llama_decode failed (code {code}) on {len(plan)} "
-                                   "sequence(s)")
-            # No room in the cache for this batch: the newest request gives way and goes on later.
-            newest = max((t for t, _ in plan), key=lambda t: t.state.order)
-            self._preempt(newest.state)
-            plan = [(t, n) for t, n in plan if t is not newest]
+        self.batch.reset()
+        rows: list[tuple[Ticket, int, int | None]] = []
+        for ticket, n in self._plan(running):
+            run: _Run = ticket.state
+            start = len(run.slot.cached)
+            last = start + n == len(run.tokens)
+            rows.append((ticket, n, self.batch.batch.n_tokens + n - 1 if last else None))
+            self._add(run.tokens[start:start + n], start, run.slot.seq, last)
+        code = llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed (code {code}) on a batch of "
+                               f"{len(rows)} sequence(s)")
         done = []
         for ticket, n, index in rows:
             run = ticket.state
-            run.slot.cached.extend(run.tokens[len(run.slot.cached):len(run.slot.cached) + n])
+            start = len(run.slot.cached)
+            run.slot.cached.extend(run.tokens[start:start + n])
             if index is not None and self._sample(ticket, run, index):
                 done.append(ticket)
         return done
@@ -164,56 +155,22 @@ class LlamaEngine:
         self.batch.close()
         self.ctx.close()
 
-    # -- planning ------------------------------------------------------------------------------
+    # -- one step ------------------------------------------------------------------------------
 
     def _plan(self, running: list[Ticket]) -> list[tuple[Ticket, int]]:
         """How many tokens of each request this step evaluates: one for each decoding request,
-        then prompt chunks (oldest request first) as far as the batch and the cache allow."""
-        decoding = [t for t in running if len(t.state.tokens) - len(t.state.slot.cached) == 1]
-        prefilling = sorted((t for t in running if t not in decoding), key=lambda t: t.state.order)
-        if self._free() < len(decoding):
-            self._evict_idle(len(decoding) - self._free())
-        while self._free() < len(decoding):  # the running requests outgrew the cache
-            newest = max(decoding, key=lambda t: t.state.order)
-            decoding.remove(newest)
-            self._preempt(newest.state)
-            prefilling.append(newest)
-        plan = [(t, 1) for t in decoding]
-        budget, room = self.n_batch - len(decoding), self._free() - len(decoding)
-        for ticket in prefilling:
-            run = ticket.state
-            todo = len(run.tokens) - len(run.slot.cached)
-            if todo > room:
-                self._evict_idle(todo - room)
-                room = self._free() - sum(n for _, n in plan)
-            n = min(todo, budget, room)
-            if n <= 0:
-                continue
+        then prompt chunks, oldest request first, as far as the batch allows."""
+        todo = {id(t): len(t.state.tokens) - len(t.state.slot.cached) for t in running}
+        plan = [(t, 1) for t in running if todo[id(t)] == 1]
+        budget = self.n_batch - len(plan)
+        for ticket in sorted((t for t in running if todo[id(t)] > 1),
+                             key=lambda t: t.state.order):
+            if budget <= 0:
+                break
+            n = min(todo[id(ticket)], budget)
             plan.append((ticket, n))
-            budget, room = budget - n, room - n
+            budget -= n
         return plan
-
-    def _free(self) -> int:
-        return self.cells - sum(len(s.cached) for s in self.slots)
-
-    def _evict_idle(self, needed: int, keep_slot: _Slot | None = None) -> None:
-        idle = sorted((s for s in self.slots
-                       if s.ticket is None and s.cached and s is not keep_slot),
-                      key=lambda s: s.last_used)
-        freed = 0
-        for slot in idle:
-            if freed >= needed:
-                return
-            freed += len(slot.cached)
-            self._trim(slot, 0)
-
-    def _preempt(self, run: _Run) -> None:
-        self._trim(run.slot, 0)  # its tokens stay with the run: they are evaluated again
-
-    def _trim(self, slot: _Slot, keep: int) -> None:
-        if len(slot.cached) > keep:
-            self.ctx.kv_cache_seq_rm(slot.seq, keep, -1)
-            del slot.cached[keep:]
 
     def _add(self, tokens: list[int], start: int, seq: int, logits_last: bool) -> None:
         batch, n0 = self.batch.batch, self.batch.batch.n_tokens
