@@ -51,9 +51,11 @@ class HFBackend(HFLoading, Backend):
       ``tool_call_format``: loading (see :mod:`modelplug.backends.hf.loading`).
     - ``max_batch`` (int, default 32): requests decoded together (the manager's
       ``max_requests_per_batch``); more wait in the queue.
-    - ``kv_cache_tokens`` (int): tokens of the paged KV cache all running requests share.
-      Default: the model's context length on CPU/MPS; on a GPU, transformers sizes it from the
-      free memory. A request longer than the cache takes the locked path.
+    - ``kv_cache_tokens`` (int): tokens of the paged KV cache all running requests share
+      (in blocks of 64 tokens on CPU/MPS, transformers' 256 elsewhere; complete blocks of a
+      shared prefix, such as a chat's earlier turns, are computed once). Default: the model's
+      context length on CPU/MPS; on a GPU, transformers sizes it from the free memory. A request
+      longer than the cache takes the locked path.
     - ``max_queue`` (int, default :data:`modelplug.scheduling.DEFAULT_MAX_QUEUE`): requests that
       may wait for a place in the batch; one more is refused with
       :class:`~modelplug.errors.ServerBusyError`.

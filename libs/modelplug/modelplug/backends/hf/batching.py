@@ -56,6 +56,11 @@ DEFAULT_MAX_BATCH = 32
 #: Prompt tokens evaluated in one step on CPU/MPS (longer prompts take several steps); the
 #: manager's own default (8192) sizes an attention mask of hundreds of MB there.
 CPU_MAX_BATCH_TOKENS = 1024
+#: Tokens per KV block on CPU/MPS. Prefixes are shared in whole blocks, so a chat's next turn
+#: re-reads at most this many tokens of the conversation before its new ones.
+#: (Measured on SmolLM2, 2 CPU cores: 64 was as fast as transformers' default of 256 for 8
+#: concurrent requests, and a 5-turn chat's second turn started 3x sooner.)
+CPU_PAGE_SIZE = 64
 #: transformers' defaults for what a model's generation_config leaves unset.
 _GENERATE_DEFAULTS = {"do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0}
 #: How long the router waits for the manager's next output before it looks at its queue again.
@@ -285,7 +290,7 @@ class CBEngine:
         lm, model = self.lm, self.lm.model
         self.attn = model.config._attn_implementation
         on_cpu = lm.device.type in ("cpu", "mps")
-        page = ContinuousBatchingConfig.page_size
+        page = CPU_PAGE_SIZE if on_cpu else ContinuousBatchingConfig.page_size
         if kv_cache_tokens is None and on_cpu:
             kv_cache_tokens = lm.context
         blocks = math.ceil(kv_cache_tokens / page) if kv_cache_tokens else None
@@ -293,7 +298,7 @@ class CBEngine:
         config = GenerationConfig(do_sample=False, eos_token_id=sorted(lm.eos_ids),
                                   pad_token_id=lm.pad_id)
         cb_config = ContinuousBatchingConfig(
-            num_blocks=blocks, max_requests_per_batch=self.capacity,
+            num_blocks=blocks, page_size=page, max_requests_per_batch=self.capacity,
             max_batch_tokens=CPU_MAX_BATCH_TOKENS if on_cpu else None,
             allow_block_sharing=True, use_cuda_graph=False, use_async_batching=False)
         with torch.inference_mode():
