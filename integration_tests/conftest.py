@@ -29,3 +29,11 @@ def smollm2_path() -> Path:
     if path is None:
         pytest.fail("SmolLM2 GGUF not found: run `make fetch-model` (make test does it).")
     return path
+
+
+@pytest.fixture(scope="session")
+def greedy_oracle(smollm2_path: Path):
+    """Checks that an answer is its own prompt's greedy answer (see greedy.py)."""
+    from greedy import GreedyOracle
+
+    return GreedyOracle(smollm2_path)

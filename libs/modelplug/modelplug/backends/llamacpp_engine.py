@@ -8,10 +8,11 @@ prompt never stalls running streams), then samples every sequence from its own r
 
 Each slot has a KV cache of its own (``n_ctx`` cells: llama.cpp's non-unified cache, one stream
 per sequence) and attention runs with flash attention, which visits a sequence's cells in order.
-Together they make a request's arithmetic independent of what else runs: a greedy answer under
-any concurrency is exactly the answer the request gets alone (tested), where a unified cache,
-whose cells interleave sequences, changes the order of the sums and with it near-tied tokens.
-The price is memory: ``n_parallel`` caches of ``n_ctx`` cells.
+Together they keep a request's arithmetic apart from what runs beside it: on a fresh cache a
+greedy answer in any batch is exactly its single answer. A unified cache, whose cells interleave
+sequences, changed 4 to 6 of 10 greedy answers on SmolLM2; a slot's own history can still place
+cells out of order and flip a near-tied token (within a few tenths of a logit). The price is
+memory: ``n_parallel`` caches of ``n_ctx`` cells.
 
 Prefix reuse: a finished sequence leaves its tokens in its slot's cache. A new request takes the
 free slot whose cache shares the longest prefix with its prompt and evaluates only the rest, so a
@@ -111,9 +112,9 @@ class LlamaEngine:
         slot = max(free, key=lambda s: (_common(s.cached, job.tokens), -s.last_used))
         # At least one prompt token is evaluated: its logits give the first new token.
         keep = min(_common(slot.cached, job.tokens), len(job.tokens) - 1)
-        if len(slot.cached) > keep:
-            self.ctx.kv_cache_seq_rm(slot.seq, keep, -1)
-            del slot.cached[keep:]
+        # Unconditionally: cells a failed step wrote past what the slot records go too.
+        self.ctx.kv_cache_seq_rm(slot.seq, keep, -1)
+        del slot.cached[keep:]
         slot.ticket = ticket
         ticket.state = _Run(slot=slot, tokens=list(job.tokens), order=next(self._order),
                             prompt_len=len(job.tokens), reused=keep,
