@@ -14,9 +14,9 @@ sequences, changed 4 to 6 of 10 greedy answers on SmolLM2; a slot's own history 
 cells out of order and flip a near-tied token (within a few tenths of a logit). The price is
 memory: ``n_parallel`` caches of ``n_ctx`` cells.
 
-Prefix reuse: a finished sequence leaves its tokens in its slot's cache. A new request takes the
-free slot whose cache shares the longest prefix with its prompt and evaluates only the rest, so a
-chat's next turn (the whole conversation re-sent) starts without re-reading the conversation.
+Prefix reuse: a finished sequence leaves its tokens in its slot's cache. A new request whose
+prompt starts with a slot's whole cache (a chat's or an agent's next turn re-sends the
+conversation) takes that slot and evaluates only its new tokens.
 """
 
 from __future__ import annotations
@@ -107,12 +107,12 @@ class LlamaEngine:
         free = [s for s in self.slots if s.ticket is None]
         if not free:
             return False
-        # The longest cached prefix wins; among equals the least recently used slot, so recent
-        # conversations keep their caches.
-        slot = max(free, key=lambda s: (_common(s.cached, job.tokens), -s.last_used))
+        # A slot whose whole cache starts the prompt (a conversation's next turn) is reused;
+        # else the least recently used free slot starts empty. A cache is never cut in the
+        # middle: a partly removed sequence was seen to leave the next request wrong keys.
+        slot = max(free, key=lambda s: (_reusable(s.cached, job.tokens), -s.last_used))
         # At least one prompt token is evaluated: its logits give the first new token.
-        keep = min(_common(slot.cached, job.tokens), len(job.tokens) - 1)
-        # Unconditionally: cells a failed step wrote past what the slot records go too.
+        keep = min(_reusable(slot.cached, job.tokens), len(job.tokens) - 1)
         self.ctx.kv_cache_seq_rm(slot.seq, keep, -1)
         del slot.cached[keep:]
         slot.ticket = ticket
@@ -220,13 +220,9 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def _reusable(cached: list[int], prompt: list[int]) -> int:
+    """How many cached tokens a prompt can reuse: all of them if they start it, else none."""
+    return len(cached) if prompt[:len(cached)] == cached else 0
 
 
 __all__ = ["DEFAULT_N_PARALLEL", "LlamaEngine", "LlamaJob"]
