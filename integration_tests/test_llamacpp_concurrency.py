@@ -60,12 +60,11 @@ def _check(llm, oracle, singles: dict[str, str], prompt: str, answer: str) -> No
 
 async def test_16_concurrent_ainvoke_each_get_their_own_greedy_answer(
         llm, singles, greedy_oracle) -> None:
-    before = llm.backend.serving_stats()["peak_running"]
     answers = await asyncio.gather(*(llm.ainvoke(p) for p in PROMPTS))
     for prompt, message in zip(PROMPTS, answers, strict=True):
         _check(llm, greedy_oracle, singles, prompt, message.content)
     stats = llm.backend.serving_stats()
-    assert stats["peak_running"] >= min(8, stats["capacity"]) or before >= 8
+    assert stats["peak_running"] == stats["capacity"]  # 16 callers filled every slot
     assert stats["running"] == 0 and stats["waiting"] == 0
 
 
@@ -144,6 +143,10 @@ async def test_a_cancelled_task_frees_its_slot() -> None:
     short = await asyncio.wait_for(backend.achat(ChatRequest(
         [{"role": "user", "content": "Say hello."}], temperature=0, max_tokens=4)), 60)
     assert short.usage.output_tokens <= 4
+    # The worker retires a request just after its last chunk is delivered: wait for that.
+    deadline = time.monotonic() + 10
+    while backend.serving_stats()["running"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     assert backend.serving_stats()["running"] == 0
 
 

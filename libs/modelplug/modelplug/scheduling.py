@@ -49,7 +49,6 @@ class Ticket:
         self.job = job
         #: Engine-owned state while the request runs (its sequence, its slot).
         self.state: Any = None
-        self.submitted = time.monotonic()
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
         self._loop = loop
