@@ -179,8 +179,6 @@ class FallbackExhaustedError(ModelPlugError):
     @property
     def retryable(self) -> bool:  # type: ignore[override]
         """True when every candidate failed for a transient reason (an outer fallback moves on)."""
-        from modelplug.fallback import is_retryable
-
         return bool(self.errors) and all(is_retryable(exc) for exc in self.exceptions)
 
 
@@ -355,6 +353,22 @@ def map_sdk_error(exc: BaseException, *, provider: str | None = None,
                 retry_after=retry_after)
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another attempt, on this or another provider, may succeed.
+
+    A :class:`ModelPlugError` says so itself (``retryable``); any other error (a third-party chat
+    model's SDK error, a builtin) is read as the typed error :func:`map_sdk_error` would make of
+    it. So: True for connection failures and timeouts, HTTP 408/425/429 and 5xx, a context-length
+    overflow (a candidate with a larger window may fit), a malformed response, and a capability
+    the model lacks (another candidate may have it). False for everything else: HTTP
+    400/401/403/404/422, validation errors, ``ValueError``, ``TypeError``, bugs. Those would fail
+    the same way on every candidate, or say something the caller must fix, so they are not masked.
+    """
+    if not isinstance(exc, ModelPlugError):
+        exc = map_sdk_error(exc)
+    return isinstance(exc, ModelPlugError) and bool(exc.retryable)
+
+
 __all__ = [
     "MALFORMED_ERROR_NAMES",
     "TIMEOUT_ERROR_NAMES",
@@ -376,6 +390,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownProviderError",
     "UnsupportedCapabilityError",
+    "is_retryable",
     "map_sdk_error",
     "redact",
     "status_code",

@@ -35,6 +35,7 @@ from modelplug.errors import (
     FallbackExhaustedError,
     ModelPlugError,
     UnsupportedCapabilityError,
+    is_retryable,
     map_sdk_error,
     status_code,
 )
@@ -51,22 +52,6 @@ C = TypeVar("C")
 #: :func:`~modelplug.errors.map_sdk_error` maps to one), a predicate, or None for
 #: :func:`is_retryable`.
 RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
-
-def is_retryable(exc: BaseException) -> bool:
-    """Whether another attempt, on this or another provider, may succeed.
-
-    A :class:`~modelplug.errors.ModelPlugError` says so itself (``retryable``); any other error
-    (a third-party chat model's SDK error, a builtin) is read as the typed error
-    :func:`~modelplug.errors.map_sdk_error` would make of it. So: True for connection failures and
-    timeouts, HTTP 408/425/429 and 5xx, a context-length overflow (a candidate with a larger
-    window may fit), a malformed response, and a capability the model lacks (another candidate may
-    have it). False for everything else: HTTP 400/401/403/404/422, validation errors,
-    ``ValueError``, ``TypeError``, bugs. Those would fail the same way on every candidate, or say
-    something the caller must fix, so they are not masked.
-    """
-    if not isinstance(exc, ModelPlugError):
-        exc = map_sdk_error(exc)
-    return isinstance(exc, ModelPlugError) and bool(exc.retryable)
 
 
 def _predicate(retry_on: RetryOn | None) -> Callable[[BaseException], bool]:
