@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from modelplug import cli
 from modelplug.cli import app
-from modelplug.spec import resolve_model
+from modelplug.local import resolve_model
 
 PARIS = "What is the capital of France? Answer in one sentence."
 GREEDY = ["--temperature", "0", "--max-tokens", "32"]

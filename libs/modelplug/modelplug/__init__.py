@@ -35,11 +35,11 @@ from modelplug.errors import (
     UnknownProviderError,
     UnsupportedCapabilityError,
 )
-from modelplug.local import available_models, default_model
+from modelplug.local import available_models, default_model, resolve_model
 from modelplug.media import AudioBackend, ImageBackend, create_audio_backend, create_image_backend
 from modelplug.profile import Profile
 from modelplug.registry import ProviderSpec, get_provider, installed_providers, providers
-from modelplug.spec import ModelRef, resolve_model
+from modelplug.spec import ModelRef
 from modelplug.types import (
     ChatChunk,
     ChatRequest,

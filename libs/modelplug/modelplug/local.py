@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import urllib.parse
 import urllib.request
@@ -17,9 +18,12 @@ from pathlib import Path
 
 from modelplug import catalog
 from modelplug.catalog import ModelInfo
-from modelplug.errors import ConfigurationError
+from modelplug.catalog import CatalogModel
+from modelplug.errors import AmbiguousModelError, ConfigurationError
 from modelplug.registry import providers
-from modelplug.spec import ModelRef, resolve_model
+from modelplug.spec import ModelLike, ModelRef, catalog_matches, parse_model_string
+
+logger = logging.getLogger("modelplug")
 
 PROBE_TIMEOUT_S = 0.3
 DEFAULT_MODEL_ENV = "MODELPLUG_MODEL"
@@ -195,6 +199,41 @@ def first_available(candidates: list[ModelInfo]) -> ModelInfo | None:
     order = {"ollama": 0, "hf": 1}
     ranked = sorted(candidates, key=lambda i: (not i.tools, order.get(i.provider, 2)))
     return next((info for info in ranked if is_available(info)), None)
+
+
+def resolve_model(model: ModelLike) -> ModelRef:
+    """Normalise a model string, catalog enum member or bare catalog name to a :class:`ModelRef`.
+
+    A bare name (``"QWEN_3_8B"``, or a catalog id such as ``"claude-sonnet-4-6"``) that several
+    providers ship is settled by local availability: running Ollama, then cached Hugging Face
+    weights, then a reachable local server, then a locally present GGUF, tool-capable first. The
+    choice is logged at WARNING. If none is available locally, ValueError lists the options.
+    """
+    if isinstance(model, ModelRef):
+        return model
+    if isinstance(model, CatalogModel):
+        return ModelRef.from_info(model.info)
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigurationError(
+            f"Expected a model string like 'provider:model_id', a catalog member or a catalog "
+            f"name; got {model!r}."
+        )
+    model = model.strip()
+    if ":" in model:
+        return parse_model_string(model)
+    matches = catalog_matches(model)
+    if len(matches) == 1:
+        return ModelRef.from_info(matches[0])
+    chosen = first_available(matches)  # local probes only for real ties
+    if chosen is None:
+        options = [info.key for info in matches]
+        raise AmbiguousModelError(
+            f"Model name {model!r} is ambiguous and none of its providers has it available "
+            f"locally. Pin one with its 'provider:model_id' string: {options}."
+        )
+    logger.warning("Resolved ambiguous model name %r to %r (available locally).", model,
+                   chosen.key)
+    return ModelRef.from_info(chosen)
 
 
 def default_model() -> ModelRef:

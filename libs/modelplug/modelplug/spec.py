@@ -1,21 +1,20 @@
 """Model references: ``"provider:model_id[;flags]"`` strings, catalog members and bare names.
 
-Only the first ``:`` separates the provider, so ``ollama:qwen3.5:9b`` keeps its tag. Flags after
-``;`` declare what an ad-hoc model can do (``vllm:my-model;tools,vision``) and are also the escape
+Parsing only: nothing here probes the machine (a bare name that several providers ship is
+settled by :func:`modelplug.local.resolve_model`, where local availability is known). Only the
+first ``:`` separates the provider, so ``ollama:qwen3.5:9b`` keeps its tag. Flags after ``;``
+declare what an ad-hoc model can do (``vllm:my-model;tools,vision``) and are also the escape
 hatch for an id a closed catalog does not know yet.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 
 from modelplug import catalog
 from modelplug.catalog import CatalogModel, ModelInfo
-from modelplug.errors import AmbiguousModelError, ConfigurationError, UnknownModelError
-from modelplug.registry import ProviderSpec, get_provider
-
-logger = logging.getLogger("modelplug")
+from modelplug.errors import ConfigurationError, UnknownModelError
+from modelplug.registry import ProviderSpec, get_provider, providers
 
 FLAGS = ("tools", "thinking", "vision")
 
@@ -97,30 +96,10 @@ def _parse_flags(text: str, flag_text: str) -> frozenset[str]:
     return flags
 
 
-def resolve_model(model: ModelLike) -> ModelRef:
-    """Normalise a model string, catalog enum member or bare catalog name to a :class:`ModelRef`.
-
-    A bare name (``"QWEN_3_8B"``, or a catalog id such as ``"claude-sonnet-4-6"``) that several
-    providers ship is settled by local availability: running Ollama, then cached Hugging Face
-    weights, then a reachable local server, then a locally present GGUF, tool-capable first. The
-    choice is logged at WARNING. If none is available locally, ValueError lists the options.
-    """
-    if isinstance(model, ModelRef):
-        return model
-    if isinstance(model, CatalogModel):
-        return ModelRef.from_info(model.info)
-    if not isinstance(model, str) or not model.strip():
-        raise ConfigurationError(
-            f"Expected a model string like 'provider:model_id', a catalog member or a catalog "
-            f"name; got {model!r}."
-        )
-    model = model.strip()
-    if ":" in model:
-        return parse_model_string(model)
-    return _resolve_bare_name(model)
-
-
-def _resolve_bare_name(name: str) -> ModelRef:
+def catalog_matches(name: str) -> list[ModelInfo]:
+    """Every catalog model a bare name (``"QWEN_3_8B"``, ``"claude-sonnet-4-6"``, an alias) can
+    mean; UnknownModelError when none. Several matches are settled by local availability, which
+    :func:`modelplug.local.resolve_model` knows."""
     matches = [m.info for m in catalog.all_models()
                if m.name == name.upper() or name in (m.info.id, *m.info.aliases)]
     if not matches:
@@ -129,22 +108,8 @@ def _resolve_bare_name(name: str) -> ModelRef:
             f"(providers: {sorted(get_provider_keys())}) or a catalog name such as "
             f"'CLAUDE_SONNET_4_6'."
         )
-    if len(matches) == 1:
-        return ModelRef.from_info(matches[0])
-    from modelplug.local import first_available  # local probes only for real ties
-
-    chosen = first_available(matches)
-    if chosen is None:
-        options = [info.key for info in matches]
-        raise AmbiguousModelError(
-            f"Model name {name!r} is ambiguous and none of its providers has it available "
-            f"locally. Pin one with its 'provider:model_id' string: {options}."
-        )
-    logger.warning("Resolved ambiguous model name %r to %r (available locally).", name, chosen.key)
-    return ModelRef.from_info(chosen)
+    return matches
 
 
 def get_provider_keys() -> list[str]:
-    from modelplug.registry import providers
-
     return list(providers())

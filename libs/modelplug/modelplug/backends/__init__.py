@@ -7,7 +7,8 @@ from typing import Any
 from modelplug.backends.base import Backend
 from modelplug.catalog import CatalogModel
 from modelplug.registry import check_kwargs
-from modelplug.spec import ModelLike, resolve_model
+from modelplug.local import default_model, resolve_model
+from modelplug.spec import ModelLike
 
 
 def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
@@ -16,8 +17,6 @@ def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
     Settings set to None count as not given. Construction is cheap: SDK clients are created
     and weights are loaded on first use.
     """
-    from modelplug.local import default_model
-
     ref = default_model() if model is None else resolve_model(model)
     settings = {k: v for k, v in settings.items() if v is not None}
     spec = ref.spec
