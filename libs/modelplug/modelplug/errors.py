@@ -11,6 +11,7 @@ provider asked to wait, if it said).
 class                          builtin base                     retryable
 =============================  ===============================  =========
 ConfigurationError             ValueError                       no
+  SettingError                 ValueError, TypeError            no
   UnsupportedCapabilityError   ValueError                       yes [1]_
   ModelNotFoundError           ValueError, FileNotFoundError    no
 MissingDependencyError         ImportError                      no
@@ -84,6 +85,16 @@ class UnknownModelError(ConfigurationError):
 
 class AmbiguousModelError(ConfigurationError):
     """A bare model name matches several providers and none is available locally."""
+
+
+class SettingError(ConfigurationError, TypeError):
+    """A keyword setting the provider does not take (a TypeError, as Python raises for an
+    unexpected keyword argument). ``setting`` names it, so an adapter or the command line can
+    word the fix the way its caller passes settings."""
+
+    def __init__(self, message: str = "", *, setting: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.setting = setting
 
 
 class UnsupportedCapabilityError(ConfigurationError):

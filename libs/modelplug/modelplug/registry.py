@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelplug.errors import MissingDependencyError, UnknownProviderError
+from modelplug.errors import MissingDependencyError, SettingError, UnknownProviderError
 
 if TYPE_CHECKING:
     from modelplug.backends.base import Backend
@@ -34,6 +34,17 @@ HF_KWARGS = frozenset({"model_kwargs", "device", "torch_dtype", "allow_download"
                        "trust_remote_code", "tool_call_format", "max_batch", "kv_cache_tokens",
                        "max_queue", "queue_timeout", "continuous_batching"})
 
+#: Why an in-process row refuses the network settings (the row's ``refused`` field).
+IN_PROCESS_REFUSED = {
+    name: (f"runs in-process with no HTTP request, so it takes no {name!r}. Remove {name}=... "
+           "(it only applies to networked providers).")
+    for name in ("timeout", "max_retries")}
+#: Settings only one provider takes, and why any other refuses them.
+SINGLE_PROVIDER_SETTINGS = {
+    "cache_prompt": ("'cache_prompt' is an Anthropic-only setting; provider {key!r} does not "
+                     "take it. Remove it, or use an 'anthropic:' model."),
+}
+
 
 @dataclass(frozen=True)
 class ProviderSpec:
@@ -50,6 +61,9 @@ class ProviderSpec:
     #: A closed catalog: ids not in the catalog are rejected unless ``;flags`` declare them.
     closed_catalog: bool = False
     description: str = ""
+    #: Settings other rows take that this one refuses, each with why and what to do instead
+    #: (the error says "Provider '<key>' <reason>").
+    refused: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def in_process(self) -> bool:
@@ -109,13 +123,18 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
                  ("ollama",), base_url="http://localhost:11434",
                  kwargs=frozenset({"base_url", "timeout", "model_keep_alive_seconds",
                                    "default_headers", "model_kwargs"}),
-                 description="Ollama's native API (ollama SDK)"),
+                 description="Ollama's native API (ollama SDK)",
+                 refused={"max_retries": (
+                     "(native API) has no request retry, so it takes no 'max_retries'. Use the "
+                     "'ollama-openai' provider, which goes through the OpenAI SDK and supports "
+                     "max_retries.")}),
     ProviderSpec("hf", "modelplug.backends.hf:HFBackend", "hf", "in-process",
                  ("torch", "transformers"), kwargs=HF_KWARGS,
-                 description="transformers, in-process"),
+                 description="transformers, in-process", refused=IN_PROCESS_REFUSED),
     ProviderSpec("llamacpp", "modelplug.backends.llamacpp:LlamaCppBackend", "llamacpp",
                  "in-process", ("llama_cpp",), kwargs=LLAMACPP_KWARGS,
-                 description="llama.cpp (llama-cpp-python), in-process GGUF"),
+                 description="llama.cpp (llama-cpp-python), in-process GGUF",
+                 refused=IN_PROCESS_REFUSED),
     ProviderSpec("anthropic", "modelplug.backends.anthropic:AnthropicBackend", "anthropic", "cloud",
                  ("anthropic",), api_key_env="ANTHROPIC_API_KEY",
                  base_url="https://api.anthropic.com",
@@ -215,27 +234,16 @@ def get_provider(key: str) -> ProviderSpec:
 
 
 def check_kwargs(spec: ProviderSpec, kwargs: dict[str, Any]) -> None:
-    """Reject settings the provider does not take, before anything is built or sent."""
+    """Reject settings the provider does not take, before anything is built or sent
+    (:class:`~modelplug.errors.SettingError`, both a TypeError and a ValueError)."""
     for name in kwargs:
         if name in spec.kwargs:
             continue
-        if spec.in_process and name in ("timeout", "max_retries"):
-            raise TypeError(
-                f"Provider {spec.key!r} runs in-process with no HTTP request, so it takes no "
-                f"{name!r}. Remove {name}=... (it only applies to networked providers)."
-            )
-        if spec.key == "ollama" and name == "max_retries":
-            raise ValueError(
-                "Provider 'ollama' (native API) has no request retry, so it takes no "
-                "'max_retries'. Use the 'ollama-openai' provider, which goes through the OpenAI "
-                "SDK and supports max_retries."
-            )
-        if name == "cache_prompt":
-            raise TypeError(
-                f"'cache_prompt' is an Anthropic-only setting; provider {spec.key!r} does not "
-                "take it. Remove it, or use an 'anthropic:' model."
-            )
-        raise TypeError(
+        if name in spec.refused:
+            raise SettingError(f"Provider {spec.key!r} {spec.refused[name]}", setting=name)
+        if name in SINGLE_PROVIDER_SETTINGS:
+            raise SettingError(SINGLE_PROVIDER_SETTINGS[name].format(key=spec.key), setting=name)
+        raise SettingError(
             f"Provider {spec.key!r} got an unexpected keyword argument {name!r}. "
-            f"It accepts: {sorted(spec.kwargs)}."
+            f"It accepts: {sorted(spec.kwargs)}.", setting=name
         )
