@@ -31,7 +31,7 @@ from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 #: Per-call keyword arguments that map onto ChatRequest fields.
 _REQUEST_FIELDS = ("tools", "tool_choice", "response_format", "temperature", "top_p",
-                   "max_tokens", "stop", "seed", "reasoning")
+                   "max_tokens", "stop", "seed", "reasoning", "headers")
 
 
 class ChatModelPlug(BaseChatModel):

@@ -37,6 +37,7 @@ from modelplug.fallback import (
     RetryOn,
     combine_profiles,
 )
+from modelplug.routing import SESSION_HEADER, Endpoint, backend_endpoint, session_key
 from modelplug.types import ChatRequest
 
 logger = logging.getLogger("modelplug.fallback")
@@ -61,6 +62,26 @@ def candidate_name(model: BaseChatModel) -> str:
     name = name or getattr(model, "model_name", None) or getattr(model, "model", None)
     provider = provider or model._llm_type
     return f"{provider}:{name}" if name else str(provider)
+
+
+#: Attributes where LangChain chat models keep their server's address.
+_BASE_URL_ATTRS = ("openai_api_base", "base_url", "anthropic_api_url", "api_base")
+
+
+def candidate_endpoint(model: BaseChatModel, name: str) -> Endpoint | None:
+    """What the health memory tracks for a candidate: our backend's endpoint (provider, base
+    URL, model, key fingerprint); for another chat model its name and base URL; None for a
+    nested FallbackChatModel (its own candidates are tracked)."""
+    if isinstance(model, FallbackChatModel):
+        return None
+    if type(model).__module__.startswith("langchain_modelplug"):
+        endpoint = backend_endpoint(getattr(model, "backend", None))
+        if endpoint is not None:
+            return endpoint
+    base_url = next((v for v in (getattr(model, a, None) for a in _BASE_URL_ATTRS)
+                     if isinstance(v, str)), None)
+    provider, _, model_name = name.partition(":")
+    return Endpoint(provider, base_url, model_name)
 
 
 def _ls_params(model: BaseChatModel, stop: list[str] | None = None) -> dict[str, Any]:
@@ -230,10 +251,24 @@ class FallbackChatModel(BaseChatModel):
     retry_on: Any = Field(default=None, exclude=True)
     #: Settings applied to the candidates given as model strings.
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    strategy: str = Field(default="priority", description=(
+        "The order each call tries the candidates in: 'priority' (as given: a fallback set), "
+        "'round_robin' or 'least_outstanding' (fewest requests in flight): a pool of "
+        "equivalent deployments."))
+    affinity: bool = Field(default=False, description=(
+        "Keep each conversation on one candidate (the one holding its prefix cache): a key "
+        "from the conversation's first messages picks the candidate tried first. A call's own "
+        "session_id=... does so too. HTTP candidates receive the key as the x-session-id "
+        "header."))
+    health: Any = Field(default=True, exclude=True, description=(
+        "Health memory: True (the process-wide modelplug.routing table: a candidate that timed "
+        "out, was refused or answered 5xx/429 is skipped for a cooldown), False (none), or a "
+        "modelplug.routing.HealthTable."))
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     _policy: FallbackPolicy = PrivateAttr()
+    _endpoints: list[Endpoint | None] = PrivateAttr(default_factory=list)
     #: Per-candidate runnables after bind_tools (None: the model itself; False: cannot bind).
     _bound: list[Runnable | bool | None] | None = PrivateAttr(default=None)
     _tools: list[dict[str, Any]] | None = PrivateAttr(default=None)
@@ -252,7 +287,10 @@ class FallbackChatModel(BaseChatModel):
         model_kwargs = {**kwargs.pop("model_kwargs", {}), **extra}
         built = [self._build(m, model_kwargs, i) for i, m in enumerate(models)]
         super().__init__(models=built, model_kwargs=model_kwargs, **kwargs)
-        self._policy = FallbackPolicy(self.retry_on)  # also validates retry_on
+        # Validates retry_on, strategy and health.
+        self._policy = FallbackPolicy(self.retry_on, strategy=self.strategy, health=self.health)
+        self._endpoints = [candidate_endpoint(m, n) for m, n in zip(built, self.names,
+                                                                    strict=True)]
 
     @staticmethod
     def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> BaseChatModel:
@@ -318,12 +356,39 @@ class FallbackChatModel(BaseChatModel):
         out = []
         for i, model in enumerate(self.models):
             bound = self._bound[i] if self._bound is not None else None
+            endpoint = self._endpoints[i] if self._endpoints else None
             if bound is False:  # cannot bind tools: a profile that says so makes it skipped
-                out.append(Candidate(candidate_name(model), model, {"tool_calling": False}))
+                out.append(Candidate(candidate_name(model), model, {"tool_calling": False},
+                                     endpoint))
             else:
                 out.append(Candidate(candidate_name(model), bound or model,
-                                     getattr(model, "profile", None)))
+                                     getattr(model, "profile", None), endpoint))
         return out
+
+    def _session(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str | None:
+        """The call's session key (popped from ``kwargs``): the caller's ``session_id``, else,
+        with ``affinity``, one from the conversation's first messages; None without affinity."""
+        session = kwargs.pop("session_id", None)
+        if session is None and self.affinity:
+            try:
+                session = session_key(to_openai_messages(messages))
+            except Exception:  # content the converter refuses: no affinity for this call
+                session = None
+        return None if session is None else str(session)
+
+    @staticmethod
+    def _with_session(model: BaseChatModel, kwargs: dict[str, Any],
+                      session: str | None) -> dict[str, Any]:
+        """``kwargs`` for one candidate, carrying the session on: as the x-session-id header
+        to ours (in-process backends ignore it), as session_id to a nested set."""
+        if session is None:
+            return kwargs
+        if isinstance(model, FallbackChatModel):
+            return {**kwargs, "session_id": session}
+        if type(model).__module__.startswith("langchain_modelplug"):
+            return {**kwargs, "headers": {**(kwargs.get("headers") or {}),
+                                          SESSION_HEADER: session}}
+        return kwargs
 
     def _needs(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> Needs | None:
         tools = kwargs.get("tools") or self._tools
@@ -352,6 +417,8 @@ class FallbackChatModel(BaseChatModel):
         if outcome.failures:
             meta["fallback_failures"] = [f"{n}: {type(e).__name__}: {e}"
                                          for n, e in outcome.failures]
+        if outcome.attempts:
+            meta["fallback_attempts"] = [a.as_dict() for a in outcome.attempts]
         return meta
 
     def _result(self, outcome: Outcome[ChatResult]) -> ChatResult:
@@ -372,6 +439,8 @@ class FallbackChatModel(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None,
                   **kwargs: Any) -> ChatResult:
+        session = self._session(messages, kwargs)
+
         def call(target: Runnable) -> ChatResult:
             unwrapped = _unwrap(target)
             if unwrapped is None:
@@ -379,16 +448,19 @@ class FallbackChatModel(BaseChatModel):
                                         **kwargs)
                 return ChatResult(generations=[ChatGeneration(message=message)])
             model, bound = unwrapped
-            return model._generate_with_cache(messages, stop=stop, run_manager=run_manager,
-                                              **_call_kwargs(bound, kwargs))
+            return model._generate_with_cache(
+                messages, stop=stop, run_manager=run_manager,
+                **self._with_session(model, _call_kwargs(bound, kwargs), session))
 
         outcome = self._policy.run(self._candidates(), call,
-                                   needs=self._needs(messages, kwargs))
+                                   needs=self._needs(messages, kwargs), session=session)
         return self._result(outcome)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
                          **kwargs: Any) -> ChatResult:
+        session = self._session(messages, kwargs)
+
         async def call(target: Runnable) -> ChatResult:
             unwrapped = _unwrap(target)
             if unwrapped is None:
@@ -396,18 +468,19 @@ class FallbackChatModel(BaseChatModel):
                                                stop=stop, **kwargs)
                 return ChatResult(generations=[ChatGeneration(message=message)])
             model, bound = unwrapped
-            return await model._agenerate_with_cache(messages, stop=stop,
-                                                     run_manager=run_manager,
-                                                     **_call_kwargs(bound, kwargs))
+            return await model._agenerate_with_cache(
+                messages, stop=stop, run_manager=run_manager,
+                **self._with_session(model, _call_kwargs(bound, kwargs), session))
 
         outcome = await self._policy.arun(self._candidates(), call,
-                                          needs=self._needs(messages, kwargs))
+                                          needs=self._needs(messages, kwargs), session=session)
         return self._result(outcome)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         chosen: list[Outcome[None]] = []
+        session = self._session(messages, kwargs)
 
         def start(target: Runnable) -> Iterator[ChatGenerationChunk]:
             unwrapped = _unwrap(target)
@@ -415,7 +488,7 @@ class FallbackChatModel(BaseChatModel):
                 return (self._emit(_as_generation_chunk(c), run_manager) for c in target.stream(
                     messages, self._child_config(run_manager), stop=stop, **kwargs))
             model, bound = unwrapped
-            call_kwargs = _call_kwargs(bound, kwargs)
+            call_kwargs = self._with_session(model, _call_kwargs(bound, kwargs), session)
             if model._should_stream(async_api=False, run_manager=run_manager,
                                     **{**call_kwargs, "stream": True}):
                 return model._stream(messages, stop=stop, run_manager=run_manager,
@@ -428,7 +501,7 @@ class FallbackChatModel(BaseChatModel):
         marked = False
         for chunk in self._policy.stream(self._candidates(), start,
                                          needs=self._needs(messages, kwargs),
-                                         on_select=chosen.append):
+                                         on_select=chosen.append, session=session):
             yield chunk if marked else self._mark(chunk, chosen[0])
             marked = True
         if not marked and chosen:  # the candidate streamed nothing: say who, all the same
@@ -438,6 +511,7 @@ class FallbackChatModel(BaseChatModel):
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
         chosen: list[Outcome[None]] = []
+        session = self._session(messages, kwargs)
 
         async def start(target: Runnable) -> AsyncIterator[ChatGenerationChunk]:
             unwrapped = _unwrap(target)
@@ -450,7 +524,7 @@ class FallbackChatModel(BaseChatModel):
                     yield generation
                 return
             model, bound = unwrapped
-            call_kwargs = _call_kwargs(bound, kwargs)
+            call_kwargs = self._with_session(model, _call_kwargs(bound, kwargs), session)
             if model._should_stream(async_api=True, run_manager=run_manager,
                                     **{**call_kwargs, "stream": True}):
                 async for generation in model._astream(messages, stop=stop,
@@ -467,7 +541,7 @@ class FallbackChatModel(BaseChatModel):
         marked = False
         async for chunk in self._policy.astream(self._candidates(), start,
                                                 needs=self._needs(messages, kwargs),
-                                                on_select=chosen.append):
+                                                on_select=chosen.append, session=session):
             yield chunk if marked else self._mark(chunk, chosen[0])
             marked = True
         if not marked and chosen:
@@ -517,6 +591,7 @@ class FallbackChatModel(BaseChatModel):
                 "model.")]
         new = self.model_copy()
         new._policy = self._policy
+        new._endpoints = self._endpoints
         new._bound = bound
         new._tools = [convert_to_openai_tool(t) for t in tools] if tools else None
         new._tool_choice = tool_choice
@@ -550,9 +625,10 @@ class FallbackChatModel(BaseChatModel):
                                                        **options),
             f"give structured output ({shown})",
             "Fix the schema or the options, or add a chat model that supports them.")
-        runnables = [Candidate(name, runnable, getattr(model, "profile", None))
-                     for model, name, runnable in zip(self.models, self.names, structured,
-                                                      strict=True) if runnable is not None]
+        runnables = [Candidate(name, runnable, getattr(model, "profile", None), endpoint)
+                     for model, name, runnable, endpoint in zip(
+                         self.models, self.names, structured, self._endpoints, strict=True)
+                     if runnable is not None]
         return FallbackRunnable(runnables, self._policy)
 
     def _each_candidate(self, make: Callable[[BaseChatModel], Runnable], what: str,

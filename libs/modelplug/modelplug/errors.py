@@ -140,6 +140,11 @@ class ProviderTimeoutError(ProviderUnavailableError, TimeoutError):
     """The provider did not answer within the configured ``timeout``."""
 
 
+class CircuitOpenError(ProviderUnavailableError):
+    """A fallback set or pool skipped a candidate whose endpoint failed recently and is cooling
+    down (its health memory, :mod:`modelplug.routing`); it is probed again after the cooldown."""
+
+
 class ServerBusyError(ProviderUnavailableError):
     """An in-process model's request queue is full (its ``max_queue``): back-pressure, served as
     HTTP 503 by ``modelplug serve``. Retry later, or let a fallback set try another model."""
@@ -387,6 +392,7 @@ __all__ = [
     "AmbiguousModelError",
     "AuthenticationError",
     "BadRequestError",
+    "CircuitOpenError",
     "ConfigurationError",
     "ContextOverflowError",
     "FallbackExhaustedError",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -32,14 +33,15 @@ from typing import Any, Generic, TypeVar
 
 from modelplug.errors import (
     TRANSIENT_ERROR_NAMES,
+    CircuitOpenError,
     FallbackExhaustedError,
-    ModelPlugError,
     UnsupportedCapabilityError,
     is_retryable,
     map_sdk_error,
     status_code,
 )
 from modelplug.profile import Profile
+from modelplug.routing import HEALTH, Endpoint, HealthTable, Router
 from modelplug.types import ChatRequest
 
 logger = logging.getLogger("modelplug.fallback")
@@ -204,35 +206,123 @@ def combine_profiles(profiles: Sequence[Profile | Mapping[str, Any] | None],
 
 @dataclass
 class Candidate(Generic[T]):
-    """One model of a fallback set: a display name, what to call, and its profile."""
+    """One model of a fallback set: a display name, what to call, its profile, and the endpoint
+    its health is remembered for (None: not tracked, e.g. a nested set)."""
 
     name: str
     target: T
     profile: Profile | Mapping[str, Any] | None = None
+    endpoint: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One candidate's try within a call: who, how it ended (``error`` is the error's class
+    name, None for the answer), its message, and how long it took (seconds; 0 for a skip)."""
+
+    candidate: str
+    error: str | None
+    message: str
+    latency_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "error": self.error, "message": self.message,
+                "latency_s": round(self.latency_s, 4)}
 
 
 @dataclass
 class Outcome(Generic[R]):
-    """The answer of a fallback run, which candidate gave it, and the failures before it."""
+    """The answer of a fallback run, which candidate gave it, the failures before it, and every
+    attempt (skips included) in order."""
 
     value: R
     candidate: Candidate[Any]
     failures: list[tuple[str, BaseException]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+class _Call:
+    """The bookkeeping of one call over a set: failures, attempts, health and load."""
+
+    def __init__(self, policy: FallbackPolicy) -> None:
+        self.policy = policy
+        self.failures: list[tuple[str, BaseException]] = []
+        self.attempts: list[Attempt] = []
+        self._started = 0.0
+
+    def skip(self, candidate: Candidate[Any], error: BaseException, *,
+             failure: bool = True) -> None:
+        """A candidate not called: a failure of the set's (``failure``), or only an attempt
+        (a cooling-down one, which may yet be tried as a last resort)."""
+        if failure:
+            self.failures.append((candidate.name, error))
+        self.attempts.append(Attempt(candidate.name, type(error).__name__, str(error), 0.0))
+
+    def begin(self, candidate: Candidate[Any]) -> None:
+        self._started = time.perf_counter()
+        if self.policy.health is not None and candidate.endpoint is not None:
+            self.policy.health.start(candidate.endpoint)
+
+    def end(self, candidate: Candidate[Any], exc: BaseException | None) -> None:
+        """Record how the candidate's try ended (health, load, attempts); a failure that does
+        not fail over is re-raised."""
+        if self.policy.health is not None and candidate.endpoint is not None:
+            self.policy.health.finish(candidate.endpoint, exc)
+        latency = time.perf_counter() - self._started
+        if exc is None:
+            self.attempts.append(Attempt(candidate.name, None, "", latency))
+            return
+        if isinstance(exc, Exception):
+            self.attempts.append(Attempt(candidate.name, type(exc).__name__, str(exc),
+                                         latency))
+            self.policy._failed(candidate, exc, self.failures)
+
+    def selected(self, candidate: Candidate[Any]) -> Outcome[None]:
+        """A stream's candidate sent its first item (or ended): the outcome so far, its attempt
+        timed to that first item. Its health is recorded when the stream ends."""
+        self.attempts.append(Attempt(candidate.name, None, "",
+                                     time.perf_counter() - self._started))
+        return Outcome(None, candidate, self.failures, self.attempts)
+
+    def outcome(self, value: Any, candidate: Candidate[Any]) -> Outcome[Any]:
+        return Outcome(value, candidate, self.failures, self.attempts)
+
+    def exhausted(self) -> FallbackExhaustedError:
+        return self.policy._exhausted(self.failures)
 
 
 class FallbackPolicy:
-    """Runs a call over candidates in order, failing over on the errors ``retry_on`` admits.
+    """Runs a call over candidates, failing over on the errors ``retry_on`` admits.
 
     ``retry_on``: exception classes, a predicate ``exc -> bool``, or None for
     :func:`is_retryable` (connection errors, timeouts, 429 and 5xx; not 400/401/404 nor
     validation errors). Classes match an error or the typed error
     :func:`~modelplug.errors.map_sdk_error` makes of it, so ``ConnectionError`` covers an SDK's
     own connection error (``openai.APIConnectionError``) raised by a third-party model.
+
+    ``strategy``: the order candidates are tried in per call (:data:`modelplug.routing.STRATEGIES`:
+    ``"priority"``, the given order; ``"round_robin"``; ``"least_outstanding"``); a call's
+    ``session`` key pins it to one candidate first (affinity). ``health``: the
+    :class:`~modelplug.routing.HealthTable` remembering failing endpoints (default: the
+    process-wide one), or None for no memory: an open endpoint is tried only after every other
+    candidate has failed.
     """
 
-    def __init__(self, retry_on: RetryOn | None = None) -> None:
+    def __init__(self, retry_on: RetryOn | None = None, *, strategy: str = "priority",
+                 health: HealthTable | bool | None = True) -> None:
         self.retry_on = retry_on
         self._fails_over = _predicate(retry_on)
+        if health is True:
+            health = HEALTH
+        if health is not None and health is not False and not isinstance(health, HealthTable):
+            raise TypeError(f"health must be True (the process-wide table), False (no health "
+                            f"memory) or a modelplug.routing.HealthTable; got {health!r}.")
+        self.health: HealthTable | None = health or None
+        self.router = Router(strategy, self.health)
+
+    @property
+    def strategy(self) -> str:
+        return self.router.strategy
 
     def fails_over(self, exc: BaseException) -> bool:
         """Whether ``exc`` hands the request to the next candidate."""
@@ -242,16 +332,37 @@ class FallbackPolicy:
 
     # -- shared steps ---------------------------------------------------------------------------
 
-    def _eligible(self, candidates: Iterable[Candidate[T]], needs: Needs | None,
-                  failures: list[tuple[str, BaseException]]) -> Iterator[Candidate[T]]:
+    def _tries(self, candidates: Iterable[Candidate[T]], needs: Needs | None, call: _Call,
+               session: str | None) -> Iterator[Candidate[T]]:
+        """The candidates this call tries, in order: those whose profile can serve the request,
+        ordered by the strategy (or the session), healthy ones first; an open one (health
+        memory) only after every other has failed, as a last resort."""
+        eligible = []
         for candidate in candidates:
             reason = needs.unmet(candidate.profile) if needs is not None else None
             if reason is not None:
                 error = UnsupportedCapabilityError(
                     f"Candidate {candidate.name!r} skipped: {reason}.")
                 logger.info("%s", error)
-                failures.append((candidate.name, error))
+                call.skip(candidate, error)
                 continue
+            eligible.append(candidate)
+        ordered = self.router.order(eligible, names=[c.name for c in eligible],
+                                    endpoints=[c.endpoint for c in eligible], session=session)
+        deferred = []
+        for candidate in ordered:
+            if self.health is None or candidate.endpoint is None or self.health.admit(
+                    candidate.endpoint):
+                yield candidate
+            else:
+                deferred.append(candidate)
+                call.skip(candidate, CircuitOpenError(
+                    f"Candidate {candidate.name!r} skipped: its endpoint failed recently and "
+                    "is cooling down (modelplug.routing.health_table() shows when it is "
+                    "probed again)."), failure=False)
+        for candidate in deferred:
+            logger.info("Every other candidate failed; trying %r although it is cooling down.",
+                        candidate.name)
             yield candidate
 
     def _failed(self, candidate: Candidate[Any], exc: BaseException,
@@ -275,92 +386,129 @@ class FallbackPolicy:
     # -- sync -------------------------------------------------------------------------------
 
     def run(self, candidates: Iterable[Candidate[T]], call: Callable[[T], R], *,
-            needs: Needs | None = None) -> Outcome[R]:
+            needs: Needs | None = None, session: str | None = None) -> Outcome[R]:
         """``call(candidate.target)`` on each eligible candidate until one returns."""
-        failures: list[tuple[str, BaseException]] = []
-        for candidate in self._eligible(candidates, needs, failures):
+        state = _Call(self)
+        for candidate in self._tries(candidates, needs, state, session):
+            state.begin(candidate)
             try:
                 value = call(candidate.target)
-            except Exception as exc:
-                self._failed(candidate, exc, failures)
+            except BaseException as exc:
+                state.end(candidate, exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
-            return Outcome(value, candidate, failures)
-        raise self._exhausted(failures)
+            state.end(candidate, None)
+            return state.outcome(value, candidate)
+        raise state.exhausted()
 
     def stream(self, candidates: Iterable[Candidate[T]], start: Callable[[T], Iterable[C]], *,
                needs: Needs | None = None,
-               on_select: Callable[[Outcome[None]], None] | None = None) -> Iterator[C]:
+               on_select: Callable[[Outcome[None]], None] | None = None,
+               session: str | None = None) -> Iterator[C]:
         """Items of ``start(candidate.target)``, failing over only before the first item.
 
         An error after the first item propagates as itself: the caller has already seen part of
         one model's answer, and replaying another's would garble it. ``on_select`` is told which
         candidate streams, once its first item (or its end) has arrived.
         """
-        failures: list[tuple[str, BaseException]] = []
-        for candidate in self._eligible(candidates, needs, failures):
+        state = _Call(self)
+        for candidate in self._tries(candidates, needs, state, session):
             iterator: Iterator[C] | None = None
+            state.begin(candidate)
             try:
                 iterator = iter(start(candidate.target))
                 first = next(iterator)
             except StopIteration:
+                state.end(candidate, None)
                 if on_select is not None:
-                    on_select(Outcome(None, candidate, failures))
+                    on_select(state.outcome(None, candidate))
                 return
-            except Exception as exc:
+            except BaseException as exc:
                 _close(iterator)
-                self._failed(candidate, exc, failures)
+                state.end(candidate, exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
+            selected = state.selected(candidate)
             if on_select is not None:
-                on_select(Outcome(None, candidate, failures))
-            yield first
-            yield from iterator
+                on_select(selected)
+            error: BaseException | None = None
+            try:
+                yield first
+                yield from iterator
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _close(iterator)
+                # Health only: the caller has this candidate's first item, so no failover.
+                if self.health is not None and candidate.endpoint is not None:
+                    self.health.finish(candidate.endpoint,
+                                       None if isinstance(error, GeneratorExit) else error)
             return
-        raise self._exhausted(failures)
+        raise state.exhausted()
 
     # -- async ------------------------------------------------------------------------------
 
     async def arun(self, candidates: Iterable[Candidate[T]], call: Callable[[T], Any], *,
-                   needs: Needs | None = None) -> Outcome[Any]:
+                   needs: Needs | None = None, session: str | None = None) -> Outcome[Any]:
         """Async :meth:`run`: ``await call(candidate.target)``."""
-        failures: list[tuple[str, BaseException]] = []
-        for candidate in self._eligible(candidates, needs, failures):
+        state = _Call(self)
+        for candidate in self._tries(candidates, needs, state, session):
+            state.begin(candidate)
             try:
                 value = await call(candidate.target)
-            except Exception as exc:
-                self._failed(candidate, exc, failures)
+            except BaseException as exc:
+                state.end(candidate, exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
-            return Outcome(value, candidate, failures)
-        raise self._exhausted(failures)
+            state.end(candidate, None)
+            return state.outcome(value, candidate)
+        raise state.exhausted()
 
     async def astream(self, candidates: Iterable[Candidate[T]],
                       start: Callable[[T], AsyncIterable[C]], *, needs: Needs | None = None,
                       on_select: Callable[[Outcome[None]], None] | None = None,
-                      ) -> AsyncIterator[C]:
+                      session: str | None = None) -> AsyncIterator[C]:
         """Async :meth:`stream`: fails over only before the first item."""
-        failures: list[tuple[str, BaseException]] = []
-        for candidate in self._eligible(candidates, needs, failures):
+        state = _Call(self)
+        for candidate in self._tries(candidates, needs, state, session):
             iterator: AsyncIterator[C] | None = None
+            state.begin(candidate)
             try:
                 iterator = aiter(start(candidate.target))
                 first = await anext(iterator)
             except StopAsyncIteration:
+                state.end(candidate, None)
                 if on_select is not None:
-                    on_select(Outcome(None, candidate, failures))
+                    on_select(state.outcome(None, candidate))
                 return
-            except Exception as exc:
+            except BaseException as exc:
                 await _aclose(iterator)
-                self._failed(candidate, exc, failures)
+                state.end(candidate, exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
+            selected = state.selected(candidate)
             if on_select is not None:
-                on_select(Outcome(None, candidate, failures))
+                on_select(selected)
+            error: BaseException | None = None
             try:
                 yield first
                 async for item in iterator:
                     yield item
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
                 await _aclose(iterator)
+                if self.health is not None and candidate.endpoint is not None:
+                    self.health.finish(candidate.endpoint,
+                                       None if isinstance(error, GeneratorExit) else error)
             return
-        raise self._exhausted(failures)
+        raise state.exhausted()
 
 
 def _close(iterator: Any) -> None:
@@ -386,6 +534,7 @@ __all__ = [
     "LIMITS",
     "SKIPPED_FOR",
     "TRANSIENT_ERROR_NAMES",
+    "Attempt",
     "Candidate",
     "FallbackPolicy",
     "Needs",

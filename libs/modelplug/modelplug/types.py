@@ -55,6 +55,9 @@ class ChatRequest:
     reasoning: bool | None = None
     #: Provider-specific request fields, passed through untouched.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: HTTP headers for this request (e.g. a pool's ``x-session-id``); HTTP backends send them,
+    #: in-process ones have no use for them.
+    headers: dict[str, str] | None = None
 
     @property
     def has_images(self) -> bool:

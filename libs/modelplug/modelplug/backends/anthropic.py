@@ -262,6 +262,8 @@ class AnthropicBackend(Backend):
         body.update({**(self.settings.get("model_kwargs") or {}), **request.extra})
         if body:
             params["extra_body"] = body
+        if request.headers:
+            params["extra_headers"] = dict(request.headers)
         return params
 
     def _is_json_mode(self, request: ChatRequest) -> bool:

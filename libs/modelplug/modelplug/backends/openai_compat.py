@@ -197,6 +197,8 @@ class OpenAICompatBackend(Backend):
             body["temperature"] = 1
         if extra_body:
             body["extra_body"] = extra_body
+        if request.headers:
+            body["extra_headers"] = dict(request.headers)
         return body
 
     def _set_tool_choice(self, request: ChatRequest, body: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 #: Per-call keyword arguments that map onto ChatRequest fields.
 _REQUEST_FIELDS = ("tools", "tool_choice", "response_format", "temperature", "top_p",
-                   "max_tokens", "stop", "seed", "reasoning")
+                   "max_tokens", "stop", "seed", "reasoning", "headers")
 #: Per-call keyword arguments LlamaIndex passes that are not request fields.
 _DROPPED = ("formatted", "strict", "tool_required")
 _OPENAI_COMPAT = "modelplug.backends.openai_compat:"

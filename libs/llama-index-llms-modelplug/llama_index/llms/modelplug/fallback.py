@@ -38,11 +38,13 @@ from llama_index.llms.modelplug._convert import to_openai_messages
 
 from modelplug.catalog import CatalogModel
 from modelplug.fallback import Candidate, FallbackPolicy, Needs, Outcome, combine_profiles
+from modelplug.routing import SESSION_HEADER, Endpoint, backend_endpoint, session_key
 from modelplug.types import ChatRequest
 
 #: Keyword arguments of a tool turn, as FallbackLLM._prepare_chat_with_tools passes them to chat.
 _TOOL_KEYS = ("tool_required", "tool_choice", "allow_parallel_tool_calls")
 _FALLBACK_KEY = "fallback_model"
+_ATTEMPTS_KEY = "fallback_attempts"
 
 
 def candidate_name(llm: LLM) -> str:
@@ -78,6 +80,21 @@ def candidate_profile(llm: LLM) -> dict[str, Any]:
     if meta.context_window != DEFAULT_CONTEXT_WINDOW:
         profile["max_input_tokens"] = meta.context_window
     return profile
+
+
+def candidate_endpoint(llm: LLM, name: str) -> Endpoint | None:
+    """What the health memory tracks for a candidate: a ModelPlug's backend endpoint; for
+    another LLM its name and ``api_base``/``base_url``; None for a nested FallbackLLM."""
+    if isinstance(llm, FallbackLLM):
+        return None
+    endpoint = backend_endpoint(getattr(llm, "backend", None)) if type(
+        llm).__name__ == "ModelPlug" else None
+    if endpoint is not None:
+        return endpoint
+    base_url = next((v for v in (getattr(llm, a, None) for a in ("api_base", "base_url"))
+                     if isinstance(v, str)), None)
+    provider, _, model = name.partition(":")
+    return Endpoint(provider, base_url, model)
 
 
 def _callbacks(handlers: list[BaseCallbackHandler]) -> CallbackManager:
@@ -140,8 +157,20 @@ class FallbackLLM(FunctionCallingLLM):
     models: list[LLM] = Field(min_length=1)
     retry_on: Any = Field(default=None, exclude=True)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    strategy: str = Field(default="priority", description=(
+        "The order each call tries the candidates in: 'priority' (as given: a fallback set), "
+        "'round_robin' or 'least_outstanding' (fewest requests in flight): a pool of "
+        "equivalent deployments."))
+    affinity: bool = Field(default=False, description=(
+        "Keep each conversation on one candidate: a key from the conversation's first "
+        "messages picks the candidate tried first (a call's session_id=... does so too); "
+        "ModelPlug candidates over HTTP send it as the x-session-id header."))
+    health: Any = Field(default=True, exclude=True, description=(
+        "Health memory: True (the process-wide modelplug.routing table), False (none), or a "
+        "modelplug.routing.HealthTable."))
 
     _policy: FallbackPolicy = PrivateAttr()
+    _endpoints: list[Endpoint | None] = PrivateAttr(default_factory=list)
 
     def __init__(self, models: Sequence[str | LLM] | None = None, **kwargs: Any) -> None:
         if models is None:
@@ -156,7 +185,9 @@ class FallbackLLM(FunctionCallingLLM):
         model_kwargs = {**kwargs.pop("model_kwargs", {}), **extra}
         built = [_build(m, model_kwargs, i) for i, m in enumerate(models)]
         super().__init__(models=built, model_kwargs=model_kwargs, **kwargs)
-        self._policy = FallbackPolicy(self.retry_on)  # also validates retry_on
+        # Validates retry_on, strategy and health.
+        self._policy = FallbackPolicy(self.retry_on, strategy=self.strategy, health=self.health)
+        self._endpoints = [candidate_endpoint(m, candidate_name(m)) for m in built]
 
     @classmethod
     def class_name(cls) -> str:
@@ -199,7 +230,7 @@ class FallbackLLM(FunctionCallingLLM):
         """
         mine = self.callback_manager.handlers
         out = []
-        for model in self.models:
+        for model, endpoint in zip(self.models, self._endpoints, strict=True):
             theirs = model.callback_manager.handlers
             if reported:
                 handlers = [h for h in theirs if h not in mine]
@@ -207,8 +238,20 @@ class FallbackLLM(FunctionCallingLLM):
                 handlers = theirs + [h for h in mine if h not in theirs]
             if len(handlers) != len(theirs):
                 model = model.model_copy(update={"callback_manager": _callbacks(handlers)})
-            out.append(Candidate(candidate_name(model), model, candidate_profile(model)))
+            out.append(Candidate(candidate_name(model), model, candidate_profile(model),
+                                 endpoint))
         return out
+
+    def _session(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> str | None:
+        """The call's session key (popped from ``kwargs``): the caller's ``session_id``, else,
+        with ``affinity``, one from the conversation's first messages."""
+        session = kwargs.pop("session_id", None)
+        if session is None and self.affinity:
+            try:
+                session = session_key(to_openai_messages(messages))
+            except Exception:  # content the converter refuses: no affinity for this call
+                session = None
+        return None if session is None else str(session)
 
     @staticmethod
     def _needs(messages: Sequence[ChatMessage], tools: Sequence[Any] | None,
@@ -232,10 +275,19 @@ class FallbackLLM(FunctionCallingLLM):
     @staticmethod
     def _chat_call(messages: Sequence[ChatMessage], tools: list[BaseTool] | None,
                    tool_kwargs: dict[str, Any], kwargs: dict[str, Any],
-                   stream: bool = False, aio: bool = False) -> Callable[[LLM], Any]:
-        """One candidate's call: its own tool formatting when tools are in play."""
+                   stream: bool = False, aio: bool = False,
+                   session: str | None = None) -> Callable[[LLM], Any]:
+        """One candidate's call: its own tool formatting when tools are in play; the session
+        carried on (a header for ModelPlug, ``session_id`` for a nested FallbackLLM)."""
+        base = kwargs
 
         def call(llm: LLM) -> Any:
+            kwargs = base
+            if session is not None and isinstance(llm, FallbackLLM):
+                kwargs = {**base, "session_id": session}
+            elif session is not None and type(llm).__name__ == "ModelPlug":
+                kwargs = {**base, "headers": {**(base.get("headers") or {}),
+                                              SESSION_HEADER: session}}
             if tools and isinstance(llm, FunctionCallingLLM):
                 method = {(False, False): llm.chat_with_tools,
                           (True, False): llm.stream_chat_with_tools,
@@ -249,15 +301,20 @@ class FallbackLLM(FunctionCallingLLM):
         return call
 
     @staticmethod
-    def _tag(response: Any, name: str) -> Any:
-        response.additional_kwargs = {**response.additional_kwargs, _FALLBACK_KEY: name}
+    def _tag(response: Any, outcome: Outcome[Any]) -> Any:
+        """Name the answering candidate and every attempt (candidate, error type, latency)."""
+        response.additional_kwargs = {
+            **response.additional_kwargs, _FALLBACK_KEY: outcome.candidate.name,
+            _ATTEMPTS_KEY: [a.as_dict() for a in outcome.attempts]}
         return response
 
-    def _tagged_stream(self, steps: Any, chosen: list[str]) -> Generator[Any, None, None]:
+    def _tagged_stream(self, steps: Any,
+                       chosen: list[Outcome[None]]) -> Generator[Any, None, None]:
         for step in steps:
             yield self._tag(step, chosen[0]) if chosen else step
 
-    async def _atagged_stream(self, steps: Any, chosen: list[str]) -> AsyncGenerator[Any, None]:
+    async def _atagged_stream(self, steps: Any,
+                              chosen: list[Outcome[None]]) -> AsyncGenerator[Any, None]:
         async for step in steps:
             yield self._tag(step, chosen[0]) if chosen else step
 
@@ -266,43 +323,51 @@ class FallbackLLM(FunctionCallingLLM):
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         tools, tool_kwargs, rest = self._split(kwargs)
-        outcome = self._policy.run(self._candidates(),
-                                   self._chat_call(messages, tools, tool_kwargs, rest),
-                                   needs=self._needs(messages, tools, tool_kwargs))
-        return self._tag(outcome.value, outcome.candidate.name)
+        session = self._session(messages, rest)
+        outcome = self._policy.run(
+            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest,
+                                                session=session),
+            needs=self._needs(messages, tools, tool_kwargs), session=session)
+        return self._tag(outcome.value, outcome)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         tools, tool_kwargs, rest = self._split(kwargs)
+        session = self._session(messages, rest)
         outcome = await self._policy.arun(
-            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, aio=True),
-            needs=self._needs(messages, tools, tool_kwargs))
-        return self._tag(outcome.value, outcome.candidate.name)
+            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, aio=True,
+                                                session=session),
+            needs=self._needs(messages, tools, tool_kwargs), session=session)
+        return self._tag(outcome.value, outcome)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         tools, tool_kwargs, rest = self._split(kwargs)
-        chosen: list[str] = []
+        session = self._session(messages, rest)
+        chosen: list[Outcome[None]] = []
         steps = self._policy.stream(
-            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, stream=True),
-            needs=self._needs(messages, tools, tool_kwargs),
-            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, stream=True,
+                                                session=session),
+            needs=self._needs(messages, tools, tool_kwargs), on_select=chosen.append,
+            session=session)
         return self._tagged_stream(steps, chosen)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage],
                            **kwargs: Any) -> ChatResponseAsyncGen:
         tools, tool_kwargs, rest = self._split(kwargs)
-        call = self._chat_call(messages, tools, tool_kwargs, rest, stream=True, aio=True)
+        session = self._session(messages, rest)
+        call = self._chat_call(messages, tools, tool_kwargs, rest, stream=True, aio=True,
+                               session=session)
 
         async def start(llm: LLM) -> AsyncIterator[ChatResponse]:
             async for step in await call(llm):
                 yield step
 
-        chosen: list[str] = []
+        chosen: list[Outcome[None]] = []
         steps = self._policy.astream(
             self._candidates(), start, needs=self._needs(messages, tools, tool_kwargs),
-            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+            on_select=chosen.append, session=session)
         return self._atagged_stream(steps, chosen)
 
     # -- complete -------------------------------------------------------------------------------
@@ -316,7 +381,7 @@ class FallbackLLM(FunctionCallingLLM):
         outcome = self._policy.run(
             self._candidates(), lambda llm: llm.complete(prompt, formatted=formatted, **kwargs),
             needs=self._prompt_needs(prompt))
-        return self._tag(outcome.value, outcome.candidate.name)
+        return self._tag(outcome.value, outcome)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False,
@@ -324,17 +389,16 @@ class FallbackLLM(FunctionCallingLLM):
         outcome = await self._policy.arun(
             self._candidates(), lambda llm: llm.acomplete(prompt, formatted=formatted, **kwargs),
             needs=self._prompt_needs(prompt))
-        return self._tag(outcome.value, outcome.candidate.name)
+        return self._tag(outcome.value, outcome)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False,
                         **kwargs: Any) -> CompletionResponseGen:
-        chosen: list[str] = []
+        chosen: list[Outcome[None]] = []
         steps = self._policy.stream(
             self._candidates(),
             lambda llm: llm.stream_complete(prompt, formatted=formatted, **kwargs),
-            needs=self._prompt_needs(prompt),
-            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+            needs=self._prompt_needs(prompt), on_select=chosen.append)
         return self._tagged_stream(steps, chosen)
 
     @llm_completion_callback()
@@ -344,10 +408,10 @@ class FallbackLLM(FunctionCallingLLM):
             async for step in await llm.astream_complete(prompt, formatted=formatted, **kwargs):
                 yield step
 
-        chosen: list[str] = []
+        chosen: list[Outcome[None]] = []
         steps = self._policy.astream(
             self._candidates(), start, needs=self._prompt_needs(prompt),
-            on_select=lambda outcome: chosen.append(outcome.candidate.name))
+            on_select=chosen.append)
         return self._atagged_stream(steps, chosen)
 
     # -- tools ----------------------------------------------------------------------------------

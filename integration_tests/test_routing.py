@@ -1,0 +1,371 @@
+"""Routing: health memory (a circuit breaker per endpoint) and pools of equivalent replicas.
+
+Replicas are OpenAI wire fakes behind fault injectors on loopback ports, driven through the
+official SDK; the last-resort candidate is the real in-process SmolLM2. Health tables get a
+fake clock, so cooldowns pass without sleeping and nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from fakes.faults import Fault, FaultInjector, serve, status
+from fakes.openai_api import API_KEY, FakeOpenAI
+from fakes.server import free_port
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.tools import tool
+from llama_index.core.llms import ChatMessage
+from llama_index.llms.modelplug import FallbackLLM, ModelPlug
+
+from langchain_modelplug import ChatModelPlug, FallbackChatModel
+from modelplug import FallbackExhaustedError
+from modelplug.routing import SESSION_HEADER, HealthTable, backend_endpoint, health_table
+
+#: The client timeout of a replica that hangs (seconds); the hang lasts four times as long.
+TIMEOUT = 0.3
+
+
+class Clock:
+    """A monotonic clock that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Replica:
+    """One OpenAI-compatible deployment: an echoing fake behind a fault injector."""
+
+    def __init__(self) -> None:
+        self.fake = FakeOpenAI()
+        self.fake.echo = True
+        self.injector: FaultInjector
+        self.injector, self.server = serve(self.fake.app, "openai")
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/v1"
+
+    def settings(self, timeout: float = 10.0) -> dict[str, Any]:
+        return {"model": "openai:gpt-4o-mini", "api_key": API_KEY, "base_url": self.url,
+                "timeout": timeout, "max_retries": 0}
+
+    def model(self, timeout: float = 10.0) -> ChatModelPlug:
+        return ChatModelPlug(**self.settings(timeout))
+
+    @property
+    def calls(self) -> int:
+        return len(self.injector.seen)
+
+    def session_headers(self) -> list[str | None]:
+        return [h.get(SESSION_HEADER) for h in self.fake.headers]
+
+
+@pytest.fixture(scope="module")
+def replicas() -> Any:
+    made = [Replica() for _ in range(3)]
+    made[0].model().invoke("warm up")  # SDK import and first connect stay out of the cases
+    yield made
+    for replica in made:
+        replica.server.stop()
+
+
+@pytest.fixture
+def fresh(replicas: list[Replica]) -> list[Replica]:
+    for replica in replicas:
+        replica.injector.reset()
+        replica.fake.requests.clear()
+        replica.fake.headers.clear()
+    return replicas
+
+
+@pytest.fixture(scope="module")
+def local() -> ChatModelPlug:
+    return ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=4)
+
+
+def attempts(message: Any) -> list[tuple[str, str | None]]:
+    return [(a["candidate"], a["error"]) for a in message.response_metadata["fallback_attempts"]]
+
+
+# -- health memory ---------------------------------------------------------------------------------
+
+
+def test_a_hanging_primary_costs_one_timeout_over_20_calls_then_is_probed(
+        fresh: list[Replica], local: ChatModelPlug) -> None:
+    primary = fresh[0]
+    primary.injector.choose = lambda body: Fault("hang", seconds=TIMEOUT * 4)
+    clock = Clock()
+    table = HealthTable(cooldown=30, clock=clock)
+    llm = FallbackChatModel([primary.model(timeout=TIMEOUT), local], health=table)
+    answers = [llm.invoke(f"Say {i}.") for i in range(20)]
+
+    assert primary.calls == 1  # one timeout, not twenty
+    assert {a.response_metadata["fallback_model"] for a in answers} == {"llamacpp:smollm2"}
+    assert attempts(answers[0]) == [("openai:gpt-4o-mini", "ProviderTimeoutError"),
+                                    ("llamacpp:smollm2", None)]
+    for answer in answers[1:]:
+        assert attempts(answer) == [("openai:gpt-4o-mini", "CircuitOpenError"),
+                                    ("llamacpp:smollm2", None)]
+        assert "fallback_failures" not in answer.response_metadata  # skipped, never failed
+    endpoint = backend_endpoint(llm.models[0].backend)
+    [row] = [r for r in table.table() if r["endpoint"] == str(endpoint)]
+    assert row["state"] == "open"
+    assert row["retry_in_s"] == 30 and "ProviderTimeoutError" in row["last_error"]
+
+    clock.now += 29  # still cooling down
+    llm.invoke("Again.")
+    assert primary.calls == 1
+    clock.now += 2  # the cooldown has passed: the next call probes the primary, now healthy
+    primary.injector.choose = None
+    probed = llm.invoke("Are you back?")
+    assert primary.calls == 2
+    assert probed.response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+    assert probed.content == "echo: Are you back?"
+    assert table.state(endpoint) == "closed"
+    assert llm.invoke("And now?").response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+
+
+def test_retry_after_sets_the_cooldown(fresh: list[Replica]) -> None:
+    primary, spare = fresh[0], fresh[1]
+    primary.injector.inject(status(429, retry_after=7))
+    clock = Clock()
+    table = HealthTable(cooldown=1, clock=clock)  # Retry-After overrides the default cooldown
+    llm = FallbackChatModel([primary.model(), spare.model()], health=table)
+    first = llm.invoke("one")
+    assert attempts(first)[0] == ("openai:gpt-4o-mini", "RateLimitError")
+    clock.now += 2  # past the default cooldown, inside Retry-After
+    llm.invoke("two")
+    assert primary.calls == 1 and spare.calls == 2
+    clock.now += 5.5  # 7.5 s after the 429
+    llm.invoke("three")
+    assert primary.calls == 2 and spare.calls == 2
+    assert table.state(backend_endpoint(llm.models[0].backend)) == "closed"
+
+
+def test_a_failed_probe_reopens_for_twice_the_cooldown(fresh: list[Replica]) -> None:
+    primary, spare = fresh[0], fresh[1]
+    primary.injector.inject(status(503), status(503))
+    clock = Clock()
+    table = HealthTable(cooldown=10, clock=clock)
+    llm = FallbackChatModel([primary.model(), spare.model()], health=table)
+    llm.invoke("one")
+    clock.now += 10
+    llm.invoke("two")  # the probe, which fails again
+    assert primary.calls == 2
+    [row] = [r for r in table.table() if primary.server.url in r["endpoint"]]
+    assert row["state"] == "open" and row["retry_in_s"] == 20
+    clock.now += 15
+    llm.invoke("three")
+    assert primary.calls == 2
+    clock.now += 5
+    assert llm.invoke("four").response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+
+
+def test_a_threshold_above_one_tolerates_single_failures(fresh: list[Replica]) -> None:
+    primary, spare = fresh[0], fresh[1]
+    primary.injector.inject(status(500), None, status(500), status(500))
+    table = HealthTable(threshold=2, clock=Clock())
+    llm = FallbackChatModel([primary.model(), spare.model()], health=table)
+    for text in ("one", "two", "three"):  # 500, answer, 500: never two in a row yet
+        llm.invoke(text)
+    assert table.state(backend_endpoint(llm.models[0].backend)) == "closed"
+    llm.invoke("four")  # the second 500 in a row opens it
+    assert table.state(backend_endpoint(llm.models[0].backend)) == "open"
+    llm.invoke("five")
+    assert primary.calls == 4
+
+
+def test_every_set_in_the_process_shares_the_health_of_an_endpoint(
+        fresh: list[Replica]) -> None:
+    primary, spare = fresh[0], fresh[1]
+    primary.injector.inject(status(503))
+    FallbackChatModel([primary.model(), spare.model()]).invoke("one")
+    # Another set, another ChatModelPlug object, the same endpoint: skipped at once.
+    other = FallbackChatModel([primary.model(timeout=5.0), spare.model()])
+    answer = other.invoke("two")
+    assert primary.calls == 1 and answer.response_metadata["fallback_model"]
+    assert attempts(answer)[0][1] == "CircuitOpenError"
+    [row] = [r for r in health_table() if primary.server.url in r["endpoint"]]
+    assert row["state"] == "open" and row["failures"] == 1
+    # A different key of the same deployment is a different endpoint (pools of keys).
+    keyed = ChatModelPlug(**{**primary.settings(), "api_key": "sk-other"})
+    assert backend_endpoint(keyed.backend) != backend_endpoint(primary.model().backend)
+    assert "sk-other" not in str(backend_endpoint(keyed.backend))
+
+
+def test_an_open_candidate_is_still_tried_when_every_other_fails(
+        fresh: list[Replica]) -> None:
+    primary = fresh[0]
+    dead = ChatModelPlug(model="openai:gpt-4o-mini", api_key=API_KEY, max_retries=0,
+                         base_url=f"http://127.0.0.1:{free_port()}/v1")
+    table = HealthTable(clock=Clock())
+    primary.injector.inject(status(503))
+    llm = FallbackChatModel([primary.model(), dead], health=table)
+    with pytest.raises(FallbackExhaustedError):  # 503, then refused
+        llm.invoke("one")
+    answer = llm.invoke("two")  # both open: the primary, now healthy, is tried last
+    assert answer.content == "echo: two"
+    assert attempts(answer) == [("openai:gpt-4o-mini", "CircuitOpenError"),
+                                ("openai:gpt-4o-mini", "CircuitOpenError"),
+                                ("openai:gpt-4o-mini", None)]
+
+
+def test_half_open_admits_one_probe_among_many_threads() -> None:
+    clock = Clock()
+    table = HealthTable(cooldown=5, clock=clock)
+    endpoint = backend_endpoint(ChatModelPlug(model="openai:gpt-4o-mini", api_key="k").backend)
+    table.start(endpoint)
+    table.finish(endpoint, TimeoutError("slow"))
+    clock.now += 5
+    admitted: list[bool] = []
+    barrier = threading.Barrier(16)
+
+    def caller() -> None:
+        barrier.wait()
+        admitted.append(table.admit(endpoint))
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert admitted.count(True) == 1
+    table.start(endpoint)
+    table.finish(endpoint, None)
+    assert table.state(endpoint) == "closed" and table.admit(endpoint)
+
+
+# -- pools ------------------------------------------------------------------------------------------
+
+
+def pool(replicas: list[Replica], **kwargs: Any) -> FallbackChatModel:
+    return FallbackChatModel([r.model() for r in replicas], health=HealthTable(), **kwargs)
+
+
+async def test_round_robin_spreads_300_concurrent_calls_evenly(fresh: list[Replica]) -> None:
+    llm = pool(fresh, strategy="round_robin")
+    answers = await asyncio.gather(*(llm.ainvoke(f"q{i}") for i in range(300)))
+    assert [a.content for a in answers] == [f"echo: q{i}" for i in range(300)]
+    counts = [r.calls for r in fresh]
+    assert sum(counts) == 300
+    assert all(85 <= c <= 115 for c in counts), counts
+
+
+async def test_least_outstanding_sends_more_to_the_faster_replica(
+        fresh: list[Replica]) -> None:
+    fast, slow = fresh[0], fresh[1]
+    # The slow replica sends each answer in 64-byte pieces 30 ms apart (about 0.2 s).
+    slow.injector.choose = lambda body: Fault("trickle", size=64, seconds=0.03)
+    llm = pool([fast, slow], strategy="least_outstanding")
+    queue = list(range(160))
+
+    async def client() -> None:
+        while queue:
+            i = queue.pop()
+            assert (await llm.ainvoke(f"q{i}")).content == f"echo: q{i}"
+
+    await asyncio.gather(*(client() for _ in range(8)))
+    assert fast.calls + slow.calls == 160
+    assert fast.calls > 2 * slow.calls, (fast.calls, slow.calls)
+
+
+def test_affinity_keeps_a_five_turn_conversation_on_one_replica(
+        fresh: list[Replica]) -> None:
+    llm = pool(fresh, strategy="round_robin", affinity=True)
+    homes = []
+    for opening in ("My name is Ada.", "My name is Grace.", "My name is Edsger."):
+        messages: list[Any] = [SystemMessage("You are terse."), HumanMessage(opening)]
+        before = [r.calls for r in fresh]
+        for turn in range(5):
+            answer = llm.invoke(messages)
+            messages += [answer, HumanMessage(f"Turn {turn + 2}.")]
+        served = [r.calls - b for r, b in zip(fresh, before, strict=True)]
+        assert sorted(served) == [0, 0, 5], served  # every turn on one replica
+        home = served.index(5)
+        homes.append(home)
+        headers = fresh[home].session_headers()[-5:]
+        assert len(set(headers)) == 1 and headers[0]  # one key, sent on as x-session-id
+    # Without affinity the same pool rotates.
+    plain = pool(fresh, strategy="round_robin")
+    before = [r.calls for r in fresh]
+    for _ in range(3):
+        plain.invoke("hi")
+    assert [r.calls - b for r, b in zip(fresh, before, strict=True)] == [1, 1, 1]
+
+
+async def test_a_caller_given_session_pins_calls_and_is_sent_as_a_header(
+        fresh: list[Replica]) -> None:
+    llm = pool(fresh, strategy="round_robin")
+    for text in ("one", "two", "three", "four"):
+        await llm.ainvoke(text, session_id="user-42")
+    served = [r for r in fresh if r.calls]
+    assert len(served) == 1 and served[0].calls == 4
+    assert served[0].session_headers() == ["user-42"] * 4
+
+
+def test_affinity_moves_only_when_its_replica_is_down(fresh: list[Replica]) -> None:
+    table = HealthTable(clock=Clock())
+    llm = FallbackChatModel([r.model() for r in fresh], strategy="round_robin",
+                            health=table)
+    llm.invoke("hi", session_id="s")
+    [home] = [r for r in fresh if r.calls]
+    home.injector.choose = lambda body: status(503)
+    answer = llm.invoke("hi", session_id="s")  # fails over within the pool
+    assert answer.content == "echo: hi"
+    [moved] = [r for r in fresh if r is not home and r.calls]
+    llm.invoke("hi", session_id="s")  # while home cools down, the session stays on the next
+    assert moved.calls == 2 and home.calls == 2
+
+
+def test_a_pool_binds_tools_and_is_a_candidate_of_a_fallback(
+        fresh: list[Replica], local: ChatModelPlug) -> None:
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    replicas = pool(fresh[:2], strategy="round_robin")
+    bound = replicas.bind_tools([get_weather])
+    for text in ("one", "two"):
+        bound.invoke(text)
+    assert [r.fake.requests[-1]["tools"][0]["function"]["name"] for r in fresh[:2]] == [
+        "get_weather", "get_weather"]
+    # A pool whose replicas are all down hands the call to the next candidate of a fallback.
+    for replica in fresh[:2]:
+        replica.injector.choose = lambda body: status(503)
+    outer = FallbackChatModel([replicas, local], health=HealthTable())
+    answer = outer.invoke("Say hi.")
+    assert answer.response_metadata["fallback_model"] == "llamacpp:smollm2"
+    assert isinstance(answer, AIMessage)
+
+
+def test_llama_index_pool_round_robin_and_affinity(fresh: list[Replica]) -> None:
+    llm = FallbackLLM([ModelPlug(**r.settings()) for r in fresh], strategy="round_robin",
+                      health=HealthTable())
+    for i in range(6):
+        llm.chat([ChatMessage(role="user", content=f"q{i}")])
+    assert [r.calls for r in fresh] == [2, 2, 2]
+    pinned = FallbackLLM([ModelPlug(**r.settings()) for r in fresh], strategy="round_robin",
+                         affinity=True, health=HealthTable())
+    messages = [ChatMessage(role="user", content="My name is Ada.")]
+    before = [r.calls for r in fresh]
+    for turn in range(5):
+        response = pinned.chat(messages)
+        assert response.additional_kwargs["fallback_attempts"][-1]["error"] is None
+        messages += [response.message, ChatMessage(role="user", content=f"Turn {turn}.")]
+    served = [r.calls - b for r, b in zip(fresh, before, strict=True)]
+    assert sorted(served) == [0, 0, 5]
+    assert len(set(fresh[served.index(5)].session_headers()[-5:])) == 1
+
+
+def test_strategy_and_health_are_checked() -> None:
+    with pytest.raises(ValueError, match="strategy must be one of 'priority', 'round_robin'"):
+        FallbackChatModel(["llamacpp:smollm2"], strategy="random")
+    with pytest.raises(TypeError, match="health must be True"):
+        FallbackChatModel(["llamacpp:smollm2"], health="yes")
