@@ -284,8 +284,17 @@ class Router:
         """``members`` in the order this call tries them."""
         indices = list(range(len(members)))
         if session is not None:
-            # Rendezvous: each session's own ranking of the members, stable across calls.
-            indices.sort(key=lambda i: _score(session, f"{i}:{names[i]}"), reverse=True)
+            # Rendezvous: each session's own ranking of the members by a score of (session,
+            # member), stable across calls; a member left out (skipped for a capability) does
+            # not reorder the others. A member is known by its endpoint, else its name, with
+            # a count for repeats.
+            seen: dict[str, int] = {}
+            idents = []
+            for i in indices:
+                ident = str(endpoints[i]) if endpoints[i] is not None else names[i]
+                seen[ident] = seen.get(ident, 0) + 1
+                idents.append(f"{ident}#{seen[ident]}")
+            indices.sort(key=lambda i: _score(session, idents[i]), reverse=True)
         elif self.strategy != "priority" and indices:
             start = next(self._turn) % len(indices)
             indices = indices[start:] + indices[:start]
