@@ -132,7 +132,7 @@ def test_detect_tool_call_format(template: str | None, expected: str | None) -> 
 def test_importing_the_backend_imports_no_torch() -> None:
     code = ("import sys, modelplug.backends.hf, langchain_modelplug; "
             "print('torch' in sys.modules, 'transformers' in sys.modules, "
-            "'xgrammar' in sys.modules)")
+            "'llguidance' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
 

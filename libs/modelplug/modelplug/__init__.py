@@ -26,6 +26,7 @@ from modelplug.errors import (
     MissingDependencyError,
     ModelNotFoundError,
     ModelPlugError,
+    OutputTruncatedError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -35,6 +36,7 @@ from modelplug.errors import (
     UnknownModelError,
     UnknownProviderError,
     UnsupportedCapabilityError,
+    UnsupportedSchemaError,
 )
 from modelplug.local import available_models, default_model, resolve_model
 from modelplug.media import AudioBackend, ImageBackend, create_audio_backend, create_image_backend
@@ -82,6 +84,7 @@ __all__ = [
     "ModelRef",
     "OllamaModel",
     "OpenAIModel",
+    "OutputTruncatedError",
     "Profile",
     "ProviderError",
     "ProviderSpec",
@@ -95,6 +98,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownProviderError",
     "UnsupportedCapabilityError",
+    "UnsupportedSchemaError",
     "Usage",
     "VLLMModel",
     "available_models",

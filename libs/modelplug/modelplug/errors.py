@@ -13,6 +13,7 @@ class                          builtin base                     retryable
 ConfigurationError             ValueError                       no
   SettingError                 ValueError, TypeError            no
   UnsupportedCapabilityError   ValueError                       yes [1]_
+    UnsupportedSchemaError     ValueError                       yes [1]_
   ModelNotFoundError           ValueError, FileNotFoundError    no
 MissingDependencyError         ImportError                      no
 AuthenticationError            PermissionError                  no
@@ -23,6 +24,7 @@ ProviderUnavailableError       ConnectionError                  yes
 BadRequestError                ValueError                       no
   ContextOverflowError         ValueError                       yes [2]_
 RefusalError                   --                               no
+OutputTruncatedError           ValueError                       no
 FallbackExhaustedError         --                               if all were
 =============================  ===============================  =========
 
@@ -105,6 +107,30 @@ class UnsupportedCapabilityError(ConfigurationError):
     """
 
     retryable = True
+
+
+class UnsupportedSchemaError(UnsupportedCapabilityError):
+    """A JSON schema (structured output, tool parameters) uses a keyword or value that the
+    in-process grammar engine cannot enforce. Refused before generation, never loosened:
+    ``keyword`` names the part of the schema that is the problem (when known)."""
+
+    def __init__(self, message: str = "", *, keyword: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.keyword = keyword
+
+
+class OutputTruncatedError(ModelPlugError, ValueError):
+    """A structured answer (JSON schema, JSON mode, forced tool call) ended because the output
+    budget ran out (``finish_reason='length'``): the JSON is incomplete, so it is not returned as
+    if it were an answer. Raise ``max_tokens`` (or bound the schema's strings and arrays).
+    ``text`` holds what was generated."""
+
+    def __init__(self, message: str = "", *, text: str = "", max_tokens: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.text = text
+        self.max_tokens = max_tokens
 
 
 class MissingDependencyError(ModelPlugError, ImportError):
@@ -399,6 +425,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelNotFoundError",
     "ModelPlugError",
+    "OutputTruncatedError",
     "ProviderError",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
@@ -407,6 +434,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownProviderError",
     "UnsupportedCapabilityError",
+    "UnsupportedSchemaError",
     "is_retryable",
     "map_sdk_error",
     "redact",

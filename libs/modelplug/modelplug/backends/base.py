@@ -79,6 +79,12 @@ class Backend:
                 "structured output, or ask for the shape as a forced tool call "
                 "(with_structured_output(..., method='function_calling'))."
             )
+        if self.spec.in_process:  # their grammar refuses what it cannot enforce, before loading
+            from modelplug.backends import structured
+
+            schema = structured.answer_schema(request)
+            if schema is not None:
+                structured.compile_schema(schema)
 
     # -- errors --------------------------------------------------------------------------------
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import json
 import random
 import struct
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from modelplug.backends import tooling
+from modelplug.backends import structured, tooling
 from modelplug.backends.base import Backend, collect_stream
 from modelplug.backends.llamacpp_engine import DEFAULT_N_PARALLEL
 from modelplug.errors import ConfigurationError, ContextOverflowError, ModelNotFoundError
@@ -201,7 +200,7 @@ class LlamaCppBackend(Backend):
             with loaded.lock:
                 yield from self._delegate_stream(loaded.model, request, sampling)
             return
-        ticket = self._submit(loaded, self._chat_job(loaded.model, request, sampling))
+        ticket = self._submit(loaded, self._chat_job(loaded, request, sampling))
         if tooling.constrained(request):
             yield _tool_chunk(collect_stream(iter(ticket)))
         else:
@@ -213,7 +212,7 @@ class LlamaCppBackend(Backend):
                 yield chunk
             return
         ticket = await self._asubmit(lambda loaded: self._chat_job(
-            loaded.model, request, self._sampling(request)), request)
+            loaded, request, self._sampling(request)), request)
         if tooling.constrained(request):
             yield _tool_chunk(await _acollect(ticket))
         else:
@@ -230,7 +229,7 @@ class LlamaCppBackend(Backend):
         for request in requests:
             self.check(request)
         loaded = self._loaded()
-        tickets = [self._submit(loaded, self._chat_job(loaded.model, r, self._sampling(r)))
+        tickets = [self._submit(loaded, self._chat_job(loaded, r, self._sampling(r)))
                    for r in requests]
         return [_tool_response(collect_stream(iter(t))) if tooling.constrained(r)
                 else collect_stream(iter(t)) for t, r in zip(tickets, requests, strict=True)]
@@ -242,7 +241,7 @@ class LlamaCppBackend(Backend):
             with loaded.lock:
                 llm = loaded.model
                 tokens = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False)
-                yield from self._generate(llm, tokens, request, None, sampling)
+                yield from self._generate(llm, tokens, request, sampling)
             return
         yield from self._submit(loaded, self._completion_job(loaded.model, request, sampling))
 
@@ -276,15 +275,22 @@ class LlamaCppBackend(Backend):
 
         return await asyncio.to_thread(prepare)
 
-    def _chat_job(self, llm: Any, request: ChatRequest, sampling: dict[str, Any]) -> Any:
-        from llama_cpp.llama_grammar import LlamaGrammar
+    def _chat_job(self, loaded: LoadedModel, request: ChatRequest,
+                  sampling: dict[str, Any]) -> Any:
+        llm = loaded.model
+        tokens = self._chat_tokens(llm, request, with_tools=tooling.constrained(request))
+        schema = structured.answer_schema(request)
+        constraint = None if schema is None else self._constraint(loaded, schema)
+        return self._job(llm, tokens, request, constraint, sampling, schema)
 
-        with_tools = tooling.constrained(request)
-        tokens = self._chat_tokens(llm, request, with_tools=with_tools)
-        grammar = LlamaGrammar.from_json_schema(json.dumps(tooling.output_schema(request)),
-                                                verbose=False) if with_tools \
-            else _grammar(request)
-        return self._job(llm, tokens, request, grammar, sampling)
+    @staticmethod
+    def _constraint(loaded: LoadedModel, schema: dict[str, Any]) -> structured.Constraint:
+        """The request's grammar state over the model's vocabulary (one tokenizer view per
+        loaded model)."""
+        tokenizer = loaded.companion("lltokenizer",
+                                     lambda: structured.llamacpp_tokenizer(loaded.model))
+        return structured.Constraint(tokenizer, structured.compile_schema(schema),
+                                     loaded.model.n_vocab())
 
     def _completion_job(self, llm: Any, request: CompletionRequest,
                         sampling: dict[str, Any]) -> Any:
@@ -292,16 +298,20 @@ class LlamaCppBackend(Backend):
         return self._job(llm, tokens, request, None, sampling)
 
     def _job(self, llm: Any, tokens: list[int], request: ChatRequest | CompletionRequest,
-             grammar: Any, sampling: dict[str, Any]) -> Any:
+             constraint: structured.Constraint | None, sampling: dict[str, Any],
+             schema: dict[str, Any] | None = None) -> Any:
         from modelplug.backends.llamacpp_engine import LlamaJob
 
-        return LlamaJob(tokens=tokens, max_new=self._max_new(tokens, request),
-                        sampler=_sampler(llm, grammar, request.seed, sampling),
-                        stops=request.stop or [], model=self.ref.model_id)
+        return LlamaJob(tokens=tokens, max_new=self._max_new(tokens, request, schema),
+                        sampler=_sampler(llm, constraint, request.seed, sampling),
+                        stops=request.stop or [], model=self.ref.model_id,
+                        constraint=constraint)
 
-    def _max_new(self, prompt_tokens: list[int], request: ChatRequest | CompletionRequest) -> int:
+    def _max_new(self, prompt_tokens: list[int], request: ChatRequest | CompletionRequest,
+                 schema: dict[str, Any] | None = None) -> int:
         """The request's output budget, within the context window (a prompt that fills the
-        window is a ContextOverflowError, raised before anything is queued)."""
+        window is a ContextOverflowError, raised before anything is queued). A structured
+        answer whose schema bounds its length defaults to that bound, so it always finishes."""
         n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
         if len(prompt_tokens) >= n_ctx:
             raise ContextOverflowError(
@@ -309,7 +319,8 @@ class LlamaCppBackend(Backend):
                 f"'{self.ref}' is {n_ctx}. Shorten the conversation or load with a larger n_ctx.",
                 provider=self.spec.key)
         budget = n_ctx - len(prompt_tokens)
-        return min(request.max_tokens, budget) if request.max_tokens else budget
+        default = structured.output_bound(schema) or budget
+        return min(request.max_tokens or default, budget)
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised embeddings, computed on the chat model's loaded weights."""
@@ -327,7 +338,7 @@ class LlamaCppBackend(Backend):
         return sampling
 
     def _generate(self, llm: Any, prompt_tokens: list[int],
-                  request: ChatRequest | CompletionRequest, grammar: Any,
+                  request: ChatRequest | CompletionRequest,
                   sampling: dict[str, Any]) -> Iterator[ChatChunk]:
         """The Llama's own generate loop: raw completion on a delegated (chat_format) load."""
         import llama_cpp
@@ -339,7 +350,7 @@ class LlamaCppBackend(Backend):
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
         n_out, finish = 0, "length"
-        for token in llm.generate(prompt_tokens, grammar=grammar, **sampling):
+        for token in llm.generate(prompt_tokens, **sampling):
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 finish = "stop"
                 break
@@ -379,7 +390,8 @@ class LlamaCppBackend(Backend):
         native = with_tools and tooling.template_knows_tools(template)
         prompt = tooling.tools_prompt(request) if with_tools and not native else None
         messages = [{**m, "content": tooling.text_content(m.get("content"))}
-                    for m in tooling.template_messages(request.messages, template, prompt)]
+                    for m in structured.instructed(request, tooling.template_messages(
+                        request.messages, template, prompt))]
         rendered = formatter(messages=messages, tools=request.tools if native else None)
         return llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
                             special=True)
@@ -482,7 +494,8 @@ class StopScanner:
         return out
 
 
-def _sampler(llm: Any, grammar: Any, seed: int | None, sampling: dict[str, Any]) -> Any:
+def _sampler(llm: Any, constraint: structured.Constraint | None, seed: int | None,
+             sampling: dict[str, Any]) -> Any:
     """One request's own sampler chain, in the order ``Llama.generate`` builds it (penalties,
     grammar, then greedy or top-k/typical/top-p/min-p/temperature and a seeded draw), so an
     answer is the one the Llama's own loop would give."""
@@ -494,17 +507,8 @@ def _sampler(llm: Any, grammar: Any, seed: int | None, sampling: dict[str, Any])
     chain = _internals.LlamaSampler()
     chain.add_penalties(llm.n_vocab(), llm.last_n_tokens_size, opts["repeat_penalty"],
                         opts["frequency_penalty"], opts["presence_penalty"])
-    if grammar is not None:
-        import llama_cpp
-
-        native = llama_cpp.llama_sampler_init_grammar(
-            llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
-        if not native:  # llama.cpp refused the grammar: this request fails, alone and at once
-            raise ConfigurationError(
-                "llama.cpp could not compile the grammar for this request's JSON schema or "
-                "tools. Simplify the schema (see the structured-output docs) or use a model "
-                "on another backend.")
-        llama_cpp.llama_sampler_chain_add(chain.sampler, native)
+    if constraint is not None:  # the grammar's mask, where llama.cpp's own grammar would go
+        chain.add_custom(structured.mask_llamacpp_candidates(constraint))
     seed = seed if seed is not None else random.getrandbits(32)
     temp = opts["temp"]
     if temp == 0:
@@ -543,12 +547,3 @@ def _tool_response(raw: ChatResponse) -> ChatResponse:
 async def _acollect(chunks: AsyncIterator[ChatChunk]) -> ChatResponse:
     return collect_stream(iter([c async for c in chunks]))
 
-
-def _grammar(request: ChatRequest) -> Any:
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-    if request.json_schema is not None:
-        return LlamaGrammar.from_json_schema(json.dumps(request.json_schema), verbose=False)
-    if (request.response_format or {}).get("type") == "json_object":
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    return None

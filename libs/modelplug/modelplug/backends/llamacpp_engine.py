@@ -46,6 +46,9 @@ class LlamaJob:
     sampler: Any
     stops: list[str]
     model: str
+    #: The request's grammar state (structured output, tool turns): its mask is in the sampler
+    #: chain; each sampled token advances it.
+    constraint: Any = None
 
 
 @dataclass
@@ -192,7 +195,9 @@ class LlamaEngine:
         import llama_cpp
 
         job: LlamaJob = ticket.job
-        token = job.sampler.sample(self.ctx, index)  # the chain also accepts it (grammar state)
+        token = job.sampler.sample(self.ctx, index)  # the chain also accepts it (penalties)
+        if job.constraint is not None:
+            job.constraint.consume(token)
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
             return self._finish(ticket, run, "stop")
         run.n_out += 1

@@ -121,13 +121,21 @@ def plain_messages(messages: list[Message], extra_system: str | None = None) -> 
             name = names.get(message.get("tool_call_id"), "tool")
             role, content = "user", f"Result of {name}: {text_content(content)}"
         out.append({"role": role, "content": content})  # other turns keep their parts (images)
-    if extra_system:
-        if out and out[0]["role"] == "system":
-            system = text_content(out[0]["content"])
-            out[0] = {"role": "system", "content": f"{system}\n\n{extra_system}"}
-        else:
-            out.insert(0, {"role": "system", "content": extra_system})
+    return add_system(out, extra_system)
+
+
+def add_system(messages: list[Message], text: str | None) -> list[Message]:
+    """The conversation with ``text`` appended to (or becoming) its system message."""
+    if not text:
+        return messages
+    out = list(messages)
+    if out and out[0]["role"] == "system":
+        system = text_content(out[0]["content"])
+        out[0] = {**out[0], "content": f"{system}\n\n{text}"}
+    else:
+        out.insert(0, {"role": "system", "content": text})
     return out
+
 
 
 def sampling_extras(request: ChatRequest | CompletionRequest, accepted: frozenset[str],

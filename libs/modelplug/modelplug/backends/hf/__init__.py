@@ -3,7 +3,7 @@
 The prompt is rendered with the model's own chat template (``tools=`` passed to it) and
 tokenized once, in the caller's thread. Concurrent calls on one loaded model (threads, asyncio
 tasks, ``batch``, a server's clients) are then decoded together by transformers' own continuous
-batching, each with its own sampling settings, seed, stop sequences, budget, xgrammar constraint
+batching, each with its own sampling settings, seed, stop sequences, budget, grammar constraint
 (structured output, forced tool calls) and its own stream back to its caller; greedy answers are
 the single answers within the batch's floating-point numerics. The few requests it cannot take
 (image inputs, a request longer than the paged cache) run one batched,
@@ -26,7 +26,7 @@ The parts:
   batch, streamed for one row) and the output reading both paths share;
 - :mod:`~modelplug.backends.hf.backend`: :class:`HFBackend`, the calls over those parts.
 
-Importing this package imports no torch, transformers or xgrammar.
+Importing this package imports no torch, transformers or llguidance.
 """
 
 from modelplug.backends.hf.backend import HFBackend

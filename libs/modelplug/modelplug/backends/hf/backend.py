@@ -98,7 +98,7 @@ class HFBackend(HFLoading, Backend):
             context = config.get("max_position_embeddings") or \
                 text_config.get("max_position_embeddings")
             template = self.chat_template()
-            grammar = importlib.util.find_spec("xgrammar") is not None
+            grammar = importlib.util.find_spec("llguidance") is not None
             native = "tools" in template and self.tool_call_format() is not None
             tools = grammar or native
             self._profile = Profile.from_ref(self.ref).merged(

@@ -17,7 +17,7 @@ What it does not cover is closed here, around it:
   per-request penalties, grammar or seed. So the manager decodes greedily (argmax) and one
   processor of its own kind (:class:`RequestRows`, a ``ContinuousBatchingLogitsProcessor``)
   acts on the rows that need it, with ``generate``'s own processor classes in ``generate``'s
-  order: repetition penalties, then the request's xgrammar bitmask (structured output, forced
+  order: repetition penalties, then the request's grammar bitmask (structured output, forced
   tool calls), then, for a sampled request, temperature / top-k / top-p / min-p / typical-p and
   a draw from its own seeded ``torch.Generator``, left as the row's only candidate. Greedy rows
   without constraints are not touched;
@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelplug.backends import structured
 from modelplug.backends.hf import generation
 from modelplug.backends.hf.generation import TextReader
 from modelplug.backends.hf.loading import HFModel
@@ -81,7 +82,7 @@ class CBJob:
     warpers: list[Any] | None = None
     #: The request's own generator (a seed), else None (the process's random state).
     generator: Any = None
-    #: The request's xgrammar matcher (structured output, forced tool calls), else None.
+    #: The request's grammar state (structured output, forced tool calls), else None.
     matcher: Any = None
     reader: TextReader | None = None
     rid: str = ""
@@ -161,9 +162,7 @@ def make_job(lm: HFModel, plan: Plan, *, whole: bool, model: str) -> CBJob:
 
         job.generator = torch.Generator(device=lm.device).manual_seed(plan.request.seed)
     if plan.grammar is not None:
-        import xgrammar as xgr
-
-        job.matcher = xgr.GrammarMatcher(plan.grammar)
+        job.matcher = lm.constraint(plan.grammar)
     job.reader = TextReader(lm, plan, split=not whole)
     return job
 
@@ -171,7 +170,6 @@ def make_job(lm: HFModel, plan: Plan, *, whole: bool, model: str) -> CBJob:
 def _request_rows_class() -> type:
     """:class:`RequestRows`, a subclass of the manager's own per-request processor base."""
     import torch
-    import xgrammar as xgr
     from transformers.generation.continuous_batching.cb_logits_processors import (
         ContinuousBatchingLogitsProcessor,
     )
@@ -188,7 +186,7 @@ def _request_rows_class() -> type:
 
         def __init__(self, engine: CBEngine) -> None:
             self.engine = engine
-            self.bitmask = xgr.allocate_token_bitmask(engine.capacity, engine.lm.vocab_size)
+            self.bitmask = structured.torch_bitmask(engine.capacity, engine.lm.vocab_size)
             self.masked: list[int] = []
             self.rows: list[tuple[int, CBJob, Any]] = []
 
@@ -213,7 +211,7 @@ def _request_rows_class() -> type:
             # output is part of its prompt.
             generated = (state.initial_tokens + state.generated_tokens)[len(job.plan.ids):]
             if job.matcher is not None and self._advance(job, generated):
-                job.matcher.fill_next_token_bitmask(self.bitmask, i)
+                job.matcher.fill(self.bitmask[i].data_ptr())
                 self.masked.append(i)
             if job.penalties or job.warpers is not None:
                 ids = torch.tensor([job.plan.ids + generated], device=device) \
@@ -227,20 +225,14 @@ def _request_rows_class() -> type:
             while job.accepted < len(generated):
                 token = generated[job.accepted]
                 job.accepted += 1
-                if not matcher.accept_token(token):  # cannot happen under the mask
+                if not matcher.consume(token):  # cannot happen under the mask
                     job.matcher = None
                     return False
-            return not matcher.is_terminated()
+            return True  # a finished grammar still masks: it allows only the end token
 
         def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
             if self.masked:
-                if scores.device.type in ("cpu", "cuda"):
-                    xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device),
-                                                    indices=self.masked)
-                else:
-                    on_cpu = scores.to("cpu")
-                    xgr.apply_token_bitmask_inplace(on_cpu, self.bitmask, indices=self.masked)
-                    scores = on_cpu.to(scores.device)
+                structured.apply_torch_bitmask(scores, self.bitmask, self.masked)
             for i, job, ids in self.rows:
                 try:
                     row = scores[i:i + 1]

@@ -2,7 +2,7 @@
 
 Two hooks this module owns make a batch answer exactly as single calls would: a per-row stopping
 criterion (:class:`RowStops`: end tokens, stop sequences, each row's own token budget,
-cancellation) and, for structured output and tool turns, an xgrammar logits mask per row
+cancellation) and, for structured output and tool turns, the grammar's logits mask per row
 (:class:`GrammarMask`). Greedy answers in a batch are the single answers. Streaming runs
 ``generate`` in a thread with a token streamer (:func:`stream_plan`).
 
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from modelplug.backends import tooling
+from modelplug.backends import structured, tooling
 from modelplug.backends.hf.loading import HFModel
 from modelplug.backends.hf.planning import SAMPLING_ONLY_EXTRAS, Plan
 from modelplug.backends.hf.tool_formats import parse_tool_calls
@@ -82,14 +82,12 @@ class RowStops:
 
 
 class GrammarMask:
-    """xgrammar's token mask per constrained row (rows with no grammar generate freely)."""
+    """The grammar's token mask per constrained row (rows with no grammar generate freely)."""
 
     def __init__(self, lm: HFModel, grammars: list[Any], stops: RowStops) -> None:
-        import xgrammar as xgr
-
-        self.xgr, self.stops = xgr, stops
-        self.matchers = [xgr.GrammarMatcher(g) if g is not None else None for g in grammars]
-        self.bitmask = xgr.allocate_token_bitmask(len(grammars), lm.vocab_size)
+        self.stops = stops
+        self.matchers = [lm.constraint(g) if g is not None else None for g in grammars]
+        self.bitmask = structured.torch_bitmask(len(grammars), lm.vocab_size)
         self.started = False
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -97,20 +95,15 @@ class GrammarMask:
         for i, matcher in enumerate(self.matchers):
             if matcher is None or self.stops.rows[i].finish is not None:
                 continue
-            if self.started and not matcher.is_terminated():
-                if not matcher.accept_token(int(input_ids[i, -1])):
-                    self.matchers[i] = None
-                    continue
-            if not matcher.is_terminated():
-                matcher.fill_next_token_bitmask(self.bitmask, i)
-                live.append(i)
+            # A finished grammar still masks: it allows only the end token.
+            if self.started and not matcher.consume(int(input_ids[i, -1])):
+                self.matchers[i] = None
+                continue
+            matcher.fill(self.bitmask[i].data_ptr())
+            live.append(i)
         self.started = True
         if live:
-            on_cpu = scores.device.type not in ("cpu", "cuda")
-            target = scores.to("cpu") if on_cpu else scores
-            self.xgr.apply_token_bitmask_inplace(target, self.bitmask.to(target.device),
-                                                 indices=live)
-            scores = target.to(scores.device) if on_cpu else target
+            structured.apply_torch_bitmask(scores, self.bitmask, live)
         return scores
 
 

@@ -1,6 +1,7 @@
 """Loading an hf: model: locating its folder (a local path, or a hub id in the local cache),
 refusing pickle weights, loading model, tokenizer and processor once into the process-wide cache
-(:mod:`modelplug.weights`), and the loaded model's grammar compiler (xgrammar).
+(:mod:`modelplug.weights`), and the loaded model's view of its vocabulary for constrained
+decoding (:mod:`modelplug.backends.structured`).
 
 Loading never downloads unless ``allow_download=True``, loads safetensors only and passes
 ``trust_remote_code`` only when the caller does.
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelplug.backends import structured
 from modelplug.backends.hf.tool_formats import TOOL_CALL_FORMATS, detect_tool_call_format
-from modelplug.errors import ConfigurationError, MissingDependencyError, ModelNotFoundError
+from modelplug.errors import ConfigurationError, ModelNotFoundError
 from modelplug.weights import LoadedModel, get_or_load
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ DEFAULT_CONTEXT = 4096
 
 @dataclass
 class HFModel:
-    """What one cache entry holds: the model, its tokenizer (and processor), grammar state."""
+    """What one cache entry holds: the model, its tokenizer (and processor), grammar view."""
 
     model: Any
     tokenizer: Any
@@ -45,8 +47,7 @@ class HFModel:
     pad_id: int
     vocab_size: int
     context: int
-    _compiler: Any = None
-    _grammars: dict[str, Any] = field(default_factory=dict)
+    _lltokenizer: Any = None
     #: Held for every use of the tokenizer: a fast tokenizer used from two threads while one
     #: call changes its padding or truncation fails ("Already borrowed").
     text_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -56,34 +57,13 @@ class HFModel:
     def device(self) -> Any:
         return self.model.device
 
-    def grammar(self, schema: dict[str, Any] | None) -> Any:
-        """A compiled xgrammar grammar for a JSON schema (None: any JSON object), cached."""
-        key = json.dumps(schema, sort_keys=True)
+    def constraint(self, grammar: str) -> structured.Constraint:
+        """A request's grammar state (``grammar``: :func:`structured.compile_schema`'s)."""
         with self._grammar_lock:
-            if key not in self._grammars:
-                compiler = self._grammar_compiler()
-                # Compact JSON: with free whitespace a tiny model can pad the answer with
-                # newlines until max_tokens runs out.
-                # The schema as given, not the sorted key: properties are generated in its order.
-                self._grammars[key] = compiler.compile_json_schema(
-                    json.dumps(schema if schema is not None else {"type": "object"}),
-                    any_whitespace=False)
-            return self._grammars[key]
-
-    def _grammar_compiler(self) -> Any:
-        if self._compiler is None:
-            try:
-                import xgrammar as xgr
-            except ImportError as exc:
-                raise MissingDependencyError(
-                    "Structured output and tool calls on hf models use constrained decoding "
-                    "from xgrammar, which is not installed. Install it with: "
-                    "pip install 'modelplug[hf]' (or pip install xgrammar).", name="xgrammar",
-                ) from exc
-            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.vocab_size,
-                                                      stop_token_ids=sorted(self.eos_ids))
-            self._compiler = xgr.GrammarCompiler(info, max_threads=2)
-        return self._compiler
+            if self._lltokenizer is None:
+                self._lltokenizer = structured.hf_tokenizer(self.tokenizer, self.vocab_size,
+                                                            sorted(self.eos_ids))
+        return structured.Constraint(self._lltokenizer, grammar, self.vocab_size)
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         with self.text_lock:

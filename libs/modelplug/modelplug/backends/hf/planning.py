@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelplug.backends import tooling
+from modelplug.backends import structured, tooling
 from modelplug.backends.hf.loading import HFModel
 from modelplug.errors import ConfigurationError, ContextOverflowError, UnsupportedCapabilityError
 from modelplug.types import ChatRequest, CompletionRequest, Message
@@ -58,23 +58,21 @@ def plan_chat(lm: HFModel, request: ChatRequest, *, template: str, tool_format: 
     ``tool_format``: the model's own tool-call format (None: none known)."""
     template_tools = tooling.template_knows_tools(template)
     fmt = tool_format
-    mode, grammar = "text", None
-    if tooling.constrained(request):
-        if fmt and template_tools and request.tool_choice in (None, "auto"):
-            mode = "native"  # the model decides, in its own format
-        else:
-            mode, grammar = "tools", lm.grammar(tooling.output_schema(request))
-    elif request.json_schema is not None:
-        mode, grammar = "json", lm.grammar(request.json_schema)
-    elif (request.response_format or {}).get("type") == "json_object":
-        mode, grammar = "json", lm.grammar(None)
+    mode, grammar, schema = "text", None, structured.answer_schema(request)
+    if tooling.constrained(request) and fmt and template_tools \
+            and request.tool_choice in (None, "auto"):
+        mode, schema = "native", None  # the model decides, in its own format
+    elif schema is not None:
+        mode = "tools" if tooling.constrained(request) else "json"
+        grammar = structured.compile_schema(schema)
     with_tools = mode in ("native", "tools")
     tools = request.tools if with_tools and template_tools else None
     described = tooling.tools_prompt(request) if with_tools and not template_tools else None
-    messages = tooling.template_messages(request.messages, template, described)
+    messages = structured.instructed(
+        request, tooling.template_messages(request.messages, template, described))
     prompt, extra = render(lm, messages, tools, request, ref)
     ids = lm.encode(prompt) if extra is None else extra.pop("input_ids")[0].tolist()
-    plan = budget(lm, request, ids, ref=ref, provider=provider)
+    plan = budget(lm, request, ids, ref=ref, provider=provider, schema=schema)
     plan.mode, plan.grammar, plan.extra_inputs = mode, grammar, extra
     plan.tool_format = fmt if mode == "native" else None
     if mode in ("text", "native"):
@@ -84,14 +82,16 @@ def plan_chat(lm: HFModel, request: ChatRequest, *, template: str, tool_format: 
 
 
 def budget(lm: HFModel, request: ChatRequest | CompletionRequest, ids: list[int], *,
-           ref: Any, provider: str) -> Plan:
-    """The plan for prompt ``ids``: its token budget within the context window."""
+           ref: Any, provider: str, schema: dict[str, Any] | None = None) -> Plan:
+    """The plan for prompt ``ids``: its token budget within the context window (for a
+    structured answer whose schema bounds its length, that bound, so it always finishes)."""
     if len(ids) >= lm.context:
         raise ContextOverflowError(
             f"The prompt has {len(ids)} tokens but the context window of '{ref}' is "
             f"{lm.context}. Shorten the conversation.", provider=provider)
     room = lm.context - len(ids)
-    max_new = min(request.max_tokens, room) if request.max_tokens else room
+    default = structured.output_bound(schema) or room
+    max_new = min(request.max_tokens or default, room)
     return Plan(request=request, ids=ids, max_new=max(1, max_new),
                 stops=[s for s in request.stop or [] if s],
                 options=tooling.sampling_extras(request, GENERATION_EXTRAS, ref))

@@ -1,0 +1,213 @@
+"""Constrained output is valid for every schema, or refused up front (both in-process backends).
+
+Hypothesis builds JSON schemas of the kinds structured output promises (strings with lengths,
+patterns and formats, integers and numbers with bounds, enum/const, nested objects and arrays,
+anyOf, disjoint oneOf, $ref/$defs, optional properties), sometimes with a keyword the engine
+cannot enforce. SmolLM2 answers each one on llama.cpp and on transformers, sampled (temperature
+1, a drawn seed) so that the grammar, not the model's habits, is what is tested. Each answer:
+
+- refused before generation with UnsupportedSchemaError, exactly when the schema has a keyword
+  the engine refuses (never a silently looser grammar, never a refusal of a supported schema);
+- else valid for the schema as given (``jsonschema``), or cut by the budget only when the schema
+  leaves its length unbounded (a schema that bounds it gets that bound as its default budget,
+  so it always finishes).
+
+The normal run is a small fixed sample (``derandomize``). ``make conformance`` runs a few
+hundred random schemas (MODELPLUG_CONFORMANCE_EXAMPLES) and writes the counts to
+MODELPLUG_CONFORMANCE_REPORT.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelplug import ChatRequest, create_backend
+from modelplug.backends.structured import output_bound
+from modelplug.errors import UnsupportedSchemaError
+
+EXAMPLES = int(os.environ.get("MODELPLUG_CONFORMANCE_EXAMPLES", "6"))
+FULL = "MODELPLUG_CONFORMANCE_EXAMPLES" in os.environ
+REPORT = os.environ.get("MODELPLUG_CONFORMANCE_REPORT")
+#: The budget of a schema that leaves its length unbounded (its answer may be cut).
+UNBOUNDED_MAX_TOKENS = 48
+#: Keywords the engine refuses; a schema with one must be refused, never loosened.
+REFUSED = ("uniqueItems", "not", "if", "dependentRequired")
+NAMES = ["name", "age", "city", "ok", "tags", "x", "note"]
+PATTERNS = ["^[a-z]+$", "^[A-Z][a-z]*$", "^[0-9]{2,4}$", "^(yes|no)$"]
+FORMATS = ["date", "time", "email", "uuid"]
+
+integers = st.integers(-1000, 1000)
+literals = st.one_of(st.text(alphabet="abcxyz ", max_size=5), integers, st.booleans(),
+                     st.none())
+
+
+@st.composite
+def strings(draw: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if draw(st.booleans()):
+        schema["maxLength"] = draw(st.integers(1, 12))
+        if draw(st.booleans()):
+            schema["minLength"] = draw(st.integers(0, schema["maxLength"]))
+    kind = draw(st.sampled_from(["plain", "pattern", "format"]))
+    if kind == "pattern":
+        schema["pattern"] = draw(st.sampled_from(PATTERNS))
+    elif kind == "format" and "maxLength" not in schema:
+        schema["format"] = draw(st.sampled_from(FORMATS))
+    return schema
+
+
+@st.composite
+def numbers(draw: Any) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["integer", "number"]))
+    low = draw(integers)
+    high = low + draw(st.integers(0, 500))
+    schema: dict[str, Any] = {"type": kind}
+    if draw(st.booleans()):
+        schema["minimum"], schema["maximum"] = low, high
+    elif draw(st.booleans()):
+        schema["exclusiveMinimum"], schema["exclusiveMaximum"] = low - 1, high + 1
+    if kind == "integer" and draw(st.booleans()):
+        schema["multipleOf"] = draw(st.integers(1, 5))
+        schema.setdefault("minimum", low)
+        schema.setdefault("maximum", high + 5)
+    return schema
+
+
+leaves = st.one_of(
+    strings(), numbers(), st.just({"type": "boolean"}), st.just({"type": "null"}),
+    st.lists(literals, min_size=1, max_size=3, unique_by=json.dumps).map(lambda v: {"enum": v}),
+    literals.map(lambda v: {"const": v}),
+)
+
+
+@st.composite
+def objects(draw: Any, children: Any) -> dict[str, Any]:
+    names = draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=3, unique=True))
+    properties = {n: draw(children) for n in names}
+    required = [n for n in names if draw(st.booleans())]
+    schema = {"type": "object", "properties": properties, "required": required}
+    if draw(st.booleans()):
+        schema["additionalProperties"] = False
+    return schema
+
+
+@st.composite
+def arrays(draw: Any, children: Any) -> dict[str, Any]:
+    top = draw(st.integers(0, 3))
+    schema = {"type": "array", "items": draw(children), "maxItems": top,
+              "minItems": draw(st.integers(0, top))}
+    return schema
+
+
+def extend(children: Any) -> Any:
+    return st.one_of(
+        objects(children),
+        arrays(children),
+        st.lists(children, min_size=2, max_size=3).map(lambda s: {"anyOf": s}),
+        st.tuples(strings(), numbers()).map(lambda s: {"oneOf": list(s)}),  # disjoint types
+        children.map(lambda s: {"type": [s["type"], "null"], **{k: v for k, v in s.items()
+                                                                 if k != "type"}}
+                     if isinstance(s.get("type"), str) and s["type"] != "null" else s),
+    )
+
+
+@st.composite
+def schemas(draw: Any) -> dict[str, Any]:
+    """A root object (as structured output asks for), its parts drawn recursively; sometimes a
+    part behind $defs/$ref, sometimes a keyword the engine refuses."""
+    parts = st.recursive(leaves, extend, max_leaves=5)
+    schema = draw(objects(parts))
+    if draw(st.integers(0, 3)) == 0:
+        name = draw(st.sampled_from(NAMES))
+        schema["$defs"] = {"Part": draw(parts)}
+        schema["properties"][name] = {"$ref": "#/$defs/Part"}
+    if draw(st.integers(0, 5)) == 0:
+        keyword = draw(st.sampled_from(REFUSED))
+        schema["properties"]["bad"] = {
+            "uniqueItems": {"type": "array", "items": {"type": "integer"}, "maxItems": 2,
+                            "uniqueItems": True},
+            "not": {"not": {"type": "string"}},
+            "if": {"if": {"type": "string"}, "then": {"maxLength": 3}},
+            "dependentRequired": {"type": "object", "dependentRequired": {"a": ["b"]}},
+        }[keyword]
+    return schema
+
+
+def refused_keyword(schema: Any) -> bool:
+    """Whether ``schema`` uses a keyword of REFUSED as a keyword (not as a property name)."""
+    if isinstance(schema, list):
+        return any(refused_keyword(s) for s in schema)
+    if not isinstance(schema, dict):
+        return False
+    if any(k in schema for k in REFUSED):
+        return True
+    return any(refused_keyword(v) for k, v in schema.items()
+               if k not in ("properties", "$defs", "const", "enum")) \
+        or any(refused_keyword(v) for k in ("properties", "$defs")
+               for v in (schema.get(k) or {}).values())
+
+
+OUTCOMES: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+
+@pytest.fixture(scope="module", params=["llamacpp", "hf"])
+def backend(request: pytest.FixtureRequest, smollm2_path: Path) -> Any:
+    if request.param == "llamacpp":
+        return create_backend("llamacpp:smollm2")
+    import torch
+
+    torch.set_num_threads(1)
+    folder = request.getfixturevalue("smollm2_hf_path")
+    return create_backend(f"hf:{folder}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Any:
+    yield
+    if REPORT:
+        lines = ["| backend | answers validated | cut by budget (unbounded schema) | "
+                 "refused up front | total |", "|---|---|---|---|---|"]
+        for name, counts in sorted(OUTCOMES.items()):
+            lines.append(f"| {name} | {counts['valid']} | {counts['cut']} | "
+                         f"{counts['refused']} | {sum(counts.values())} |")
+        Path(REPORT).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=not FULL, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(schema=schemas(), seed=st.integers(0, 2**31 - 1))
+def test_constrained_output_validates_or_is_refused(backend: Any, schema: dict[str, Any],
+                                                    seed: int) -> None:
+    jsonschema.Draft202012Validator.check_schema(schema)
+    bound = output_bound(schema)
+    request = ChatRequest(
+        messages=[{"role": "user", "content": "Fill in the form with an example."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "form",
+                                                                "schema": schema}},
+        temperature=1.0, seed=seed, max_tokens=None if bound else UNBOUNDED_MAX_TOKENS)
+    outcomes = OUTCOMES[backend.spec.key]
+    try:
+        backend.check(request)
+    except UnsupportedSchemaError:
+        assert refused_keyword(schema), f"a supported schema was refused: {schema}"
+        outcomes["refused"] += 1
+        return
+    assert not refused_keyword(schema), f"an unenforceable keyword was accepted: {schema}"
+    response = backend.chat(request)
+    if response.finish_reason == "length":
+        assert bound is None, (f"a schema bounded to {bound} tokens was cut by its default "
+                               f"budget: {schema} -> {response.text!r}")
+        outcomes["cut"] += 1
+        return
+    jsonschema.validate(json.loads(response.text), schema)
+    outcomes["valid"] += 1
