@@ -21,7 +21,8 @@ from llama_index.core.llms import ChatMessage
 from llama_index.llms.modelplug import FallbackLLM, ModelPlug
 
 from langchain_modelplug import ChatModelPlug, FallbackChatModel
-from modelplug import FallbackExhaustedError
+from modelplug import FallbackExhaustedError, ProviderUnavailableError
+from modelplug.errors import StreamInterruptedError
 from modelplug.routing import SESSION_HEADER, HealthTable, backend_endpoint, health_table
 
 #: The client timeout of a replica that hangs (seconds); the hang lasts four times as long.
@@ -369,3 +370,117 @@ def test_strategy_and_health_are_checked() -> None:
         FallbackChatModel(["llamacpp:smollm2"], strategy="random")
     with pytest.raises(TypeError, match="health must be True"):
         FallbackChatModel(["llamacpp:smollm2"], health="yes")
+
+
+# -- streams that fail after their first chunk --------------------------------------------------
+
+QUESTION = "Describe the Eiffel Tower in one sentence."
+
+
+@pytest.fixture(scope="module")
+def greedy_pieces() -> list[str]:
+    """SmolLM2's greedy answer to QUESTION, chunk by chunk (one token each)."""
+    model = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)
+    pieces = [c.content for c in model.stream([HumanMessage(QUESTION)])]
+    assert len([p for p in pieces if p]) > 12, pieces  # enough to cut after 10
+    return [p for p in pieces if p]
+
+
+def cut_after_ten(replica: Replica, pieces: list[str]) -> None:
+    """The replica streams ``pieces`` and dies after the tenth (the drop counts body
+    messages: two precede the first piece)."""
+    replica.fake.reply_stream([{"role": "assistant", "content": ""}]
+                              + [{"content": p} for p in pieces])
+    replica.injector.inject(Fault("drop", after=12))
+
+
+def test_a_stream_cut_after_10_chunks_continues_into_the_greedy_answer(
+        fresh: list[Replica], greedy_pieces: list[str]) -> None:
+    primary = fresh[0]
+    cut_after_ten(primary, greedy_pieces)
+    local = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)
+    llm = FallbackChatModel([primary.model(), local], resume_streams=True,
+                            health=HealthTable())
+    chunks = list(llm.stream([HumanMessage(QUESTION)]))
+    resumed = [i for i, c in enumerate(chunks) if "fallback_resumed_by" in c.response_metadata]
+    assert len(resumed) == 1
+    assert "".join(c.content for c in chunks[:resumed[0]]) == "".join(greedy_pieces[:10])
+    assert "".join(c.content for c in chunks) == "".join(greedy_pieces)  # one seamless answer
+    full = chunks[0]
+    for chunk in chunks[1:]:
+        full += chunk
+    assert full.response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+    assert full.response_metadata["fallback_resumed_by"] == "llamacpp:smollm2"
+    assert [(a["candidate"], a["error"]) for a in full.response_metadata[
+        "fallback_resumed_attempts"]] == [("openai:gpt-4o-mini", None),
+                                          ("openai:gpt-4o-mini", "ProviderUnavailableError"),
+                                          ("llamacpp:smollm2", None)]
+
+
+async def test_without_resume_a_cut_stream_raises_with_its_partial_message(
+        fresh: list[Replica], greedy_pieces: list[str]) -> None:
+    primary, spare = fresh[0], fresh[1]
+    cut_after_ten(primary, greedy_pieces)
+    llm = FallbackChatModel([primary.model(), spare.model()], health=HealthTable())
+    received = []
+    with pytest.raises(StreamInterruptedError) as info:
+        async for chunk in llm.astream([HumanMessage(QUESTION)]):
+            received.append(chunk.content)
+    assert "".join(received) == "".join(greedy_pieces[:10])
+    assert info.value.partial.content == "".join(greedy_pieces[:10])
+    assert info.value.candidate == "openai:gpt-4o-mini"
+    assert info.value.usage is None  # this provider reports usage only at the end
+    assert isinstance(info.value, ProviderUnavailableError) and info.value.__cause__
+    assert spare.calls == 0  # nothing replayed elsewhere
+
+
+def tool_call_deltas(arguments: str) -> list[dict[str, Any]]:
+    head = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""}}]}
+    return [head] + [{"tool_calls": [{"index": 0, "function": {"arguments": arguments[i:i + 4]}}]}
+                     for i in range(0, len(arguments), 4)]
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_tool_call_stream_cut_midway_restarts_cleanly_or_raises(
+        fresh: list[Replica], resume: bool) -> None:
+    primary, spare = fresh[0], fresh[1]
+    primary.fake.reply_stream(tool_call_deltas('{"city": "Paris"}'), finish_reason="tool_calls")
+    primary.injector.inject(Fault("drop", after=3))  # the call's head and a fragment
+    spare.fake.reply_stream(tool_call_deltas('{"city": "Lyon"}'), finish_reason="tool_calls")
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    llm = FallbackChatModel([primary.model(), spare.model()], resume_streams=resume,
+                            health=HealthTable()).bind_tools([get_weather])
+    if not resume:
+        with pytest.raises(StreamInterruptedError) as info:
+            list(llm.stream("Weather in Paris?"))
+        assert info.value.partial.tool_call_chunks  # the half-sent call, handed over
+        return
+    chunks = list(llm.stream("Weather in Paris?"))
+    full = chunks[0]
+    for chunk in chunks[1:]:
+        full += chunk
+    # Nothing of the cut call reached the caller: one whole call, from the spare.
+    assert full.tool_calls == [{"name": "get_weather", "args": {"city": "Lyon"},
+                                "id": "call_1", "type": "tool_call"}]
+    assert spare.calls == 1
+
+
+def test_llama_index_cut_stream_raises_with_its_partial_response(
+        fresh: list[Replica], greedy_pieces: list[str]) -> None:
+    primary, spare = fresh[0], fresh[1]
+    cut_after_ten(primary, greedy_pieces)
+    llm = FallbackLLM([ModelPlug(**primary.settings()), ModelPlug(**spare.settings())],
+                      health=HealthTable())
+    received = []
+    with pytest.raises(StreamInterruptedError) as info:
+        for step in llm.stream_chat([ChatMessage(role="user", content=QUESTION)]):
+            received.append(step.delta)
+    assert "".join(received) == "".join(greedy_pieces[:10])
+    assert info.value.partial.message.content == "".join(greedy_pieces[:10])
+    assert info.value.candidate == "openai:gpt-4o-mini" and spare.calls == 0

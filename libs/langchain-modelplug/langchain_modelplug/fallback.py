@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_modelplug._convert import to_openai_messages
 from modelplug.catalog import CatalogModel
+from modelplug.errors import StreamInterruptedError, is_retryable
 from modelplug.fallback import (
     Candidate,
     FallbackPolicy,
@@ -157,6 +158,60 @@ def _as_generation_chunk(message: Any) -> ChatGenerationChunk:
                                                                       str(message))))
 
 
+class _Sent:
+    """What a fallback stream has sent the caller: to continue it on the next candidate, or to
+    hand it over with the error that cut it."""
+
+    def __init__(self, messages: list[BaseMessage]) -> None:
+        self.messages = messages
+        self.chunks: list[ChatGenerationChunk] = []
+
+    def add(self, chunk: ChatGenerationChunk) -> ChatGenerationChunk:
+        self.chunks.append(chunk)
+        return chunk
+
+    def merged(self) -> AIMessageChunk | None:
+        if not self.chunks:
+            return None
+        message = self.chunks[0].message
+        for chunk in self.chunks[1:]:
+            message = message + chunk.message
+        return message  # type: ignore[return-value]
+
+    def resume(self, starting: Callable[[list[BaseMessage]], Any]) -> Any:
+        """The start of a continuation on the next candidate, or None when it cannot be
+        spliced: reasoning (thinking) already sent, or a tool call half sent (only when the
+        candidate's chunks were not held, see ``_held``). With nothing but held chunks sent,
+        the next candidate starts afresh; otherwise it continues the text already sent from
+        an assistant prefill."""
+        message = self.merged()
+        if message is None:
+            return starting(self.messages)
+        kwargs = message.additional_kwargs
+        if message.tool_call_chunks or kwargs.get("reasoning_content") or kwargs.get(
+                "thinking_blocks"):
+            return None
+        text = message.text if isinstance(message.text, str) else str(message.content)
+        if not text:
+            return starting(self.messages)
+        return starting([*self.messages, AIMessage(content=text)])
+
+    def interrupted(self, exc: Exception) -> Exception:
+        """A failover-worthy error after some of the answer was sent, as a
+        StreamInterruptedError carrying that part and its usage; any other error as itself."""
+        if not self.chunks or isinstance(exc, StreamInterruptedError) or not is_retryable(exc):
+            return exc
+        partial = self.merged()
+        name = (partial.response_metadata.get("fallback_resumed_by")
+                or partial.response_metadata.get("fallback_model")) if partial else None
+        return StreamInterruptedError(
+            f"The stream from {name or 'the answering candidate'} failed after "
+            f"{len(self.chunks)} chunk(s) had reached you ({type(exc).__name__}: {exc}). The "
+            "part already sent is in .partial (usage in .usage); pass resume_streams=True to "
+            "continue such a stream on the next candidate.",
+            partial=partial, usage=partial.usage_metadata if partial else None, candidate=name)
+
+
 class FallbackChatModel(BaseChatModel):
     """A chat model that answers with the first of several chat models that can.
 
@@ -260,6 +315,13 @@ class FallbackChatModel(BaseChatModel):
         "from the conversation's first messages picks the candidate tried first. A call's own "
         "session_id=... does so too. HTTP candidates receive the key as the x-session-id "
         "header."))
+    resume_streams: bool = Field(default=False, description=(
+        "When a stream fails after its first chunk, continue the answer on the next candidate "
+        "from the text already sent (an assistant prefill), so the caller sees one stream. A "
+        "half-sent thinking block cannot be spliced: that raises. Tool-call chunks are held "
+        "until a candidate's stream ends, so a cut tool call restarts on the next candidate. "
+        "Without it, such a failure raises StreamInterruptedError carrying the partial "
+        "message and its usage."))
     health: Any = Field(default=True, exclude=True, description=(
         "Health memory: True (the process-wide modelplug.routing table: a candidate that timed "
         "out, was refused or answered 5xx/429 is skipped for a cooldown), False (none), or a "
@@ -482,29 +544,42 @@ class FallbackChatModel(BaseChatModel):
         chosen: list[Outcome[None]] = []
         session = self._session(messages, kwargs)
 
-        def start(target: Runnable) -> Iterator[ChatGenerationChunk]:
-            unwrapped = _unwrap(target)
-            if unwrapped is None:
-                return (self._emit(_as_generation_chunk(c), run_manager) for c in target.stream(
-                    messages, self._child_config(run_manager), stop=stop, **kwargs))
-            model, bound = unwrapped
-            call_kwargs = self._with_session(model, _call_kwargs(bound, kwargs), session)
-            if model._should_stream(async_api=False, run_manager=run_manager,
-                                    **{**call_kwargs, "stream": True}):
-                return model._stream(messages, stop=stop, run_manager=run_manager,
-                                     **call_kwargs)
-            result = model._generate_with_cache(messages, stop=stop, run_manager=run_manager,
-                                                **call_kwargs)
-            return iter([self._emit(_as_generation_chunk(result.generations[0].message),
-                                    run_manager)])
+        def starting(conversation: list[BaseMessage]) -> Callable[[Runnable], Iterator[Any]]:
+            def start(target: Runnable) -> Iterator[ChatGenerationChunk]:
+                unwrapped = _unwrap(target)
+                if unwrapped is None:
+                    return (self._emit(_as_generation_chunk(c), run_manager)
+                            for c in target.stream(conversation, self._child_config(run_manager),
+                                                   stop=stop, **kwargs))
+                model, bound = unwrapped
+                call_kwargs = self._with_session(model, _call_kwargs(bound, kwargs), session)
+                if model._should_stream(async_api=False, run_manager=run_manager,
+                                        **{**call_kwargs, "stream": True}):
+                    return self._held(model._stream(conversation, stop=stop,
+                                                    run_manager=run_manager, **call_kwargs))
+                result = model._generate_with_cache(conversation, stop=stop,
+                                                    run_manager=run_manager, **call_kwargs)
+                return iter([self._emit(_as_generation_chunk(result.generations[0].message),
+                                        run_manager)])
+            return start
 
-        marked = False
-        for chunk in self._policy.stream(self._candidates(), start,
-                                         needs=self._needs(messages, kwargs),
-                                         on_select=chosen.append, session=session):
-            yield chunk if marked else self._mark(chunk, chosen[0])
-            marked = True
-        if not marked and chosen:  # the candidate streamed nothing: say who, all the same
+        sent, marked = _Sent(messages), 0
+        try:
+            for chunk in self._policy.stream(
+                    self._candidates(), starting(messages), needs=self._needs(messages, kwargs),
+                    on_select=chosen.append, session=session,
+                    resume=(lambda exc: sent.resume(starting)) if self.resume_streams else None):
+                if len(chosen) > marked:  # a candidate's first chunk names it
+                    chunk = self._mark(chunk, chosen[0]) if not marked else \
+                        self._mark_resumed(chunk, chosen[-1])
+                    marked = len(chosen)
+                yield sent.add(chunk)
+        except Exception as exc:
+            error = sent.interrupted(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        if not sent.chunks and chosen:  # the candidate streamed nothing: say who, all the same
             yield self._mark(ChatGenerationChunk(message=AIMessageChunk(content="")), chosen[0])
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -513,39 +588,89 @@ class FallbackChatModel(BaseChatModel):
         chosen: list[Outcome[None]] = []
         session = self._session(messages, kwargs)
 
-        async def start(target: Runnable) -> AsyncIterator[ChatGenerationChunk]:
-            unwrapped = _unwrap(target)
-            if unwrapped is None:
-                async for c in target.astream(messages, self._child_config(run_manager),
-                                              stop=stop, **kwargs):
-                    generation = _as_generation_chunk(c)
-                    if run_manager is not None:
-                        await run_manager.on_llm_new_token(generation.text, chunk=generation)
-                    yield generation
-                return
-            model, bound = unwrapped
-            call_kwargs = self._with_session(model, _call_kwargs(bound, kwargs), session)
-            if model._should_stream(async_api=True, run_manager=run_manager,
-                                    **{**call_kwargs, "stream": True}):
-                async for generation in model._astream(messages, stop=stop,
-                                                       run_manager=run_manager, **call_kwargs):
-                    yield generation
-                return
-            result = await model._agenerate_with_cache(messages, stop=stop,
-                                                       run_manager=run_manager, **call_kwargs)
-            generation = _as_generation_chunk(result.generations[0].message)
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(generation.text, chunk=generation)
-            yield generation
+        def starting(conversation: list[BaseMessage]) -> Callable[[Runnable], AsyncIterator[Any]]:
+            async def start(target: Runnable) -> AsyncIterator[ChatGenerationChunk]:
+                unwrapped = _unwrap(target)
+                if unwrapped is None:
+                    async for c in target.astream(conversation, self._child_config(run_manager),
+                                                  stop=stop, **kwargs):
+                        generation = _as_generation_chunk(c)
+                        if run_manager is not None:
+                            await run_manager.on_llm_new_token(generation.text, chunk=generation)
+                        yield generation
+                    return
+                model, bound = unwrapped
+                call_kwargs = self._with_session(model, _call_kwargs(bound, kwargs), session)
+                if model._should_stream(async_api=True, run_manager=run_manager,
+                                        **{**call_kwargs, "stream": True}):
+                    async for generation in self._aheld(model._astream(
+                            conversation, stop=stop, run_manager=run_manager, **call_kwargs)):
+                        yield generation
+                    return
+                result = await model._agenerate_with_cache(conversation, stop=stop,
+                                                           run_manager=run_manager,
+                                                           **call_kwargs)
+                generation = _as_generation_chunk(result.generations[0].message)
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(generation.text, chunk=generation)
+                yield generation
+            return start
 
-        marked = False
-        async for chunk in self._policy.astream(self._candidates(), start,
-                                                needs=self._needs(messages, kwargs),
-                                                on_select=chosen.append, session=session):
-            yield chunk if marked else self._mark(chunk, chosen[0])
-            marked = True
-        if not marked and chosen:
+        sent, marked = _Sent(messages), 0
+        try:
+            async for chunk in self._policy.astream(
+                    self._candidates(), starting(messages), needs=self._needs(messages, kwargs),
+                    on_select=chosen.append, session=session,
+                    resume=(lambda exc: sent.resume(starting)) if self.resume_streams else None):
+                if len(chosen) > marked:  # a candidate's first chunk names it
+                    chunk = self._mark(chunk, chosen[0]) if not marked else \
+                        self._mark_resumed(chunk, chosen[-1])
+                    marked = len(chosen)
+                yield sent.add(chunk)
+        except Exception as exc:
+            error = sent.interrupted(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        if not sent.chunks and chosen:
             yield self._mark(ChatGenerationChunk(message=AIMessageChunk(content="")), chosen[0])
+
+    def _held(self, chunks: Iterator[ChatGenerationChunk]) -> Iterator[ChatGenerationChunk]:
+        """With ``resume_streams``: a candidate's tool-call chunks wait for the end of its
+        stream, so a cut mid-call sends the caller none of it and the next candidate starts
+        the call afresh. Without, the chunks pass as they come."""
+        if not self.resume_streams:
+            yield from chunks
+            return
+        held = []
+        for chunk in chunks:
+            if getattr(chunk.message, "tool_call_chunks", None):
+                held.append(chunk)
+            else:
+                yield chunk
+        yield from held
+
+    async def _aheld(self, chunks: AsyncIterator[ChatGenerationChunk],
+                     ) -> AsyncIterator[ChatGenerationChunk]:
+        held = []
+        async for chunk in chunks:
+            if self.resume_streams and getattr(chunk.message, "tool_call_chunks", None):
+                held.append(chunk)
+            else:
+                yield chunk
+        for chunk in held:
+            yield chunk
+
+    @staticmethod
+    def _mark_resumed(generation: ChatGenerationChunk,
+                      outcome: Outcome[None]) -> ChatGenerationChunk:
+        """The first chunk a resuming candidate sends, naming it and the attempts so far."""
+        meta = {**generation.message.response_metadata,
+                "fallback_resumed_by": outcome.candidate.name,
+                "fallback_resumed_attempts": [a.as_dict() for a in outcome.attempts]}
+        return ChatGenerationChunk(
+            message=generation.message.model_copy(update={"response_metadata": meta}),
+            generation_info=generation.generation_info)
 
     @staticmethod
     def _emit(generation: ChatGenerationChunk, run_manager: Any) -> ChatGenerationChunk:

@@ -171,6 +171,23 @@ class CircuitOpenError(ProviderUnavailableError):
     down (its health memory, :mod:`modelplug.routing`); it is probed again after the cooldown."""
 
 
+class StreamInterruptedError(ProviderUnavailableError):
+    """A stream failed after part of the answer reached the caller.
+
+    ``partial`` holds what was streamed (the framework's merged message: an ``AIMessageChunk``
+    in LangChain, a ``ChatResponse`` in LlamaIndex), ``usage`` its token usage where the
+    provider had reported any, ``candidate`` the model that was streaming. The provider's own
+    error is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str = "", *, partial: Any = None, usage: Any = None,
+                 candidate: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.partial = partial
+        self.usage = usage
+        self.candidate = candidate
+
+
 class ServerBusyError(ProviderUnavailableError):
     """An in-process model's request queue is full (its ``max_queue``): back-pressure, served as
     HTTP 503 by ``modelplug serve``. Retry later, or let a fallback set try another model."""
@@ -431,6 +448,7 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitError",
     "RefusalError",
+    "StreamInterruptedError",
     "UnknownModelError",
     "UnknownProviderError",
     "UnsupportedCapabilityError",

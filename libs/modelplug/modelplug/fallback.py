@@ -284,6 +284,14 @@ class _Call:
                                      time.perf_counter() - self._started))
         return Outcome(None, candidate, self.failures, self.attempts)
 
+    def cut(self, candidate: Candidate[Any], exc: BaseException) -> None:
+        """A stream that had sent items failed and is resumed on the next candidate."""
+        logger.warning("Candidate %r failed mid-stream (%s: %s); continuing on the next.",
+                       candidate.name, type(exc).__name__, exc)
+        self.failures.append((candidate.name, exc))
+        self.attempts.append(Attempt(candidate.name, type(exc).__name__, str(exc),
+                                     time.perf_counter() - self._started))
+
     def outcome(self, value: Any, candidate: Candidate[Any]) -> Outcome[Any]:
         return Outcome(value, candidate, self.failures, self.attempts)
 
@@ -405,12 +413,17 @@ class FallbackPolicy:
     def stream(self, candidates: Iterable[Candidate[T]], start: Callable[[T], Iterable[C]], *,
                needs: Needs | None = None,
                on_select: Callable[[Outcome[None]], None] | None = None,
-               session: str | None = None) -> Iterator[C]:
-        """Items of ``start(candidate.target)``, failing over only before the first item.
+               session: str | None = None,
+               resume: Callable[[BaseException], Callable[[T], Iterable[C]] | None] | None = None,
+               ) -> Iterator[C]:
+        """Items of ``start(candidate.target)``, failing over before the first item.
 
         An error after the first item propagates as itself: the caller has already seen part of
-        one model's answer, and replaying another's would garble it. ``on_select`` is told which
-        candidate streams, once its first item (or its end) has arrived.
+        one model's answer, and replaying another's would garble it. Unless ``resume`` (given
+        the error, when it fails over) returns a new ``start``: the next candidates then
+        continue the answer with it (the adapter's continuation from the text already sent).
+        ``on_select`` is told which candidate streams, once its first item (or its end) has
+        arrived (again for each candidate that resumes the stream).
         """
         state = _Call(self)
         for candidate in self._tries(candidates, needs, state, session):
@@ -430,19 +443,26 @@ class FallbackPolicy:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            selected = state.selected(candidate)
+            outcome = state.selected(candidate)
             if on_select is not None:
-                on_select(selected)
+                on_select(outcome)
             error: BaseException | None = None
             try:
                 yield first
                 yield from iterator
+            except Exception as exc:
+                error = exc
+                resumed = resume(exc) if resume is not None and self.fails_over(exc) else None
+                if resumed is None:
+                    raise
+                state.cut(candidate, exc)
+                start = resumed
+                continue
             except BaseException as exc:
                 error = exc
                 raise
             finally:
                 _close(iterator)
-                # Health only: the caller has this candidate's first item, so no failover.
                 if self.health is not None and candidate.endpoint is not None:
                     self.health.finish(candidate.endpoint,
                                        None if isinstance(error, GeneratorExit) else error)
@@ -471,8 +491,11 @@ class FallbackPolicy:
     async def astream(self, candidates: Iterable[Candidate[T]],
                       start: Callable[[T], AsyncIterable[C]], *, needs: Needs | None = None,
                       on_select: Callable[[Outcome[None]], None] | None = None,
-                      session: str | None = None) -> AsyncIterator[C]:
-        """Async :meth:`stream`: fails over only before the first item."""
+                      session: str | None = None,
+                      resume: Callable[[BaseException], Callable[[T], AsyncIterable[C]] | None]
+                      | None = None) -> AsyncIterator[C]:
+        """Async :meth:`stream`: fails over before the first item, after it only by
+        ``resume``."""
         state = _Call(self)
         for candidate in self._tries(candidates, needs, state, session):
             iterator: AsyncIterator[C] | None = None
@@ -491,14 +514,22 @@ class FallbackPolicy:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            selected = state.selected(candidate)
+            outcome = state.selected(candidate)
             if on_select is not None:
-                on_select(selected)
+                on_select(outcome)
             error: BaseException | None = None
             try:
                 yield first
                 async for item in iterator:
                     yield item
+            except Exception as exc:
+                error = exc
+                resumed = resume(exc) if resume is not None and self.fails_over(exc) else None
+                if resumed is None:
+                    raise
+                state.cut(candidate, exc)
+                start = resumed
+                continue
             except BaseException as exc:
                 error = exc
                 raise

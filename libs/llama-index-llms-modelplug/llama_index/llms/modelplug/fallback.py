@@ -37,6 +37,7 @@ from llama_index.core.types import Model
 from llama_index.llms.modelplug._convert import to_openai_messages
 
 from modelplug.catalog import CatalogModel
+from modelplug.errors import StreamInterruptedError, is_retryable
 from modelplug.fallback import Candidate, FallbackPolicy, Needs, Outcome, combine_profiles
 from modelplug.routing import SESSION_HEADER, Endpoint, backend_endpoint, session_key
 from modelplug.types import ChatRequest
@@ -310,13 +311,23 @@ class FallbackLLM(FunctionCallingLLM):
 
     def _tagged_stream(self, steps: Any,
                        chosen: list[Outcome[None]]) -> Generator[Any, None, None]:
-        for step in steps:
-            yield self._tag(step, chosen[0]) if chosen else step
+        last = None
+        try:
+            for last in steps:
+                yield self._tag(last, chosen[0]) if chosen else last
+        except Exception as exc:
+            _raise_interrupted(exc, last, chosen)
+            raise
 
     async def _atagged_stream(self, steps: Any,
                               chosen: list[Outcome[None]]) -> AsyncGenerator[Any, None]:
-        async for step in steps:
-            yield self._tag(step, chosen[0]) if chosen else step
+        last = None
+        try:
+            async for last in steps:
+                yield self._tag(last, chosen[0]) if chosen else last
+        except Exception as exc:
+            _raise_interrupted(exc, last, chosen)
+            raise
 
     # -- chat -----------------------------------------------------------------------------------
 
@@ -498,6 +509,20 @@ class FallbackLLM(FunctionCallingLLM):
                 yield item
 
         return self._policy.astream(self._candidates(reported=False), start)
+
+
+def _raise_interrupted(exc: Exception, last: Any, chosen: list[Outcome[None]]) -> None:
+    """A failover-worthy error after some of the answer reached the caller is raised as a
+    StreamInterruptedError carrying the last response (its message holds the text so far, its
+    raw the provider's usage where sent); anything else returns, to be raised as itself."""
+    if last is None or isinstance(exc, StreamInterruptedError) or not is_retryable(exc):
+        return
+    name = chosen[0].candidate.name if chosen else None
+    raise StreamInterruptedError(
+        f"The stream from {name or 'the answering candidate'} failed after part of the answer "
+        f"had reached you ({type(exc).__name__}: {exc}). The part already sent is in .partial.",
+        partial=last, usage=(last.raw or {}).get("usage") if isinstance(last.raw, dict)
+        else None, candidate=name) from exc
 
 
 def _build(model: Any, model_kwargs: dict[str, Any], index: int) -> LLM:
