@@ -73,7 +73,8 @@ CASES: dict[str, tuple[Callable[[Path], Any], type[BaseException], str]] = {
     # -- provider kwargs ----------------------------------------------------------------------
     "kwarg the provider does not take": (lambda _: openai(model_path="/x.gguf"), TypeError,
                                          r"'openai' got an unexpected keyword argument "
-                                         r"'model_path'\. It accepts: \['api_key'"),
+                                         r"'model_path'\. Standard parameters: \['temperature'.*"
+                                         r"Settings of 'openai': \['api_key'"),
     "max_retries on native ollama": (lambda _: ollama(max_retries=2), ValueError,
                                      r"has no request retry.*Use the 'ollama-openai' provider"),
     "cache_prompt off anthropic": (lambda _: openai(cache_prompt=True), TypeError,
@@ -149,7 +150,9 @@ CASES: dict[str, tuple[Callable[[Path], Any], type[BaseException], str]] = {
                            ConfigurationError, r"n_ctx must be a positive int; got 0"),
     "model_path missing": (lambda _: ChatModelPlug(model="llamacpp:my-model"),
                            ModelNotFoundError,
-                           r"'llamacpp:my-model' needs model_path= \(the path of a \.gguf file\)"),
+                           r"'llamacpp:my-model' needs the setting model_path \(the path of a \.gguf "
+                           r"file\).* For example: ChatModelPlug\(model='llamacpp:my-model', "
+                           r"model_path='/models/model\.gguf'\)\."),
     "model_path does not exist": (lambda tmp: ChatModelPlug(
         model="llamacpp:x", model_path=str(tmp / "nope.gguf")), ModelNotFoundError,
         r"model_path '.*nope\.gguf' for 'llamacpp:x' does not exist or is not a file"),
@@ -162,7 +165,8 @@ CASES: dict[str, tuple[Callable[[Path], Any], type[BaseException], str]] = {
     # -- keys and wrappers ----------------------------------------------------------------------
     "missing openai key": (lambda _: ChatModelPlug(model="openai:gpt-4o"), ConfigurationError,
                            r"'openai' needs an API key and none was found: set the "
-                           r"OPENAI_API_KEY environment variable or pass api_key="),
+                           r"OPENAI_API_KEY environment variable or pass the setting api_key\. "
+                           r"For example: ChatModelPlug\(model='openai:gpt-4o', api_key=\.\.\.\)"),
     "missing anthropic key": (lambda _: ChatModelPlug(model="anthropic:claude-sonnet-4-6"),
                               ConfigurationError,
                               r"No API key for 'anthropic:claude-sonnet-4-6': set the "

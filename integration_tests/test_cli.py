@@ -52,7 +52,7 @@ def test_list_shows_a_broken_local_model_beside_the_working_ones(
     assert result.exit_code == 0, result.output
     local = result.output.split("Available locally")[1]
     assert re.search(r"llamacpp:smollm2\s+│ yes\s+│ yes\s+│ no\s+│ no\s+│ 8,192", local)
-    assert re.search(r"llamacpp:missing-file .*│ ModelNotFoundError: .*needs model_path=", local)
+    assert re.search(r"llamacpp:missing-file .*│ ModelNotFoundError: .*needs the setting model_path", local)
 
 
 def test_run_streams_the_answer(runner: CliRunner) -> None:

@@ -250,7 +250,7 @@ def test_model_path_and_corrupt_files(tmp_path: Path, smollm2_path: Path) -> Non
     explicit = ChatModelPlug(model="llamacpp:my-model", model_path=str(smollm2_path),
                              temperature=0, max_tokens=48)
     assert "Paris" in explicit.invoke(PARIS).content
-    with pytest.raises(ModelNotFoundError, match="needs model_path="):
+    with pytest.raises(ModelNotFoundError, match="needs the setting model_path"):
         ChatModelPlug(model="llamacpp:qwen3-8b")
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         ChatModelPlug(model="llamacpp:x", model_path=str(tmp_path / "missing.gguf"))

@@ -6,9 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from langchain_modelplug import ChatModelPlug
 from modelplug import MissingDependencyError, create_backend, get_provider, providers
-from modelplug.registry import ProviderSpec
+from modelplug.registry import STANDARD_PARAMS, ProviderSpec, check_kwargs
 
 SEED_TEXT_PROVIDERS = {
     # key: (extra, api key variable, default endpoint host:port or None)
@@ -73,6 +76,42 @@ def test_unknown_kwarg_names_it_and_lists_accepted_ones() -> None:
     message = str(err.value)
     assert "unexpected keyword argument 'n_cxt'" in message
     assert "'n_ctx'" in message and "'model_path'" in message
+
+
+@pytest.mark.parametrize(("kwargs", "meant"), [({"temprature": 0}, "temperature"),
+                                                ({"max_token": 16}, "max_tokens"),
+                                                ({"n_ctxx": 10}, "n_ctx")])
+def test_a_misspelt_keyword_names_the_one_meant_and_lists_the_standard_parameters(
+        kwargs: dict[str, int], meant: str) -> None:
+    with pytest.raises(TypeError) as err:
+        ChatModelPlug(model="llamacpp:smollm2", **kwargs)
+    message = str(err.value)
+    assert f"unexpected keyword argument {next(iter(kwargs))!r}. Did you mean {meant!r}?" \
+        in message
+    assert "Standard parameters: ['temperature', 'max_tokens', 'top_p', 'stop', 'seed', " \
+        "'reasoning']" in message
+    assert "Settings of 'llamacpp': ['chat_format'," in message
+    assert (err.value.setting, err.value.suggestion) == (next(iter(kwargs)), meant)
+
+
+def _one_typo(draw: st.DrawFn) -> tuple[str, str]:
+    """A standard parameter or llamacpp setting with one letter dropped, doubled or swapped."""
+    name = draw(st.sampled_from(sorted({*STANDARD_PARAMS, *providers()["llamacpp"].kwargs}
+                                       - {"stop", "seed"})))  # 4 letters: too short to guess
+    i = draw(st.integers(0, len(name) - 2))
+    typo = draw(st.sampled_from([name[:i] + name[i + 1:], name[:i] + name[i] + name[i:],
+                                 name[:i] + name[i + 1] + name[i] + name[i + 2:]]))
+    return name, typo
+
+
+@given(st.composite(_one_typo)())
+def test_one_typo_in_a_known_name_suggests_that_name(case: tuple[str, str]) -> None:
+    name, typo = case
+    if typo == name:  # swapping two equal letters
+        return
+    with pytest.raises(TypeError) as err:
+        check_kwargs(providers()["llamacpp"], {typo: 1})
+    assert err.value.suggestion == name, str(err.value)
 
 
 def test_missing_dependency_names_the_extra() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -10,11 +11,22 @@ from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from modelplug import CompletionRequest
+from modelplug import CompletionRequest, UnsupportedCapabilityError
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
+from modelplug.errors import amend_message
 from modelplug.types import ChatChunk, ChatResponse, Usage
 
 _REQUEST_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+
+
+@contextlib.contextmanager
+def _chat_hint(model: str | None) -> Iterator[None]:
+    """A completion call the provider cannot serve: point to the LangChain chat model."""
+    try:
+        yield
+    except UnsupportedCapabilityError as exc:
+        amend_message(exc, after=f" Use ChatModelPlug(model={model!r}) for this model.")
+        raise
 
 
 def _usage_dict(usage: Usage | None) -> dict[str, int]:
@@ -192,7 +204,8 @@ class ModelPlugLLM(BaseLLM):
             if self.streaming:
                 responses.append(self._fold(self._stream(prompt, stop, run_manager, **kwargs)))
             else:
-                responses.append(self._backend.complete(self._request(prompt, stop, kwargs)))
+                with _chat_hint(self.model):
+                    responses.append(self._backend.complete(self._request(prompt, stop, kwargs)))
         return self._result(responses)
 
     async def _agenerate(self, prompts: list[str], stop: list[str] | None = None,
@@ -204,27 +217,31 @@ class ModelPlugLLM(BaseLLM):
                 chunks = [c async for c in self._astream(prompt, stop, run_manager, **kwargs)]
                 responses.append(self._fold(iter(chunks)))
             else:
-                responses.append(
-                    await self._backend.acomplete(self._request(prompt, stop, kwargs)))
+                with _chat_hint(self.model):
+                    responses.append(
+                        await self._backend.acomplete(self._request(prompt, stop, kwargs)))
         return self._result(responses)
 
     def _stream(self, prompt: str, stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,
                 **kwargs: Any) -> Iterator[GenerationChunk]:
-        for chunk in self._backend.stream_complete(self._request(prompt, stop, kwargs)):
-            generation = self._generation_chunk(chunk)
-            if run_manager is not None:
-                run_manager.on_llm_new_token(chunk.text, chunk=generation)
-            yield generation
+        with _chat_hint(self.model):
+            for chunk in self._backend.stream_complete(self._request(prompt, stop, kwargs)):
+                generation = self._generation_chunk(chunk)
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(chunk.text, chunk=generation)
+                yield generation
 
     async def _astream(self, prompt: str, stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self._backend.astream_complete(self._request(prompt, stop, kwargs)):
-            generation = self._generation_chunk(chunk)
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(chunk.text, chunk=generation)
-            yield generation
+        with _chat_hint(self.model):
+            async for chunk in self._backend.astream_complete(
+                    self._request(prompt, stop, kwargs)):
+                generation = self._generation_chunk(chunk)
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=generation)
+                yield generation
 
     @staticmethod
     def _fold(chunks: Iterator[GenerationChunk]) -> ChatResponse:

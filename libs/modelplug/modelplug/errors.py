@@ -39,7 +39,9 @@ an error imports no SDK. Backends apply it at their boundary (see
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -55,11 +57,18 @@ class ModelPlugError(Exception):
     status_code: int | None = None
     #: Seconds the provider asked to wait before trying again (``Retry-After``), when it said.
     retry_after: float | None = None
+    #: The setting this error is about: the one to pass (``model_path``, ``api_key``), or for a
+    #: :class:`SettingError` the one given that is not taken. The message states the fact; an
+    #: adapter or the command line adds how its caller passes settings.
+    setting: str | None = None
 
     def __init__(self, message: str = "", *, provider: str | None = None,
                  status_code: int | None = None, retry_after: float | None = None,
-                 retryable: bool | None = None, **builtin: Any) -> None:
+                 retryable: bool | None = None, setting: str | None = None,
+                 **builtin: Any) -> None:
         super().__init__(message, **builtin)  # e.g. ImportError's name=, path=
+        if setting is not None:
+            self.setting = setting
         if provider is not None:
             self.provider = provider
         if status_code is not None:
@@ -91,12 +100,22 @@ class AmbiguousModelError(ConfigurationError):
 
 class SettingError(ConfigurationError, TypeError):
     """A keyword setting the provider does not take (a TypeError, as Python raises for an
-    unexpected keyword argument). ``setting`` names it, so an adapter or the command line can
-    word the fix the way its caller passes settings."""
+    unexpected keyword argument). ``setting`` names it and ``suggestion`` the closest accepted
+    name (if any is close), so an adapter or the command line can word the fix the way its
+    caller passes settings."""
 
-    def __init__(self, message: str = "", *, setting: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, message: str = "", *, suggestion: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.setting = setting
+        self.suggestion = suggestion
+
+
+def closest_name(name: str, options: Any) -> str | None:
+    """The option a misspelt ``name`` most likely meant (``temprature`` -> ``temperature``)."""
+    import difflib
+
+    found = difflib.get_close_matches(name, sorted(options), n=1, cutoff=0.75)
+    return found[0] if found else None
 
 
 class UnsupportedCapabilityError(ConfigurationError):
@@ -329,6 +348,27 @@ def _retry_after(exc: BaseException) -> float | None:
             return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def amend_message(exc: BaseException, *, before: str = "", after: str = "") -> None:
+    """Put words around an error's message in place (its type, attributes and traceback stay):
+    how an adapter or the command line adds the hint that fits its caller."""
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{before}{exc.args[0]}{after}", *exc.args[1:])
+        if isinstance(exc, ImportError) and exc.msg is not None:
+            exc.msg = exc.args[0]
+
+
+@contextlib.contextmanager
+def from_env_variable(name: str, value: str) -> Iterator[None]:
+    """Errors raised inside name the environment variable the bad value came from."""
+    try:
+        yield
+    except ModelPlugError as exc:
+        prefix = f"${name}={value!r}: "
+        if not str(exc.args[0] if exc.args else "").startswith(prefix):
+            amend_message(exc, before=prefix)
+        raise
 
 
 def redact(text: str, secrets: Any = ()) -> str:

@@ -100,7 +100,7 @@ def _create(modality: Modality, model: MediaLike, settings: dict[str, Any]) -> A
     ref = resolve_media_model(modality, model)
     settings = {k: v for k, v in settings.items() if v is not None}
     spec = ref.spec
-    check_kwargs(spec, settings)
+    check_kwargs(spec, settings, standard=())  # image/audio calls take their own parameters
     return spec.backend_class()(ref, spec, settings)
 
 

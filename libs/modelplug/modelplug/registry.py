@@ -16,7 +16,12 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
-from modelplug.errors import MissingDependencyError, SettingError, UnknownProviderError
+from modelplug.errors import (
+    MissingDependencyError,
+    SettingError,
+    UnknownProviderError,
+    closest_name,
+)
 
 if TYPE_CHECKING:
     from modelplug.backends.base import Backend
@@ -24,6 +29,9 @@ if TYPE_CHECKING:
 
 Kind = Literal["cloud", "local-server", "in-process"]
 
+#: Per-request parameters every model takes (fields of :class:`~modelplug.types.ChatRequest`,
+#: and of every adapter), listed when a setting is not recognised.
+STANDARD_PARAMS = ("temperature", "max_tokens", "top_p", "stop", "seed", "reasoning")
 # Settings every networked backend understands; forwarded to the SDK client as-is.
 NETWORK_KWARGS = frozenset({"api_key", "base_url", "timeout", "max_retries", "default_headers",
                             "model_kwargs"})
@@ -32,12 +40,12 @@ LLAMACPP_KWARGS = frozenset({"model_path", "n_ctx", "n_gpu_layers", "n_threads",
                              "n_parallel", "max_queue", "queue_timeout"})
 HF_KWARGS = frozenset({"model_kwargs", "device", "torch_dtype", "allow_download",
                        "trust_remote_code", "tool_call_format", "max_batch", "kv_cache_tokens",
-                       "max_queue", "queue_timeout", "continuous_batching"})
+                       "max_queue", "queue_timeout", "continuous_batching", "progress"})
 
 #: Why an in-process row refuses the network settings (the row's ``refused`` field).
 IN_PROCESS_REFUSED = {
-    name: (f"runs in-process with no HTTP request, so it takes no {name!r}. Remove {name}=... "
-           "(it only applies to networked providers).")
+    name: (f"runs in-process with no HTTP request, so it takes no {name!r} (a setting of "
+           "networked providers only).")
     for name in ("timeout", "max_retries")}
 #: Settings only one provider takes, and why any other refuses them.
 SINGLE_PROVIDER_SETTINGS = {
@@ -175,7 +183,7 @@ _MEDIA: dict[str, tuple[ProviderSpec, ...]] = {
     "image": (
         ProviderSpec("hf", "modelplug.backends.diffusion:HFImageBackend", "diffusers",
                      "in-process", ("torch", "diffusers"), kwargs=HF_MEDIA_KWARGS,
-                     description="diffusers pipelines, in-process"),
+                     description="diffusers pipelines, in-process", refused=IN_PROCESS_REFUSED),
         ProviderSpec("gemini", "modelplug.backends.gemini_image:GeminiImageBackend", "google",
                      "cloud", ("google.genai",), api_key_env="GOOGLE_API_KEY",
                      base_url="https://generativelanguage.googleapis.com",
@@ -184,7 +192,8 @@ _MEDIA: dict[str, tuple[ProviderSpec, ...]] = {
     "audio": (
         ProviderSpec("hf", "modelplug.backends.diffusion:HFAudioBackend", "diffusers",
                      "in-process", ("torch", "transformers"), kwargs=HF_MEDIA_KWARGS,
-                     description="transformers text-to-audio or diffusers audio pipelines"),
+                     description="transformers text-to-audio or diffusers audio pipelines",
+                     refused=IN_PROCESS_REFUSED),
     ),
 }
 
@@ -233,9 +242,11 @@ def get_provider(key: str) -> ProviderSpec:
         ) from None
 
 
-def check_kwargs(spec: ProviderSpec, kwargs: dict[str, Any]) -> None:
+def check_kwargs(spec: ProviderSpec, kwargs: dict[str, Any],
+                 standard: tuple[str, ...] = STANDARD_PARAMS) -> None:
     """Reject settings the provider does not take, before anything is built or sent
-    (:class:`~modelplug.errors.SettingError`, both a TypeError and a ValueError)."""
+    (:class:`~modelplug.errors.SettingError`, both a TypeError and a ValueError). ``standard``:
+    the per-request parameters of this kind of model, suggested and listed beside the row's."""
     for name in kwargs:
         if name in spec.kwargs:
             continue
@@ -243,7 +254,11 @@ def check_kwargs(spec: ProviderSpec, kwargs: dict[str, Any]) -> None:
             raise SettingError(f"Provider {spec.key!r} {spec.refused[name]}", setting=name)
         if name in SINGLE_PROVIDER_SETTINGS:
             raise SettingError(SINGLE_PROVIDER_SETTINGS[name].format(key=spec.key), setting=name)
+        suggestion = closest_name(name, {*standard, *spec.kwargs})
         raise SettingError(
-            f"Provider {spec.key!r} got an unexpected keyword argument {name!r}. "
-            f"It accepts: {sorted(spec.kwargs)}.", setting=name
+            f"Provider {spec.key!r} got an unexpected keyword argument {name!r}."
+            + (f" Did you mean {suggestion!r}?" if suggestion else "")
+            + (f" Standard parameters: {list(standard)}." if standard else "")
+            + f" Settings of {spec.key!r}: {sorted(spec.kwargs)}.", setting=name,
+            suggestion=suggestion
         )

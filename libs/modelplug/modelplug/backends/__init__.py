@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 from modelplug.backends.base import Backend
 from modelplug.catalog import CatalogModel
 from modelplug.registry import check_kwargs
-from modelplug.local import default_model, resolve_model
+from modelplug.errors import ModelPlugError, SettingError, amend_message, from_env_variable
+from modelplug.local import DEFAULT_MODEL_ENV, default_model, resolve_model
 from modelplug.spec import ModelLike
+
+
+#: An example value for a setting an error asks for, as a fix hint shows it.
+SETTING_EXAMPLES = {"model_path": "'/models/model.gguf'"}
 
 
 def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
@@ -17,21 +24,33 @@ def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
     Settings set to None count as not given. Construction is cheap: SDK clients are created
     and weights are loaded on first use.
     """
-    ref = default_model() if model is None else resolve_model(model)
-    settings = {k: v for k, v in settings.items() if v is not None}
-    spec = ref.spec
-    check_kwargs(spec, settings)
-    return spec.create_backend(ref, settings)
+    named = os.environ.get(DEFAULT_MODEL_ENV) if model is None else None
+    with from_env_variable(DEFAULT_MODEL_ENV, named) if named else contextlib.nullcontext():
+        ref = default_model() if model is None else resolve_model(model)
+        settings = {k: v for k, v in settings.items() if v is not None}
+        spec = ref.spec
+        check_kwargs(spec, settings)
+        return spec.create_backend(ref, settings)
 
 
 def adapter_backend(adapter: Any) -> Backend:
     """The backend a framework adapter's fields describe (``model``, the client settings and
     ``provider_kwargs``), built once in the adapter's ``__init__`` (not in a validator, so typed
     errors such as UnknownModelError reach the caller as themselves). With no model named,
-    ``adapter.model`` becomes the local default that was picked."""
-    backend = create_backend(
-        adapter.model, timeout=adapter.timeout, max_retries=adapter.max_retries,
-        api_key=adapter.api_key, base_url=adapter.base_url, **adapter.provider_kwargs)
+    ``adapter.model`` becomes the local default that was picked. An error about a setting to
+    pass gets the fix as the adapter's own keyword arguments
+    (``ModelPlugEmbeddings(model='llamacpp:x', model_path=...)``)."""
+    try:
+        backend = create_backend(
+            adapter.model, timeout=adapter.timeout, max_retries=adapter.max_retries,
+            api_key=adapter.api_key, base_url=adapter.base_url, **adapter.provider_kwargs)
+    except ModelPlugError as exc:
+        if exc.setting and not isinstance(exc, SettingError):
+            model = f"model={adapter.model!r}, " if adapter.model else ""
+            example = SETTING_EXAMPLES.get(exc.setting, "...")
+            amend_message(exc, after=f" For example: {type(adapter).__name__}("
+                                     f"{model}{exc.setting}={example}).")
+        raise
     if adapter.model is None:
         adapter.model = str(backend.ref)
     return backend

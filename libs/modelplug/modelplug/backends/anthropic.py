@@ -92,9 +92,8 @@ class AnthropicBackend(Backend):
         if os.environ.get(env):
             return os.environ[env]
         raise ConfigurationError(
-            f"No API key for '{self.ref}': set the {env} environment variable or pass "
-            f"api_key=... ."
-        )
+            f"No API key for '{self.ref}': set the {env} environment variable or pass the "
+            "setting api_key.", setting="api_key")
 
     def _checked_budget(self) -> int | None:
         budget = self.settings.get("thinking_budget")

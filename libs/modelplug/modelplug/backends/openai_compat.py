@@ -93,8 +93,7 @@ class OpenAICompatBackend(Backend):
             where = f"set the {env} environment variable or pass" if env else "pass"
             raise ConfigurationError(
                 f"Provider {self.spec.key!r} needs an API key and none was found: {where} "
-                f"api_key=... (e.g. ChatModelPlug(model='{self.ref}', api_key=...))."
-            )
+                "the setting api_key.", setting="api_key")
 
     def _api_key(self) -> str:
         key = self.settings.get("api_key")
@@ -341,8 +340,8 @@ class OpenAICompatBackend(Backend):
         self._check_kind("chat")
         if self.spec.key == "gemini":  # Google's OpenAI-compatible endpoint has chat only
             raise UnsupportedCapabilityError(
-                "Gemini's OpenAI-compatible API has no /completions endpoint; use ChatModelPlug "
-                "for 'gemini:' models.")
+                "Gemini's OpenAI-compatible API has no /completions endpoint; use chat "
+                "completion for 'gemini:' models.")
         body: dict[str, Any] = {"model": self.ref.model_id, "prompt": request.prompt,
                                 "stream": True, "stream_options": {"include_usage": True}}
         for name in ("temperature", "top_p", "max_tokens", "seed"):

@@ -21,7 +21,8 @@ import json
 import uuid
 from typing import Any
 
-from modelplug.errors import ConfigurationError
+from modelplug.errors import ConfigurationError, SettingError, closest_name
+from modelplug.registry import STANDARD_PARAMS
 from modelplug.types import ChatRequest, CompletionRequest, Message, ToolCall
 
 RESPONSE_KEY = "response"
@@ -137,7 +138,6 @@ def add_system(messages: list[Message], text: str | None) -> list[Message]:
     return out
 
 
-
 def sampling_extras(request: ChatRequest | CompletionRequest, accepted: frozenset[str],
                     ref: object) -> dict[str, Any]:
     """The request's per-call extras that go to the sampler (``accepted``).
@@ -147,11 +147,14 @@ def sampling_extras(request: ChatRequest | CompletionRequest, accepted: frozense
     """
     unknown = sorted(set(request.extra) - accepted - ACCEPTED_EVERYWHERE)
     if unknown:
-        raise TypeError(
-            f"'{ref}' got unknown keyword argument(s) {unknown}. Besides temperature, top_p, "
-            "max_tokens, stop, seed, tools, tool_choice, response_format and reasoning it "
-            f"accepts per call: {sorted(accepted | ACCEPTED_EVERYWHERE)}. Load settings go to "
-            "the constructor."
+        known = accepted | ACCEPTED_EVERYWHERE
+        suggestion = closest_name(unknown[0], {*STANDARD_PARAMS, *known})
+        raise SettingError(
+            f"'{ref}' got unknown keyword argument(s) {unknown}."
+            + (f" Did you mean {suggestion!r}?" if suggestion else "")
+            + f" Standard parameters: {list(STANDARD_PARAMS)}, tools, tool_choice and "
+            f"response_format. It also accepts per call: {sorted(known)}. Load settings go to "
+            "the constructor.", setting=unknown[0], suggestion=suggestion
         )
     return {k: v for k, v in request.extra.items() if k in accepted}
 
