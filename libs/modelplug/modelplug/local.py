@@ -19,7 +19,7 @@ from pathlib import Path
 from modelplug import catalog
 from modelplug.catalog import ModelInfo
 from modelplug.catalog import CatalogModel
-from modelplug.errors import AmbiguousModelError, ConfigurationError
+from modelplug.errors import AmbiguousModelError, ConfigurationError, from_env_variable
 from modelplug.registry import providers
 from modelplug.spec import ModelLike, ModelRef, catalog_matches, parse_model_string
 
@@ -153,31 +153,40 @@ def _same_ollama_id(a: str, b: str) -> bool:
 
 
 def available_models() -> list[ModelRef]:
-    """Models usable right now without a download or a cloud, tool-capable first.
+    """Models usable right now without a download or a cloud, tool-trained first.
 
     Within the same tool capability the order is: running Ollama, cached Hugging Face models,
     reachable local OpenAI-compatible servers, then GGUF files found locally (the embedded
     default among them).
     """
-    refs: list[ModelRef] = []
+    return [ref for ref, _ in _found_locally()]
+
+
+def _found_locally() -> list[tuple[ModelRef, str]]:
+    """:func:`available_models`, each with where it was found (for the default pick's log)."""
+    found: list[tuple[ModelRef, str]] = []
     tags = _ollama_tags()  # asked once, for its models and for ollama-openai's duplicates
     for name in tags or []:
-        refs.append(_ref_for("ollama", name))
+        found.append((_ref_for("ollama", name), f"the Ollama running at {_ollama_host()}"))
     for repo in _hf_cached_models():
-        refs.append(_ref_for("hf", repo))
+        found.append((_ref_for("hf", repo), f"the Hugging Face cache {_hf_cache_dir()}"))
     for provider, model_id in _server_models(ollama_up=tags is not None):
-        refs.append(_ref_for(provider, model_id))
+        found.append((_ref_for(provider, model_id),
+                      f"the {provider} server at {providers()[provider].base_url}"))
     for info in catalog.models_for("llamacpp"):
-        if packaged_model_path(info) is not None:
-            refs.append(ModelRef.from_info(info))
-    return sorted(refs, key=lambda ref: not ref.tools)  # stable: keeps provider order
+        path = packaged_model_path(info)
+        if path is not None:
+            found.append((ModelRef.from_info(info), f"the GGUF file {path}"))
+    # Trained for tool calls (the catalog's flag) first; an in-process grammar gives every
+    # model tools, so that alone does not move one ahead. Stable: keeps provider order.
+    return sorted(found, key=lambda pair: not (pair[0].info is not None and pair[0].info.tools))
 
 
 def _ref_for(provider: str, model_id: str) -> ModelRef:
     for info in catalog.models_for(provider):
         if _same_ollama_id(info.id, model_id) if provider == "ollama" else info.id == model_id:
             return ModelRef.from_info(info)
-    return ModelRef(provider, model_id)
+    return ModelRef.ad_hoc(providers()[provider], model_id)
 
 
 def is_available(info: ModelInfo) -> bool:
@@ -240,13 +249,30 @@ def default_model() -> ModelRef:
     """``$MODELPLUG_MODEL`` if set, else the first locally available model.
 
     Never a cloud provider, never a download: if nothing runs locally, the error says how to
-    name a model or get the embedded default.
+    name a model or get the embedded default. The pick is logged at INFO with where it came
+    from, once per distinct pick.
     """
-    if os.environ.get(DEFAULT_MODEL_ENV):
-        return resolve_model(os.environ[DEFAULT_MODEL_ENV])
-    available = available_models()
-    if available:
-        return available[0]
+    ref, where = _default_pick()
+    if (ref, where) != _last_pick[0]:
+        _last_pick[0] = (ref, where)
+        logger.info("No model was named: using %r, from %s.", str(ref), where)
+    return ref
+
+
+#: The last pick logged, so that a process building many default models logs it once.
+_last_pick: list[tuple[ModelRef, str] | None] = [None]
+
+
+def _default_pick() -> tuple[ModelRef, str]:
+    named = os.environ.get(DEFAULT_MODEL_ENV)
+    if named:
+        with from_env_variable(DEFAULT_MODEL_ENV, named):
+            return resolve_model(named), f"${DEFAULT_MODEL_ENV}"
+    found = _found_locally()
+    if found:
+        ref, where = found[0]
+        return ref, f"{where} (the first model available locally; set ${DEFAULT_MODEL_ENV} or " \
+            "name one to choose)"
     raise ConfigurationError(
         "No model was named and none is available locally (no running Ollama, no cached Hugging "
         "Face model, no local OpenAI-compatible server, no packaged GGUF). Name one, e.g. "

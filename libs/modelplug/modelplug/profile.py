@@ -36,6 +36,7 @@ class Profile:
             tool_calling=ref.tools,
             tool_choice=ref.tools,
             tool_call_streaming=ref.tools,
+            structured_output=ref.structured_output,
             image_inputs=ref.vision,
             reasoning_output=ref.thinking,
         )

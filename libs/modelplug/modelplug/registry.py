@@ -69,6 +69,12 @@ class ProviderSpec:
     #: A closed catalog: ids not in the catalog are rejected unless ``;flags`` declare them.
     closed_catalog: bool = False
     description: str = ""
+    #: Whether its chat models answer with a JSON schema (``response_format``) honoured; None:
+    #: unknown (the server decides). The catalog's refs and the backends' profiles read it.
+    structured_output: bool | None = None
+    #: In-process decoding under a grammar: every chat model can call tools and follow a JSON
+    #: schema, whatever its own training (see :mod:`modelplug.backends.tooling`).
+    constrained_decoding: bool = False
     #: Settings other rows take that this one refuses, each with why and what to do instead
     #: (the error says "Provider '<key>' <reason>").
     refused: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
@@ -111,7 +117,8 @@ def _importable(name: str) -> bool:
 
 
 def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
-            kind: Kind = "local-server", closed_catalog: bool = False) -> ProviderSpec:
+            kind: Kind = "local-server", closed_catalog: bool = False,
+            structured_output: bool | None = None) -> ProviderSpec:
     """One OpenAI-compatible endpoint: pure configuration over the openai SDK."""
     return ProviderSpec(
         key=key,
@@ -123,6 +130,7 @@ def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
         base_url=base_url,
         closed_catalog=closed_catalog,
         description=description,
+        structured_output=structured_output,
     )
 
 
@@ -131,33 +139,34 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
                  ("ollama",), base_url="http://localhost:11434",
                  kwargs=frozenset({"base_url", "timeout", "model_keep_alive_seconds",
                                    "default_headers", "model_kwargs"}),
-                 description="Ollama's native API (ollama SDK)",
+                 description="Ollama's native API (ollama SDK)", structured_output=True,
                  refused={"max_retries": (
                      "(native API) has no request retry, so it takes no 'max_retries'. Use the "
                      "'ollama-openai' provider, which goes through the OpenAI SDK and supports "
                      "max_retries.")}),
     ProviderSpec("hf", "modelplug.backends.hf:HFBackend", "hf", "in-process",
                  ("torch", "transformers"), kwargs=HF_KWARGS,
-                 description="transformers, in-process", refused=IN_PROCESS_REFUSED),
+                 description="transformers, in-process", refused=IN_PROCESS_REFUSED,
+                 structured_output=True, constrained_decoding=True),
     ProviderSpec("llamacpp", "modelplug.backends.llamacpp:LlamaCppBackend", "llamacpp",
                  "in-process", ("llama_cpp",), kwargs=LLAMACPP_KWARGS,
                  description="llama.cpp (llama-cpp-python), in-process GGUF",
-                 refused=IN_PROCESS_REFUSED),
+                 refused=IN_PROCESS_REFUSED, structured_output=True, constrained_decoding=True),
     ProviderSpec("anthropic", "modelplug.backends.anthropic:AnthropicBackend", "anthropic", "cloud",
                  ("anthropic",), api_key_env="ANTHROPIC_API_KEY",
                  base_url="https://api.anthropic.com",
                  kwargs=NETWORK_KWARGS | {"cache_prompt", "thinking_budget"}, closed_catalog=True,
-                 description="Anthropic Messages API (anthropic SDK)"),
+                 description="Anthropic Messages API (anthropic SDK)", structured_output=True),
     _compat("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI (openai SDK)",
-            kind="cloud", closed_catalog=True),
+            kind="cloud", closed_catalog=True, structured_output=True),
     _compat("gemini", "https://generativelanguage.googleapis.com/v1beta/openai/", "GOOGLE_API_KEY",
             "Google Gemini through its OpenAI-compatible endpoint", kind="cloud",
-            closed_catalog=True),
+            closed_catalog=True, structured_output=True),
     _compat("lmstudio", "http://localhost:1234/v1", None, "LM Studio server"),
     _compat("ollama-openai", "http://localhost:11434/v1", None,
             "Ollama through its OpenAI-compatible API (supports max_retries)"),
     _compat("hf-openai", "http://localhost:8000/v1", None, "Hugging Face transformers serve"),
-    _compat("vllm", "http://localhost:8000/v1", None, "vLLM server"),
+    _compat("vllm", "http://localhost:8000/v1", None, "vLLM server", structured_output=True),
     _compat("llamaserver", "http://localhost:8080/v1", None, "llama.cpp llama-server"),
     _compat("sglang", "http://localhost:30000/v1", None, "SGLang server"),
     # OpenAI-compatible clouds: configuration only, free-form model ids.

@@ -35,6 +35,7 @@ class ModelRef:
     context_window: int | None = None
     max_output: int | None = None
     info: ModelInfo | None = None
+    structured_output: bool | None = None
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.model_id}"
@@ -45,9 +46,23 @@ class ModelRef:
 
     @classmethod
     def from_info(cls, info: ModelInfo) -> ModelRef:
-        return cls(info.provider, info.id, tools=info.tools, thinking=info.thinking,
-                   vision=info.vision, context_window=info.context_window,
-                   max_output=info.max_output, info=info)
+        """A catalog model, with what its provider adds: a grammar (in-process) gives every
+        chat model tools and structured output; the row says whether structured output is
+        honoured. :meth:`Backend.profile` starts from the same values, so the catalog, this ref
+        and the profile agree."""
+        spec = get_provider(info.provider)
+        chat = info.kind == "chat"
+        return cls(info.provider, info.id,
+                   tools=info.tools or (chat and spec.constrained_decoding),
+                   thinking=info.thinking, vision=info.vision,
+                   context_window=info.context_window, max_output=info.max_output, info=info,
+                   structured_output=spec.structured_output if chat else False)
+
+    @classmethod
+    def ad_hoc(cls, spec: ProviderSpec, model_id: str) -> ModelRef:
+        """A model the catalog does not list: what its provider row says, the rest unknown."""
+        return cls(spec.key, model_id, tools=True if spec.constrained_decoding else None,
+                   structured_output=spec.structured_output)
 
 
 ModelLike = str | CatalogModel | ModelRef
@@ -80,7 +95,7 @@ def parse_model_string(text: str) -> ModelRef:
             f"'{provider}:{model_id};tools' (flags: {', '.join(FLAGS)})."
         )
     else:
-        ref = ModelRef(provider, model_id)
+        ref = ModelRef.ad_hoc(spec, model_id)
     if flags is not None:
         ref = replace(ref, **{flag: flag in flags for flag in FLAGS})
     return ref
