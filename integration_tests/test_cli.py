@@ -17,8 +17,10 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from modelplug import cli
+from modelplug import catalog, cli
+from modelplug.backends.base import DEFAULT_MAX_TOKENS
 from modelplug.cli import app
+from modelplug.local import available_models
 from modelplug.local import resolve_model
 
 PARIS = "What is the capital of France? Answer in one sentence."
@@ -101,6 +103,104 @@ def _console_script() -> str:
     if script is None:
         pytest.fail("the modelplug console script is not installed (pip install -e libs/modelplug)")
     return str(script)
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The installed command as a user's shell runs it: an 80-column terminal width, stdout and
+    stderr piped (so not a terminal)."""
+    return subprocess.run([_console_script(), *args], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, "COLUMNS": "80", **env})
+
+
+def test_a_misspelt_setting_is_one_line_naming_the_one_meant_as_a_cli_option() -> None:
+    done = _cli("run", "llamacpp:smollm2", "hi", "--set", "n_ctxx=10")
+    assert done.returncode == 1 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "unexpected keyword argument 'n_ctxx'. Did you mean 'n_ctx'?" in done.stderr
+    assert "Standard parameters: ['temperature', 'max_tokens'," in done.stderr
+    assert done.stderr.rstrip().endswith("On the command line: --set n_ctx=VALUE.")
+    done = _cli("run", "llamacpp:smollm2", "hi", "--set", "temprature=0")
+    assert done.stderr.rstrip().endswith("On the command line: --temperature VALUE."), done.stderr
+
+
+def _tokens(smollm2_path: Path, text: str) -> int:
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(smollm2_path), vocab_only=True, verbose=False)
+    return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+
+def test_the_readme_run_line_answers_within_the_default_budget(smollm2_path: Path) -> None:
+    done = _cli("run", "llamacpp:smollm2", "What is the capital of France?")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+    assert _tokens(smollm2_path, done.stdout) <= DEFAULT_MAX_TOKENS + 1  # + the final newline
+    assert "finish_reason" not in done.stdout  # notes go to stderr: a piped answer stays clean
+    if "finish_reason: length" not in done.stderr:
+        assert done.stderr == ""
+
+
+def test_an_answer_cut_by_the_budget_says_so_on_stderr() -> None:
+    done = _cli("run", "llamacpp:smollm2", "Write the numbers from 1 to 1000.",
+                "--max-tokens", "5", "--temperature", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() and "finish_reason" not in done.stdout
+    assert "(finish_reason: length: the answer was cut at --max-tokens 5; pass a larger " \
+        "--max-tokens for a longer one.)" in done.stderr
+
+
+def test_run_and_chat_without_a_model_use_the_library_default() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MODELPLUG_MODEL"}
+    default = str(available_models()[0])
+    done = subprocess.run([_console_script(), "run", PARIS, *GREEDY], capture_output=True,
+                          text=True, timeout=300, check=False, env={**env, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(f"Model: {default} (no MODEL given")
+    if default == "llamacpp:smollm2":
+        assert "Paris" in done.stdout
+    result = CliRunner().invoke(app, ["chat", *GREEDY], input="/model\n/exit\n", env=env)
+    assert result.exit_code == 0, result.output
+    assert f"Model: {default}" in result.output
+
+
+def test_verbose_logs_the_default_pick_and_where_it_came_from() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MODELPLUG_MODEL"}
+    done = subprocess.run([_console_script(), "-v", "run", PARIS, *GREEDY], capture_output=True,
+                          text=True, timeout=300, check=False, env={**env, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    assert f"modelplug: No model was named: using '{available_models()[0]}', from " \
+        in done.stderr
+
+
+def test_a_bad_default_model_variable_is_named_in_one_line() -> None:
+    done = _cli("run", "hi", MODELPLUG_MODEL="llamacpp:nope")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: $MODELPLUG_MODEL='llamacpp:nope': 'llamacpp:nope' "
+                                  "needs the setting model_path")
+    assert done.stderr.rstrip().endswith("On the command line: --set model_path=VALUE.")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_list_keeps_every_model_name_whole_at_80_columns() -> None:
+    done = _cli("list")
+    assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    for member in catalog.all_models():
+        assert re.search(rf"│ {re.escape(member.info.key)} +│", done.stdout), member.info.key
+    for ref in available_models():
+        assert re.search(rf"│ {re.escape(str(ref))} +│", done.stdout), str(ref)
+
+
+def test_help_shows_every_default() -> None:
+    for command in ("run", "chat"):
+        done = _cli(command, "--help")
+        assert done.returncode == 0, done.stderr
+        text = " ".join(done.stdout.split()).replace("│", "").replace("  ", " ")
+        assert f"else {DEFAULT_MAX_TOKENS}" in text, text
+        assert "$MODELPLUG_MODEL" in text
+        assert text.count("Default:") >= 5, text  # MODEL, --system, --max-tokens,
+        #                                           --temperature, --set
 
 
 def test_console_script_runs() -> None:

@@ -7,12 +7,13 @@ uvicorn). Importing :mod:`modelplug` does not import this module.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Annotated, Any, TypeVar
 
-from modelplug.errors import MissingDependencyError, ModelPlugError
+from modelplug.errors import MissingDependencyError, ModelPlugError, SettingError
 
 try:
     import typer
@@ -26,8 +27,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from modelplug import catalog
 from modelplug.backends import Backend, create_backend
-from modelplug.backends.base import collect_stream
-from modelplug.local import available_models
+from modelplug.backends.base import DEFAULT_MAX_TOKENS, collect_stream
+from modelplug.local import available_models, default_model, resolve_model
 from modelplug.profile import Profile
 from modelplug.registry import providers
 from modelplug.spec import ModelRef
@@ -36,18 +37,89 @@ from modelplug.types import ChatChunk, ChatRequest, ChatResponse, Message
 app = typer.Typer(help="One registry of LLM backends: list, run, chat with and serve any model.",
                   no_args_is_help=True, add_completion=False)
 console = Console(highlight=False)
+#: Notes beside the answer (why it stopped, which model was picked): stderr, so that a piped
+#: answer stays only the answer.
+notes = Console(stderr=True, highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MODEL_HELP = ("'provider:model_id', e.g. 'llamacpp:smollm2' or 'ollama:qwen3:8b'. Default: "
+              "$MODELPLUG_MODEL, else the first model available locally (see `modelplug list`).")
 Model = Annotated[str, typer.Argument(help="'provider:model_id', e.g. 'llamacpp:smollm2' or "
                                       "'ollama:qwen3:8b'.")]
+OptionalModel = Annotated[str | None, typer.Argument(help=MODEL_HELP, show_default=False)]
 Settings = Annotated[list[str] | None, typer.Option(
     "--set", "-s", metavar="KEY=VALUE",
     help="A provider setting, repeatable: -s model_path=/m/x.gguf -s n_ctx=4096 "
-         "(values are parsed as JSON when they can be).")]
-MaxTokens = Annotated[int | None, typer.Option(help="Most tokens to generate per answer.")]
-Temperature = Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")]
-System = Annotated[str | None, typer.Option(help="A system prompt.")]
+         "(values are parsed as JSON when they can be). Default: none.")]
+MaxTokens = Annotated[int | None, typer.Option(
+    help=f"Most tokens to generate per answer. Default: for in-process models (llamacpp, hf) the "
+         f"model's generation config (hf generation_config.json max_new_tokens), else "
+         f"{DEFAULT_MAX_TOKENS}; for servers and clouds, their own.", show_default=False)]
+Temperature = Annotated[float | None, typer.Option(
+    help="Sampling temperature (0: greedy). Default: the model's own (GGUF general.sampling "
+         "metadata, hf generation_config.json), else llama.cpp's 0.8 (llamacpp), greedy (hf), "
+         "or the server's or cloud's own.", show_default=False)]
+System = Annotated[str | None, typer.Option(help="A system prompt. Default: none.",
+                                            show_default=False)]
+
+
+@app.callback()
+def main_options(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show modelplug's INFO log (which model was picked, and from "
+                                "where) and the in-process runtimes' own output (llama.cpp "
+                                "load messages, hf progress bars). Default: quiet.")] = False
+                 ) -> None:
+    """One registry of LLM backends: list, run, chat with and serve any model."""
+    _verbose[0] = verbose
+    if verbose:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        logging.getLogger("modelplug").setLevel(logging.INFO)
+
+
+_verbose = [False]
+
+
+def make_backend(model: str | None, settings: dict[str, Any]) -> Backend:
+    """The backend for MODEL (the library's default when none is given; the pick is noted on
+    stderr), verbose where -v asked for it and the provider has the setting."""
+    if _verbose[0]:  # llama.cpp's own log (verbose), hf's loading bars (progress)
+        spec = resolve_model(model).spec if model else default_model().spec
+        settings = {**{name: True for name in ("verbose", "progress") if name in spec.kwargs},
+                    **settings}
+    backend = create_backend(model, **settings)
+    if model is None:
+        notes.print(f"[dim]Model: {backend.ref} (no MODEL given: $MODELPLUG_MODEL, else the "
+                    "first model available locally).[/dim]")
+    return backend
+
+
+def note_finish(response: ChatResponse, max_tokens: int | None) -> None:
+    """Say on stderr when the output budget, not the model, ended the answer."""
+    if response.finish_reason == "length":
+        budget = f"--max-tokens {max_tokens}" if max_tokens else "the default budget"
+        notes.print(f"[dim](finish_reason: length: the answer was cut at {budget}; pass a "
+                    "larger --max-tokens for a longer one.)[/dim]")
+
+
+#: The standard parameters this command line has its own options for.
+PARAM_OPTIONS = {"max_tokens": "--max-tokens", "temperature": "--temperature"}
+
+
+def error_line(exc: ModelPlugError) -> str:
+    """The error as one line, with the fix worded as this command line takes settings."""
+    text = escape(str(exc))
+    if isinstance(exc, SettingError) and exc.setting:
+        name = exc.suggestion or exc.setting
+        if name in PARAM_OPTIONS:
+            text += f" On the command line: {PARAM_OPTIONS[name]} VALUE."
+        elif exc.suggestion:
+            text += f" On the command line: --set {name}=VALUE."
+        else:
+            text += f" On the command line, drop --set {exc.setting}=..."
+    elif exc.setting:  # a setting to pass
+        text += f" On the command line: --set {exc.setting}=VALUE."
+    return f"[red]error:[/red] {text}"
 
 
 def reports_errors(command: F) -> F:
@@ -58,7 +130,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ModelPlugError as exc:
-            Console(stderr=True, highlight=False).print(f"[red]error:[/red] {exc}")
+            Console(stderr=True, highlight=False, soft_wrap=True).print(error_line(exc))
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -104,7 +176,8 @@ def list_(local: Annotated[bool, typer.Option(
     """Providers (and whether their dependencies are installed), known models, local models."""
     table = Table(title="Providers")
     for column in ("provider", "kind", "installed", "API key", "endpoint"):
-        table.add_column(column)
+        # Cut nothing (a name, variable or URL is copied): long cells fold onto more lines.
+        table.add_column(column, no_wrap=column == "provider", overflow="fold")
     for spec in providers().values():
         table.add_row(spec.key, spec.kind,
                       _yes(True) if spec.installed else f"no: {spec.pip_hint}",
@@ -141,18 +214,52 @@ def _yes(value: bool | None) -> str:
     return {True: "[green]yes[/green]", False: "no", None: "?"}[value]
 
 
+#: Room a problem column needs beside the capability columns before they give way.
+_PROBLEM_ROOM = 24
+
+
 def _models_table(title: str, rows: list[tuple[str, Profile]],
                   problems: list[str] | None = None) -> Table:
-    """One row per model; ``problems`` (one per row, "" for none) adds a column of them."""
+    """One row per model; ``problems`` (one per row, "" for none) adds a column of them.
+
+    Nothing is cut: the model name is what a user copies. Where a column per capability does
+    not fit the terminal whole, the capabilities share one column of words that wraps
+    ("vision?": not known), and a problem wraps onto more lines."""
+    columns = ["tools", "structured output", "vision", "reasoning"]
+    wide = _table(title, ["model", *columns, "context"], [
+        [name, *(_yes(v) for v in _capabilities(p)), _context(p)] for name, p in rows])
+    room = console.width - (_PROBLEM_ROOM if problems is not None else 0)
+    unbounded = console.options.update_width(10_000)  # measure() is capped at its width
+    if console.measure(wide, options=unbounded).maximum <= room:
+        header, cells = ["model", *columns, "context"], [
+            [name, *(_yes(v) for v in _capabilities(p)), _context(p)] for name, p in rows]
+    else:
+        header, cells = ["model", "can", "context"], [
+            [name, ", ".join(word if known else f"{word}?" for word, known
+                             in zip(columns, _capabilities(p), strict=True)
+                             if known is not False) or "-", _context(p)]
+            for name, p in rows]
+    if problems is not None:
+        header, cells = [*header, "problem"], [[*c, x] for c, x in zip(cells, problems,
+                                                                        strict=True)]
+    return _table(title, header, cells)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title)
-    for column in ("model", "tools", "structured output", "vision", "reasoning", "context",
-                   *["problem"] * (problems is not None)):
-        table.add_column(column)
-    for i, (name, p) in enumerate(rows):
-        cells = [name, _yes(p.tool_calling), _yes(p.structured_output), _yes(p.image_inputs),
-                 _yes(p.reasoning_output), f"{p.max_input_tokens:,}" if p.max_input_tokens else ""]
-        table.add_row(*cells, *([problems[i]] if problems is not None else []))
+    for column in header:
+        table.add_column(column, no_wrap=column in ("model", "context"), overflow="fold")
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _capabilities(p: Profile) -> tuple[bool | None, ...]:
+    return p.tool_calling, p.structured_output, p.image_inputs, p.reasoning_output
+
+
+def _context(profile: Profile) -> str:
+    return f"{profile.max_input_tokens:,}" if profile.max_input_tokens else ""
 
 
 # -- run and chat ----------------------------------------------------------------------------
@@ -160,14 +267,24 @@ def _models_table(title: str, rows: list[tuple[str, Profile]],
 
 @app.command()
 @reports_errors
-def run(model: Model, prompt: Annotated[str, typer.Argument(help="The question.")],
+def run(args: Annotated[list[str], typer.Argument(
+            metavar="[MODEL] PROMPT", show_default=False,
+            help=f"The question, after the model to ask. MODEL: {MODEL_HELP}")],
         system: System = None, max_tokens: MaxTokens = None, temperature: Temperature = None,
         settings: Settings = None) -> None:
     """Answer one prompt, streaming the answer to stdout."""
-    backend = create_backend(model, **parse_settings(settings))
+    if len(args) > 2:
+        raise typer.BadParameter(
+            f"expected [MODEL] PROMPT, got {len(args)} arguments; quote the prompt: "
+            "modelplug run llamacpp:smollm2 \"What is the capital of France?\"",
+            param_hint="[MODEL] PROMPT")
+    model, prompt = (None, args[0]) if len(args) == 1 else args
+    backend = make_backend(model, parse_settings(settings))
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]
-    stream_answer(backend, ChatRequest(messages, max_tokens=max_tokens, temperature=temperature))
+    response = stream_answer(backend, ChatRequest(messages, max_tokens=max_tokens,
+                                                  temperature=temperature))
+    note_finish(response, max_tokens)
 
 
 CHAT_HELP = ("Commands: /reset (forget the conversation), /model PROVIDER:MODEL (switch model, "
@@ -176,11 +293,10 @@ CHAT_HELP = ("Commands: /reset (forget the conversation), /model PROVIDER:MODEL 
 
 @app.command()
 @reports_errors
-def chat(model: Model, system: System = None, max_tokens: MaxTokens = None,
+def chat(model: OptionalModel = None, system: System = None, max_tokens: MaxTokens = None,
          temperature: Temperature = None, settings: Settings = None) -> None:
     """An interactive chat with streaming answers. /reset, /model MODEL, /exit."""
-    provider_settings = parse_settings(settings)
-    backend = create_backend(model, **provider_settings)
+    backend = make_backend(model, parse_settings(settings))
     start: list[Message] = [{"role": "system", "content": system}] if system else []
     history = list(start)
     console.print(f"[bold]{backend.ref}[/bold]  {CHAT_HELP}")
@@ -206,7 +322,7 @@ def chat(model: Model, system: System = None, max_tokens: MaxTokens = None,
             try:  # settings belong to the first model's provider; a new one starts clean
                 backend = create_backend(name)
             except ModelPlugError as exc:
-                console.print(f"[red]error:[/red] {exc}")
+                console.print(error_line(exc))
                 continue
             console.print(f"[dim]Now chatting with {backend.ref}.[/dim]")
             continue
@@ -219,9 +335,10 @@ def chat(model: Model, system: System = None, max_tokens: MaxTokens = None,
                                                         temperature=temperature))
         except ModelPlugError as exc:
             history.pop()
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(error_line(exc))
             continue
         history.append({"role": "assistant", "content": answer.text})
+        note_finish(answer, max_tokens)
         if answer.usage is not None:  # shows the conversation growing, and /reset emptying it
             console.print(f"[dim]({answer.usage.input_tokens} tokens in, "
                           f"{answer.usage.output_tokens} out)[/dim]")

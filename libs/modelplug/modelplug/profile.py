@@ -6,7 +6,7 @@ unknown; it is left out of :meth:`Profile.as_dict`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,15 @@ class GGUFInfo:
     name: str | None
     context_length: int | None
     chat_template: str | None
+    #: The sampler settings the model's authors wrote into it (``general.sampling.*``), under
+    #: llama-cpp-python's names (``temp``, ``top_k``, ``top_p``, ``min_p``, ``repeat_penalty``...).
+    sampling: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+
+
+#: GGUF ``general.sampling.<key>`` -> llama-cpp-python's sampler option.
+_GGUF_SAMPLING = {"temp": "temp", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                  "penalty_repeat": "repeat_penalty", "mirostat": "mirostat_mode",
+                  "mirostat_tau": "mirostat_tau", "mirostat_eta": "mirostat_eta"}
 
 
 # GGUF value types -> struct format (strings and arrays are handled apart).
@@ -127,4 +136,6 @@ def read_gguf_info(path: str | Path) -> GGUFInfo:
         name=meta.get("general.name"),
         context_length=int(ctx) if ctx is not None else None,
         chat_template=meta.get("tokenizer.chat_template"),
+        sampling={option: meta[f"general.sampling.{key}"] for key, option in _GGUF_SAMPLING.items()
+                  if isinstance(meta.get(f"general.sampling.{key}"), int | float)},
     )

@@ -29,6 +29,12 @@ from modelplug.types import (
 )
 
 
+#: The output budget of an in-process request that sets no ``max_tokens`` when the model's own
+#: generation config names none (a small model can otherwise ramble until its context is full).
+#: Networked providers apply their own default.
+DEFAULT_MAX_TOKENS = 512
+
+
 class Backend:
     """Base class of every backend. Subclasses implement :meth:`chat` and :meth:`stream`."""
 

@@ -22,14 +22,11 @@ import inspect
 import json
 import logging
 import re
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelplug.backends.hf.loading import has_safetensors
+from modelplug.backends.hf.loading import has_safetensors, progress_bars, show_progress
 from modelplug.errors import ConfigurationError, ModelNotFoundError, UnsupportedCapabilityError
 from modelplug.media import AudioBackend, ImageBackend, MediaBackend
 from modelplug.placement import (
@@ -98,8 +95,7 @@ class _HFMedia(MediaBackend):
 
     @property
     def progress(self) -> bool:
-        given = self.settings.get("progress")
-        return bool(given) if given is not None else sys.stderr.isatty()
+        return show_progress(self.settings)
 
     def _validate_settings(self) -> None:
         kwargs = self.settings.get("model_kwargs") or {}
@@ -197,7 +193,7 @@ class _HFMedia(MediaBackend):
                 "catalog). Upgrade diffusers: pip install -U 'modelplug[diffusers]'.")
         if device_map is not None:
             kwargs["device_map"] = device_map
-        with _progress(self.progress):
+        with progress_bars(self.progress):
             try:
                 pipe = cls.from_pretrained(self._source, dtype=self._dtype(load_on),
                                            use_safetensors=True,
@@ -305,7 +301,7 @@ class HFAudioBackend(_HFMedia, AudioBackend):
             device = (f"cuda:{max(range(len(free)), key=free.__getitem__)}" if free
                       else fallback_device())
         hub = {"local_files_only": not self.allow_download, "revision": kwargs.get("revision")}
-        with _progress(self.progress):
+        with progress_bars(self.progress):
             try:
                 # Model and tokenizer loaded here: pipeline() would not pass local_files_only on.
                 model = AutoModelForTextToWaveform.from_pretrained(
@@ -435,24 +431,6 @@ def _fit(image: Any, width: int | None, height: int | None, multiple: int) -> An
 
 def _as_numpy(clip: Any) -> Any:
     return clip.float().cpu().numpy() if hasattr(clip, "cpu") else clip
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[None]:
-    """diffusers' and transformers' loading bars on or off for one load, then as they were."""
-    import importlib
-    import importlib.util
-
-    libs = [importlib.import_module(f"{name}.utils.logging") for name in ("diffusers", "transformers")
-            if importlib.util.find_spec(name) is not None]
-    before = [lib.is_progress_bar_enabled() for lib in libs]
-    for lib in libs:
-        (lib.enable_progress_bar if enabled else lib.disable_progress_bar)()
-    try:
-        yield
-    finally:
-        for lib, was in zip(libs, before, strict=True):
-            (lib.enable_progress_bar if was else lib.disable_progress_bar)()
 
 
 __all__ = ["HFAudioBackend", "HFImageBackend"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 import random
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from modelplug.backends import structured, tooling
-from modelplug.backends.base import Backend, collect_stream
+from modelplug.backends.base import DEFAULT_MAX_TOKENS, Backend, collect_stream
 from modelplug.backends.llamacpp_engine import DEFAULT_N_PARALLEL
 from modelplug.errors import ConfigurationError, ContextOverflowError, ModelNotFoundError
 from modelplug.local import packaged_model_path
@@ -307,30 +308,35 @@ class LlamaCppBackend(Backend):
 
     def _max_new(self, prompt_tokens: list[int], request: ChatRequest | CompletionRequest,
                  schema: dict[str, Any] | None = None) -> int:
-        """The request's output budget, within the context window (a prompt that fills the
-        window is a ContextOverflowError, raised before anything is queued). A structured
-        answer whose schema bounds its length defaults to that bound, so it always finishes."""
+        """The request's output budget (:data:`DEFAULT_MAX_TOKENS` when it sets none: GGUF
+        metadata names no budget), within the context window (a prompt that fills the window is
+        a ContextOverflowError, raised before anything is queued). A structured answer whose
+        schema bounds its length defaults to that bound instead, so it always finishes."""
         n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
         if len(prompt_tokens) >= n_ctx:
             raise ContextOverflowError(
                 f"The prompt has {len(prompt_tokens)} tokens but the context window of "
                 f"'{self.ref}' is {n_ctx}. Shorten the conversation or load with a larger n_ctx.",
                 provider=self.spec.key)
-        budget = n_ctx - len(prompt_tokens)
-        default = structured.output_bound(schema) or budget
-        return min(request.max_tokens or default, budget)
+        default = structured.output_bound(schema) or DEFAULT_MAX_TOKENS
+        return min(request.max_tokens or default, n_ctx - len(prompt_tokens))
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         """Mean-pooled, L2-normalised embeddings, computed on the chat model's loaded weights."""
         loaded = self._loaded()
         with loaded.lock:  # one llama_model: its contexts take turns like every other call
-            embedder = loaded.companion("embedding", lambda: _Embedder(loaded.model))
+            embedder = loaded.companion("embedding", lambda: _Embedder(
+                loaded.model, verbose=bool(self.settings.get("verbose", False))))
             return embedder.embed(texts)
 
     def _sampling(self, request: ChatRequest | CompletionRequest) -> dict[str, Any]:
-        """Sampler settings of ``Llama.generate``; an unknown per-call extra is a TypeError."""
-        sampling = tooling.sampling_extras(request, SAMPLING_EXTRAS, self.ref)
-        sampling["temp"] = request.temperature if request.temperature is not None else 0.8
+        """Sampler settings of ``Llama.generate``: the request's, else the ones the GGUF's
+        metadata recommends, else llama.cpp's (temperature 0.8). An unknown per-call extra is a
+        TypeError."""
+        sampling = {**self._gguf().sampling,
+                    **tooling.sampling_extras(request, SAMPLING_EXTRAS, self.ref)}
+        if request.temperature is not None or "temp" not in sampling:
+            sampling["temp"] = request.temperature if request.temperature is not None else 0.8
         if request.top_p is not None:
             sampling["top_p"] = request.top_p
         return sampling
@@ -405,6 +411,7 @@ class LlamaCppBackend(Backend):
         for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "response_format"):
             if getattr(request, name) is not None:
                 kwargs[name] = getattr(request, name)
+        kwargs.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         if request.json_schema is not None:  # llama-cpp-python's spelling of a schema format
             kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
         for part in llm.create_chat_completion(**kwargs):
@@ -433,9 +440,9 @@ class _Embedder:
     Its context is freed before the model (llama-cpp-python registers that on the model).
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, verbose: bool = False) -> None:
         import llama_cpp
-        from llama_cpp import _internals
+        from llama_cpp import _internals, _logger
 
         self.llm, self.n_batch = llm, llm.n_batch
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
@@ -447,7 +454,15 @@ class _Embedder:
         params.n_seq_max = self.n_seq_max = min(self.n_batch,
                                                 llama_cpp.llama_max_parallel_sequences())
         params.kv_unified = True
-        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        # llama.cpp logs, at error level, that a chat model's own pooling (none) is not the mean
+        # pooling asked for here: expected, so heard only with verbose=True.
+        level = _logger.logger.level
+        if not verbose:
+            _logger.logger.setLevel(logging.CRITICAL)
+        try:
+            self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=verbose)
+        finally:
+            _logger.logger.setLevel(level)
         self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0,
                                            n_seq_max=self.n_seq_max, verbose=False)
 

@@ -9,16 +9,19 @@ Loading never downloads unless ``allow_download=True``, loads safetensors only a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelplug.backends import structured
+from modelplug.backends.base import DEFAULT_MAX_TOKENS
 from modelplug.backends.hf.tool_formats import TOOL_CALL_FORMATS, detect_tool_call_format
 from modelplug.errors import ConfigurationError, ModelNotFoundError
 from modelplug.weights import LoadedModel, get_or_load
@@ -47,6 +50,9 @@ class HFModel:
     pad_id: int
     vocab_size: int
     context: int
+    #: The output budget of a request that sets none: the model's generation_config.json
+    #: ``max_new_tokens``, else :data:`~modelplug.backends.base.DEFAULT_MAX_TOKENS`.
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
     _lltokenizer: Any = None
     #: Held for every use of the tokenizer: a fast tokenizer used from two threads while one
     #: call changes its padding or truncation fails ("Already borrowed").
@@ -284,20 +290,22 @@ class HFLoading:
             common["revision"] = model_kwargs["revision"]
         device = self._device()
         try:
-            processor = None
-            if self._has_processor:
-                from transformers import AutoModelForImageTextToText, AutoProcessor
+            # Loading bars only where someone watches: a terminal, or progress=True.
+            with progress_bars(show_progress(s), libraries=("transformers",)):
+                processor = None
+                if self._has_processor:
+                    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-                processor = AutoProcessor.from_pretrained(self._source, **common)
-                tokenizer = getattr(processor, "tokenizer", None) or \
-                    AutoTokenizer.from_pretrained(self._source, **common)
-                model_class: Any = AutoModelForImageTextToText
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(self._source, **common)
-                model_class = AutoModelForCausalLM
-            model_kwargs.setdefault("dtype", self._dtype(device))
-            model = model_class.from_pretrained(self._source, use_safetensors=True,
-                                                **{**model_kwargs, **common})
+                    processor = AutoProcessor.from_pretrained(self._source, **common)
+                    tokenizer = getattr(processor, "tokenizer", None) or \
+                        AutoTokenizer.from_pretrained(self._source, **common)
+                    model_class: Any = AutoModelForImageTextToText
+                else:
+                    tokenizer = AutoTokenizer.from_pretrained(self._source, **common)
+                    model_class = AutoModelForCausalLM
+                model_kwargs.setdefault("dtype", self._dtype(device))
+                model = model_class.from_pretrained(self._source, use_safetensors=True,
+                                                    **{**model_kwargs, **common})
         except OSError as exc:
             raise ModelNotFoundError(
                 f"Could not load '{self.ref}' ({exc}). Check the folder or hub id; downloads "
@@ -317,7 +325,37 @@ class HFLoading:
         return HFModel(model=model, tokenizer=tokenizer, processor=processor,
                        eos_ids=frozenset(eos_ids), pad_id=tokenizer.pad_token_id,
                        vocab_size=vocab,
-                       context=self.profile().max_input_tokens or DEFAULT_CONTEXT)
+                       context=self.profile().max_input_tokens or DEFAULT_CONTEXT,
+                       default_max_tokens=getattr(model.generation_config, "max_new_tokens",
+                                                  None) or DEFAULT_MAX_TOKENS)
 
 
-__all__ = ["DEFAULT_CONTEXT", "DTYPES", "HFLoading", "HFModel", "check_weights", "has_safetensors"]
+def show_progress(settings: dict[str, Any]) -> bool:
+    """Whether loading (and generation) progress bars show: ``progress=True/False`` when given,
+    else only when stderr is a terminal (a pipe or a log file gets no bar)."""
+    given = settings.get("progress")
+    return bool(given) if given is not None else sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool, libraries: tuple[str, ...] = ("diffusers", "transformers")
+                  ) -> Iterator[None]:
+    """The libraries' progress bars (transformers' "Loading weights" among them) on or off for
+    one load, then as they were."""
+    import importlib
+    import importlib.util
+
+    libs = [importlib.import_module(f"{name}.utils.logging") for name in libraries
+            if importlib.util.find_spec(name) is not None]
+    before = [lib.is_progress_bar_enabled() for lib in libs]
+    for lib in libs:
+        (lib.enable_progress_bar if enabled else lib.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        for lib, was in zip(libs, before, strict=True):
+            (lib.enable_progress_bar if was else lib.disable_progress_bar)()
+
+
+__all__ = ["DEFAULT_CONTEXT", "DTYPES", "HFLoading", "HFModel", "check_weights", "has_safetensors",
+           "progress_bars", "show_progress"]

@@ -83,14 +83,15 @@ def plan_chat(lm: HFModel, request: ChatRequest, *, template: str, tool_format: 
 
 def budget(lm: HFModel, request: ChatRequest | CompletionRequest, ids: list[int], *,
            ref: Any, provider: str, schema: dict[str, Any] | None = None) -> Plan:
-    """The plan for prompt ``ids``: its token budget within the context window (for a
-    structured answer whose schema bounds its length, that bound, so it always finishes)."""
+    """The plan for prompt ``ids``: its token budget (the model's default when the request sets
+    none; for a structured answer whose schema bounds its length, that bound, so it always
+    finishes) within the context window."""
     if len(ids) >= lm.context:
         raise ContextOverflowError(
             f"The prompt has {len(ids)} tokens but the context window of '{ref}' is "
             f"{lm.context}. Shorten the conversation.", provider=provider)
     room = lm.context - len(ids)
-    default = structured.output_bound(schema) or room
+    default = structured.output_bound(schema) or lm.default_max_tokens
     max_new = min(request.max_tokens or default, room)
     return Plan(request=request, ids=ids, max_new=max(1, max_new),
                 stops=[s for s in request.stop or [] if s],
