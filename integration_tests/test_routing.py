@@ -15,7 +15,7 @@ import pytest
 from fakes.faults import Fault, FaultInjector, serve, status
 from fakes.openai_api import API_KEY, FakeOpenAI
 from fakes.server import free_port
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 from llama_index.core.llms import ChatMessage
 from llama_index.llms.modelplug import FallbackLLM, ModelPlug
@@ -484,3 +484,67 @@ def test_llama_index_cut_stream_raises_with_its_partial_response(
     assert "".join(received) == "".join(greedy_pieces[:10])
     assert info.value.partial.message.content == "".join(greedy_pieces[:10])
     assert info.value.candidate == "openai:gpt-4o-mini" and spare.calls == 0
+
+
+# -- switching providers mid-conversation ------------------------------------------------------------
+
+
+def test_an_anthropic_conversation_fails_over_to_an_openai_compatible_candidate(
+        fresh: list[Replica]) -> None:
+    """Cache markers and signed thinking (as ChatAnthropic's content blocks and as our own
+    thinking_blocks) are Anthropic's alone: the OpenAI fake refuses them as the API does, so
+    the candidate only answers if they were dropped for it."""
+    openai_side = fresh[0]
+    anthropic_down = ChatModelPlug(model="anthropic:claude-sonnet-4-6", api_key="sk-ant-test",
+                                   base_url=f"http://127.0.0.1:{free_port()}", max_retries=0)
+    conversation = [
+        SystemMessage(content=[
+            {"type": "text", "text": "You are terse."},
+            {"type": "text", "text": "Long shared instructions.",
+             "cache_control": {"type": "ephemeral"}}]),
+        HumanMessage(content=[{"type": "text", "text": "Weather in Paris?",
+                               "cache_control": {"type": "ephemeral"}},
+                              {"type": "image_url", "image_url": {
+                                  "url": "data:image/png;base64,iVBORw0KGgo="}}]),
+        AIMessage(content=[{"type": "thinking", "thinking": "Need the tool.",
+                            "signature": "c2lnbmF0dXJl"},
+                           {"type": "text", "text": "Let me check."},
+                           {"type": "tool_use", "id": "toolu_01A", "name": "get_weather",
+                            "input": {"city": "Paris"}}],
+                  tool_calls=[{"name": "get_weather", "args": {"city": "Paris"},
+                               "id": "toolu_01A"}]),
+        ToolMessage(content="sunny", tool_call_id="toolu_01A"),
+        AIMessage(content="It is sunny.", additional_kwargs={"thinking_blocks": [
+            {"type": "thinking", "thinking": "Answer.", "signature": "c2ln"},
+            {"type": "redacted_thinking", "data": "ZGF0YQ=="}]}),
+        HumanMessage("And Lyon?"),
+    ]
+    llm = FallbackChatModel([anthropic_down, openai_side.model()], health=HealthTable())
+    answer = llm.invoke(conversation)
+    assert answer.content == "echo: And Lyon?"
+    assert answer.response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+    sent = openai_side.fake.requests[-1]["messages"]
+    text = str(sent)
+    assert "cache_control" not in text and "signature" not in text and "thinking" not in text
+    assert sent[1]["content"][0] == {"type": "text", "text": "Weather in Paris?"}
+    assert sent[2]["tool_calls"][0]["id"] == "toolu_01A"  # any string is an id there
+    assert sent[2]["content"] == [{"type": "text", "text": "Let me check."}]
+
+
+def test_the_openai_fake_refuses_what_the_api_refuses(fresh: list[Replica]) -> None:
+    """The fake above proves something: it refuses the Anthropic-only payloads itself."""
+    import openai
+
+    client = openai.OpenAI(api_key=API_KEY, base_url=fresh[0].url, max_retries=0)
+    for messages, param in (
+            ([{"role": "user", "content": [{"type": "text", "text": "hi",
+                                            "cache_control": {"type": "ephemeral"}}]}],
+             "messages[0].content[0].cache_control"),
+            ([{"role": "user", "content": "hi"},
+              {"role": "assistant", "content": [{"type": "thinking", "thinking": "x"}]},
+              {"role": "user", "content": "go on"}], "messages[1].content[0].type"),
+            ([{"role": "assistant", "content": "x", "thinking_blocks": []}],
+             "messages[0].thinking_blocks")):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+        assert info.value.body["param"] == param

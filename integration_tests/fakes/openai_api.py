@@ -39,6 +39,48 @@ def _error(status: int, message: str, kind: str, param: str | None = None,
                                    "code": code}}, status_code=status)
 
 
+#: What the API documents for each message: its fields, its content part types, each part's
+#: fields. Anything else is refused as the API refuses it (400, code unknown_parameter or
+#: invalid_value, naming the path).
+_MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "audio",
+                   "function_call"}
+_PART_TYPES = {"system": ("text",), "developer": ("text",), "tool": ("text",),
+               "user": ("text", "image_url", "input_audio", "file"),
+               "assistant": ("text", "refusal")}
+_PART_FIELDS = {"text": {"type", "text"}, "image_url": {"type", "image_url"},
+                "input_audio": {"type", "input_audio"}, "file": {"type", "file"},
+                "refusal": {"type", "refusal"}}
+
+
+def _check_messages(messages: Any) -> JSONResponse | None:
+    if not isinstance(messages, list) or not messages:
+        return _error(400, "'messages' must be a non-empty array.", "invalid_request_error",
+                      "messages", "invalid_value")
+    for i, message in enumerate(messages):
+        for key in message:
+            if key not in _MESSAGE_FIELDS:
+                return _error(400, f"Unknown parameter: 'messages[{i}].{key}'.",
+                              "invalid_request_error", f"messages[{i}].{key}",
+                              "unknown_parameter")
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        allowed = _PART_TYPES.get(message.get("role"), ())
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in allowed:
+                return _error(400, f"Invalid value: '{kind}'. Supported values are: "
+                              + " and ".join(f"'{a}'" for a in allowed) + ".",
+                              "invalid_request_error", f"messages[{i}].content[{j}].type",
+                              "invalid_value")
+            for key in part:
+                if key not in _PART_FIELDS[kind]:
+                    return _error(400, f"Unknown parameter: 'messages[{i}].content[{j}].{key}'.",
+                                  "invalid_request_error", f"messages[{i}].content[{j}].{key}",
+                                  "unknown_parameter")
+    return None
+
+
 class FakeOpenAI:
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
@@ -109,6 +151,9 @@ class FakeOpenAI:
 
     async def _chat(self, request: Request) -> Response:
         body, refused = await self._received(request)
+        if refused is not None:
+            return refused
+        refused = _check_messages(body.get("messages"))
         if refused is not None:
             return refused
         model = body.get("model", "")

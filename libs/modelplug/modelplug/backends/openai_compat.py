@@ -173,7 +173,7 @@ class OpenAICompatBackend(Backend):
         """The chat.completions.create keyword arguments for ``request``."""
         self.check(request)
         body: dict[str, Any] = {"model": self.ref.model_id,
-                                "messages": _without_signed_thinking(request.messages)}
+                                "messages": _for_openai(request.messages)}
         if request.tools:
             body["tools"] = request.tools
         if request.tool_choice is not None:
@@ -471,11 +471,30 @@ def _check_refusal(provider: str | None, refusal: str | None) -> None:
             provider=provider)
 
 
-def _without_signed_thinking(messages: list[Message]) -> list[Message]:
-    """The messages without ``thinking_blocks``: those are signed for Anthropic only, and here,
-    as reasoning text always is, they are left out of the conversation sent back."""
-    return [{k: v for k, v in m.items() if k != THINKING_BLOCKS} if THINKING_BLOCKS in m else m
-            for m in messages]
+#: Content parts of an Anthropic answer that chat completions has no type for (signed thinking).
+_THINKING_PARTS = frozenset({"thinking", "redacted_thinking"})
+
+
+def _for_openai(messages: list[Message]) -> list[Message]:
+    """The messages as chat completions takes them, whoever wrote them: signed thinking
+    (``thinking_blocks``, or thinking content parts of an Anthropic-style answer) is left out,
+    as reasoning text always is, and Anthropic's ``cache_control`` markers are dropped from
+    content parts. A conversation that moves here from Anthropic is not refused for them."""
+    out = []
+    for message in messages:
+        if THINKING_BLOCKS in message:
+            message = {k: v for k, v in message.items() if k != THINKING_BLOCKS}
+        content = message.get("content")
+        if isinstance(content, list) and any(
+                isinstance(p, dict) and (p.get("type") in _THINKING_PARTS or "cache_control" in p)
+                for p in content):
+            parts = [{k: v for k, v in p.items() if k != "cache_control"}
+                     if isinstance(p, dict) else p for p in content
+                     if not (isinstance(p, dict) and p.get("type") in _THINKING_PARTS)]
+            empty = None if message.get("tool_calls") else ""
+            message = {**message, "content": parts or empty}
+        out.append(message)
+    return out
 
 
 def _reasoning_field(message: Any) -> str:
