@@ -548,3 +548,84 @@ def test_the_openai_fake_refuses_what_the_api_refuses(fresh: list[Replica]) -> N
         with pytest.raises(openai.BadRequestError) as info:
             client.chat.completions.create(model="gpt-4o-mini", messages=messages)
         assert info.value.body["param"] == param
+
+
+# -- every attempt visible ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream", "ainvoke", "astream"])
+async def test_every_attempt_reaches_langchain_callbacks(fresh: list[Replica], mode: str) -> None:
+    """invoke: each attempt is a custom event of the set's run. stream: langchain-core gives a
+    stream no run manager, so the attempts reach callbacks on the first chunk's metadata
+    (on_llm_new_token), as the caller sees them."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from langchain_modelplug.fallback import ATTEMPT_EVENT
+
+    class Events(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.events: list[tuple[str, dict[str, Any], Any]] = []
+            self.runs: list[Any] = []
+            self.tokens: list[Any] = []
+
+        def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: Any,
+                                **kwargs: Any) -> None:
+            self.runs.append(run_id)
+
+        def on_custom_event(self, name: str, data: Any, *, run_id: Any, **kwargs: Any) -> None:
+            self.events.append((name, data, run_id))
+
+        def on_llm_new_token(self, token: str, *, chunk: Any = None, **kwargs: Any) -> None:
+            self.tokens.append(chunk)
+
+    primary, spare = fresh[0], fresh[1]
+    primary.injector.inject(status(503))
+    handler = Events()
+    llm = FallbackChatModel([primary.model(), spare.model()], health=HealthTable())
+    config = {"callbacks": [handler]}
+    expected = [("openai:gpt-4o-mini", "ProviderUnavailableError"), ("openai:gpt-4o-mini", None)]
+    if mode in ("invoke", "ainvoke"):
+        await llm.ainvoke("hi", config=config) if mode == "ainvoke" else llm.invoke(
+            "hi", config=config)
+        assert [name for name, _, _ in handler.events] == [ATTEMPT_EVENT] * 2
+        assert [(d["candidate"], d["error"]) for _, d, _ in handler.events] == expected
+        assert all(d["latency_s"] >= 0 for _, d, _ in handler.events)
+        assert {run_id for _, _, run_id in handler.events} == {handler.runs[0]}  # the set's run
+        return
+    if mode == "stream":
+        list(llm.stream("hi", config=config))
+    else:
+        [c async for c in llm.astream("hi", config=config)]
+    first = handler.tokens[0].message.response_metadata["fallback_attempts"]
+    assert [(a["candidate"], a["error"]) for a in first] == expected
+
+
+def test_every_attempt_is_a_llama_index_instrumentation_event(fresh: list[Replica]) -> None:
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+    from llama_index.llms.modelplug.fallback import FallbackAttemptEvent
+
+    class Events(BaseEventHandler):
+        seen: list[Any] = []
+
+        def handle(self, event: Any, **kwargs: Any) -> None:
+            if isinstance(event, FallbackAttemptEvent):
+                self.seen.append(event)
+
+    handler = Events()
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    try:
+        primary, spare = fresh[0], fresh[1]
+        primary.injector.inject(status(503), status(503))
+        llm = FallbackLLM([ModelPlug(**primary.settings()), ModelPlug(**spare.settings())],
+                          health=False)
+        response = llm.chat([ChatMessage(role="user", content="hi")])
+        list(llm.stream_chat([ChatMessage(role="user", content="hi")]))
+    finally:
+        root.event_handlers.remove(handler)
+    assert [(e.candidate, e.error) for e in handler.seen] == [
+        ("openai:gpt-4o-mini", "ProviderUnavailableError"), ("openai:gpt-4o-mini", None)] * 2
+    assert [a["error"] for a in response.additional_kwargs["fallback_attempts"]] == [
+        "ProviderUnavailableError", None]

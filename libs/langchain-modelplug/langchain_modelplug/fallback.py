@@ -8,11 +8,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import (
+    AsyncCallbackManager,
     AsyncCallbackManagerForChainRun,
     AsyncCallbackManagerForLLMRun,
     CallbackManager,
     CallbackManagerForChainRun,
     CallbackManagerForLLMRun,
+    adispatch_custom_event,
+    dispatch_custom_event,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.chat_models import LangSmithParams
@@ -46,6 +49,9 @@ logger = logging.getLogger("modelplug.fallback")
 #: LangGraph's tag for runs whose tokens its "messages" stream must not repeat: the fallback
 #: run reports every token itself, so the candidate run under it is tagged.
 _NOSTREAM = "nostream"
+
+#: The LangChain custom event (``on_custom_event``) each attempt of a call is reported as.
+ATTEMPT_EVENT = "modelplug_fallback_attempt"
 
 #: Profile fields that are booleans, combined over candidates.
 _BOOL_FIELDS = ("tool_calling", "tool_choice", "tool_call_streaming", "structured_output",
@@ -83,6 +89,14 @@ def candidate_endpoint(model: BaseChatModel, name: str) -> Endpoint | None:
                      if isinstance(v, str)), None)
     provider, _, model_name = name.partition(":")
     return Endpoint(provider, base_url, model_name)
+
+
+def _events_config(run_manager: Any, manager_class: type) -> RunnableConfig:
+    """A config whose custom events are this run's own (its handlers, tags and metadata)."""
+    manager = manager_class(handlers=list(run_manager.handlers), parent_run_id=run_manager.run_id)
+    manager.add_tags(run_manager.tags)
+    manager.add_metadata(run_manager.metadata)
+    return RunnableConfig(callbacks=manager)
 
 
 def _ls_params(model: BaseChatModel, stop: list[str] | None = None) -> dict[str, Any]:
@@ -228,8 +242,17 @@ class FallbackChatModel(BaseChatModel):
 
     Each call is one chat-model run: the candidates run inside it, so callbacks see one start and
     one end, tokens once, and usage counted once. The answer's ``response_metadata`` names the
-    candidate that answered (``fallback_model``) and the failures before it
-    (``fallback_failures``); a stream says so once, on its first chunk.
+    candidate that answered (``fallback_model``), the failures before it
+    (``fallback_failures``) and every attempt (``fallback_attempts``: candidate, error type,
+    latency; skips included); a stream says so once, on its first chunk. On invoke each attempt
+    is also a custom callback event (``ATTEMPT_EVENT``) of this run.
+
+    Health memory, pools and streams (``modelplug.routing``): a candidate that times out, is
+    refused or answers 5xx/429 is skipped by every set in the process for a cooldown, then
+    probed once (``health=``); ``strategy="round_robin"`` or ``"least_outstanding"`` makes the
+    set a pool of equivalent deployments, ``affinity=True`` (or a call's ``session_id=``) keeps
+    a conversation on one of them; ``resume_streams=True`` continues a stream cut after its
+    first chunk on the next candidate, else ``StreamInterruptedError`` carries what was sent.
 
     Setup:
         .. code-block:: bash
@@ -483,6 +506,24 @@ class FallbackChatModel(BaseChatModel):
             meta["fallback_attempts"] = [a.as_dict() for a in outcome.attempts]
         return meta
 
+    @staticmethod
+    def _report(outcome: Outcome[Any], run_manager: Any, start: int = 0) -> None:
+        """Each attempt of the call (from ``start``) as a custom event of this run
+        (``ATTEMPT_EVENT``)."""
+        if run_manager is None:
+            return
+        config = _events_config(run_manager, CallbackManager)
+        for attempt in outcome.attempts[start:]:
+            dispatch_custom_event(ATTEMPT_EVENT, attempt.as_dict(), config=config)
+
+    @staticmethod
+    async def _areport(outcome: Outcome[Any], run_manager: Any, start: int = 0) -> None:
+        if run_manager is None:
+            return
+        config = _events_config(run_manager, AsyncCallbackManager)
+        for attempt in outcome.attempts[start:]:
+            await adispatch_custom_event(ATTEMPT_EVENT, attempt.as_dict(), config=config)
+
     def _result(self, outcome: Outcome[ChatResult]) -> ChatResult:
         meta = self._fallback_metadata(outcome)
         generations = [ChatGeneration(
@@ -516,6 +557,7 @@ class FallbackChatModel(BaseChatModel):
 
         outcome = self._policy.run(self._candidates(), call,
                                    needs=self._needs(messages, kwargs), session=session)
+        self._report(outcome, run_manager)
         return self._result(outcome)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -536,6 +578,7 @@ class FallbackChatModel(BaseChatModel):
 
         outcome = await self._policy.arun(self._candidates(), call,
                                           needs=self._needs(messages, kwargs), session=session)
+        await self._areport(outcome, run_manager)
         return self._result(outcome)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -563,7 +606,7 @@ class FallbackChatModel(BaseChatModel):
                                         run_manager)])
             return start
 
-        sent, marked = _Sent(messages), 0
+        sent, marked, reported = _Sent(messages), 0, 0
         try:
             for chunk in self._policy.stream(
                     self._candidates(), starting(messages), needs=self._needs(messages, kwargs),
@@ -573,6 +616,8 @@ class FallbackChatModel(BaseChatModel):
                     chunk = self._mark(chunk, chosen[0]) if not marked else \
                         self._mark_resumed(chunk, chosen[-1])
                     marked = len(chosen)
+                    self._report(chosen[-1], run_manager, reported)
+                    reported = len(chosen[-1].attempts)
                 yield sent.add(chunk)
         except Exception as exc:
             error = sent.interrupted(exc)
@@ -616,7 +661,7 @@ class FallbackChatModel(BaseChatModel):
                 yield generation
             return start
 
-        sent, marked = _Sent(messages), 0
+        sent, marked, reported = _Sent(messages), 0, 0
         try:
             async for chunk in self._policy.astream(
                     self._candidates(), starting(messages), needs=self._needs(messages, kwargs),
@@ -626,6 +671,8 @@ class FallbackChatModel(BaseChatModel):
                     chunk = self._mark(chunk, chosen[0]) if not marked else \
                         self._mark_resumed(chunk, chosen[-1])
                     marked = len(chosen)
+                    await self._areport(chosen[-1], run_manager, reported)
+                    reported = len(chosen[-1].attempts)
                 yield sent.add(chunk)
         except Exception as exc:
             error = sent.interrupted(exc)
@@ -832,4 +879,4 @@ class FallbackRunnable(Runnable[LanguageModelInput, Any]):
             yield item
 
 
-__all__ = ["FallbackChatModel", "FallbackRunnable", "RetryOn", "combined_profile"]
+__all__ = ["ATTEMPT_EVENT", "FallbackChatModel", "FallbackRunnable", "RetryOn", "combined_profile"]

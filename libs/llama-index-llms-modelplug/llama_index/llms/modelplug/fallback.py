@@ -27,6 +27,8 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
@@ -81,6 +83,29 @@ def candidate_profile(llm: LLM) -> dict[str, Any]:
     if meta.context_window != DEFAULT_CONTEXT_WINDOW:
         profile["max_input_tokens"] = meta.context_window
     return profile
+
+
+dispatcher = get_dispatcher(__name__)
+
+
+class FallbackAttemptEvent(BaseEvent):
+    """One candidate's try within a FallbackLLM call (LlamaIndex instrumentation): who, how it
+    ended (``error``: the error's class name, None for the answer), its message and latency."""
+
+    candidate: str
+    error: str | None = None
+    message: str = ""
+    latency_s: float = 0.0
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FallbackAttemptEvent"
+
+
+def _report(outcome: Outcome[Any]) -> None:
+    """Every attempt of a call as an instrumentation event, in order."""
+    for attempt in outcome.attempts:
+        dispatcher.event(FallbackAttemptEvent(**attempt.as_dict()))
 
 
 def candidate_endpoint(llm: LLM, name: str) -> Endpoint | None:
@@ -303,7 +328,8 @@ class FallbackLLM(FunctionCallingLLM):
 
     @staticmethod
     def _tag(response: Any, outcome: Outcome[Any]) -> Any:
-        """Name the answering candidate and every attempt (candidate, error type, latency)."""
+        """Name the answering candidate and every attempt (candidate, error type, latency);
+        each attempt is also a FallbackAttemptEvent (see :func:`_answered`)."""
         response.additional_kwargs = {
             **response.additional_kwargs, _FALLBACK_KEY: outcome.candidate.name,
             _ATTEMPTS_KEY: [a.as_dict() for a in outcome.attempts]}
@@ -311,9 +337,12 @@ class FallbackLLM(FunctionCallingLLM):
 
     def _tagged_stream(self, steps: Any,
                        chosen: list[Outcome[None]]) -> Generator[Any, None, None]:
-        last = None
+        last, reported = None, 0
         try:
             for last in steps:
+                if len(chosen) > reported:  # once a candidate streams: its attempts so far
+                    _report(chosen[-1])
+                    reported = len(chosen)
                 yield self._tag(last, chosen[0]) if chosen else last
         except Exception as exc:
             _raise_interrupted(exc, last, chosen)
@@ -321,9 +350,12 @@ class FallbackLLM(FunctionCallingLLM):
 
     async def _atagged_stream(self, steps: Any,
                               chosen: list[Outcome[None]]) -> AsyncGenerator[Any, None]:
-        last = None
+        last, reported = None, 0
         try:
             async for last in steps:
+                if len(chosen) > reported:
+                    _report(chosen[-1])
+                    reported = len(chosen)
                 yield self._tag(last, chosen[0]) if chosen else last
         except Exception as exc:
             _raise_interrupted(exc, last, chosen)
@@ -339,7 +371,7 @@ class FallbackLLM(FunctionCallingLLM):
             self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest,
                                                 session=session),
             needs=self._needs(messages, tools, tool_kwargs), session=session)
-        return self._tag(outcome.value, outcome)
+        return _answered(self._tag(outcome.value, outcome), outcome)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -349,7 +381,7 @@ class FallbackLLM(FunctionCallingLLM):
             self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, aio=True,
                                                 session=session),
             needs=self._needs(messages, tools, tool_kwargs), session=session)
-        return self._tag(outcome.value, outcome)
+        return _answered(self._tag(outcome.value, outcome), outcome)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -392,7 +424,7 @@ class FallbackLLM(FunctionCallingLLM):
         outcome = self._policy.run(
             self._candidates(), lambda llm: llm.complete(prompt, formatted=formatted, **kwargs),
             needs=self._prompt_needs(prompt))
-        return self._tag(outcome.value, outcome)
+        return _answered(self._tag(outcome.value, outcome), outcome)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False,
@@ -400,7 +432,7 @@ class FallbackLLM(FunctionCallingLLM):
         outcome = await self._policy.arun(
             self._candidates(), lambda llm: llm.acomplete(prompt, formatted=formatted, **kwargs),
             needs=self._prompt_needs(prompt))
-        return self._tag(outcome.value, outcome)
+        return _answered(self._tag(outcome.value, outcome), outcome)
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False,
@@ -509,6 +541,12 @@ class FallbackLLM(FunctionCallingLLM):
                 yield item
 
         return self._policy.astream(self._candidates(reported=False), start)
+
+
+def _answered(response: Any, outcome: Outcome[Any]) -> Any:
+    """``response``, once its call's attempts are reported as instrumentation events."""
+    _report(outcome)
+    return response
 
 
 def _raise_interrupted(exc: Exception, last: Any, chosen: list[Outcome[None]]) -> None:
