@@ -629,3 +629,31 @@ def test_every_attempt_is_a_llama_index_instrumentation_event(fresh: list[Replic
         ("openai:gpt-4o-mini", "ProviderUnavailableError"), ("openai:gpt-4o-mini", None)] * 2
     assert [a["error"] for a in response.additional_kwargs["fallback_attempts"]] == [
         "ProviderUnavailableError", None]
+
+
+# -- settings shared by a set ---------------------------------------------------------------------
+
+
+def test_a_shared_setting_applies_to_the_candidates_that_take_it(local: ChatModelPlug) -> None:
+    from modelplug.errors import SettingError
+
+    port = free_port()  # nothing listens: vLLM is down
+    llm = FallbackChatModel(["vllm:Qwen/Qwen3-8B", "llamacpp:smollm2"], max_retries=0,
+                            timeout=5, base_url=f"http://127.0.0.1:{port}/v1", max_tokens=4,
+                            health=HealthTable())
+    vllm, in_process = (m.backend.settings for m in llm.models)
+    assert vllm["max_retries"] == 0 and vllm["timeout"] == 5
+    assert not {"max_retries", "timeout", "base_url"} & set(in_process)
+    assert llm.models[1].max_tokens == 4  # a standard parameter reaches every candidate
+    answer = llm.invoke("Say hi.")
+    assert answer.response_metadata["fallback_model"] == "llamacpp:smollm2"
+    assert attempts(answer)[0] == ("vllm:Qwen/Qwen3-8B", "ProviderUnavailableError")
+    li = FallbackLLM(["vllm:Qwen/Qwen3-8B", "llamacpp:smollm2"], max_retries=0)
+    assert li.models[0].backend.settings["max_retries"] == 0
+    assert "max_retries" not in li.models[1].backend.settings
+    # A setting no candidate takes is still the mistake it is.
+    with pytest.raises(SettingError, match="takes no 'max_retries'"):
+        FallbackChatModel(["llamacpp:smollm2", "hf:HuggingFaceTB/SmolLM2-135M-Instruct"],
+                          max_retries=0)
+    with pytest.raises(SettingError, match="'max_retriez'"):
+        FallbackChatModel(["vllm:Qwen/Qwen3-8B", "llamacpp:smollm2"], max_retriez=0)

@@ -39,6 +39,7 @@ from modelplug.fallback import (
     Needs,
     Outcome,
     RetryOn,
+    candidate_settings,
     combine_profiles,
 )
 from modelplug.routing import SESSION_HEADER, Endpoint, backend_endpoint, session_key
@@ -271,7 +272,9 @@ class FallbackChatModel(BaseChatModel):
             timeouts, 429, 5xx).
         **kwargs
             Applied to every candidate given as a string (e.g. ``temperature=0``,
-            ``max_tokens=256``). Configure instances yourself.
+            ``max_tokens=256``) that takes them: a network setting (``timeout``,
+            ``max_retries``) is left out for an in-process candidate. Configure instances
+            yourself.
 
     Instantiate:
         .. code-block:: python
@@ -370,7 +373,8 @@ class FallbackChatModel(BaseChatModel):
         names = set(type(self).model_fields) | {"callbacks", "tags", "metadata"}
         extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
         model_kwargs = {**kwargs.pop("model_kwargs", {}), **extra}
-        built = [self._build(m, model_kwargs, i) for i, m in enumerate(models)]
+        built = [self._build(m, settings, i) for i, (m, settings) in enumerate(
+            zip(models, candidate_settings(models, model_kwargs), strict=True))]
         super().__init__(models=built, model_kwargs=model_kwargs, **kwargs)
         # Validates retry_on, strategy and health.
         self._policy = FallbackPolicy(self.retry_on, strategy=self.strategy, health=self.health)

@@ -201,6 +201,48 @@ def combine_profiles(profiles: Sequence[Profile | Mapping[str, Any] | None],
     return out
 
 
+# -- settings shared by a set --------------------------------------------------------------------
+
+
+def _refuses(model: Any, name: str) -> bool:
+    """Whether ``model`` (a model string or catalog member) belongs to a provider row that
+    refuses setting ``name`` by design: a network setting (``timeout``, ``base_url``...) on an
+    in-process row, a setting only another provider takes. A row that merely does not know ``name`` (a typo) does not refuse
+    it: that still raises when the candidate is built. Unparseable: False (the build says why)."""
+    from modelplug.catalog import CatalogModel
+    from modelplug.registry import NETWORK_KWARGS, SINGLE_PROVIDER_SETTINGS, get_provider
+    from modelplug.spec import parse_model_string
+
+    try:
+        provider = (model.info.provider if isinstance(model, CatalogModel)
+                    else parse_model_string(model).provider)
+        spec = get_provider(provider)
+    except Exception:
+        return False
+    if name in spec.kwargs:
+        return False
+    return (name in spec.refused or name in SINGLE_PROVIDER_SETTINGS
+            or (spec.kind == "in-process" and name in NETWORK_KWARGS))
+
+
+def candidate_settings(models: Sequence[Any], shared: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The settings each candidate of a set is built with, from the set's ``shared`` ones.
+
+    A shared setting applies to the candidates that take it: each model string or catalog member
+    gets those its provider does not refuse (``FallbackChatModel(["vllm:...",
+    "llamacpp:smollm2"], max_retries=0)``: the in-process model ignores ``max_retries``). A
+    setting every such candidate refuses is a mistake, and the first one's refusal is raised
+    when it is built (it gets the setting). Instances (None here) are configured by the caller.
+    """
+    named = [i for i, m in enumerate(models) if isinstance(m, str) or hasattr(m, "info")]
+    refused = {k: [_refuses(models[i], k) for i in named] for k in shared}
+    out: list[dict[str, Any]] = [{} for _ in models]
+    for n, i in enumerate(named):
+        out[i] = {k: v for k, v in shared.items()
+                  if not refused[k][n] or (all(refused[k]) and n == 0)}
+    return out
+
+
 # -- candidates and the runners --------------------------------------------------------------
 
 
@@ -571,6 +613,7 @@ __all__ = [
     "Needs",
     "Outcome",
     "RetryOn",
+    "candidate_settings",
     "combine_profiles",
     "estimate_tokens",
     "is_retryable",

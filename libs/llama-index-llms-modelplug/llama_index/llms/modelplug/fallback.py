@@ -40,7 +40,14 @@ from llama_index.llms.modelplug._convert import to_openai_messages
 
 from modelplug.catalog import CatalogModel
 from modelplug.errors import StreamInterruptedError, is_retryable
-from modelplug.fallback import Candidate, FallbackPolicy, Needs, Outcome, combine_profiles
+from modelplug.fallback import (
+    Candidate,
+    FallbackPolicy,
+    Needs,
+    Outcome,
+    candidate_settings,
+    combine_profiles,
+)
 from modelplug.routing import SESSION_HEADER, Endpoint, backend_endpoint, session_key
 from modelplug.types import ChatRequest
 
@@ -160,7 +167,8 @@ class FallbackLLM(FunctionCallingLLM):
             ``modelplug.fallback.is_retryable``.
         **kwargs
             Applied to every candidate given as a string (``temperature=0``,
-            ``max_tokens=256``...).
+            ``max_tokens=256``...) that takes them: network settings (``timeout``,
+            ``max_retries``) are left out for in-process candidates.
 
     Instantiate:
         .. code-block:: python
@@ -209,7 +217,8 @@ class FallbackLLM(FunctionCallingLLM):
         names = set(type(self).model_fields)
         extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
         model_kwargs = {**kwargs.pop("model_kwargs", {}), **extra}
-        built = [_build(m, model_kwargs, i) for i, m in enumerate(models)]
+        built = [_build(m, settings, i) for i, (m, settings) in enumerate(
+            zip(models, candidate_settings(models, model_kwargs), strict=True))]
         super().__init__(models=built, model_kwargs=model_kwargs, **kwargs)
         # Validates retry_on, strategy and health.
         self._policy = FallbackPolicy(self.retry_on, strategy=self.strategy, health=self.health)
