@@ -603,7 +603,6 @@ async def test_every_attempt_reaches_langchain_callbacks(fresh: list[Replica], m
 def test_every_attempt_is_a_llama_index_instrumentation_event(fresh: list[Replica]) -> None:
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-
     from llama_index.llms.modelplug.fallback import FallbackAttemptEvent
 
     class Events(BaseEventHandler):
