@@ -8,6 +8,9 @@ chunk, usage chunk, ``[DONE]``). Anything else is a 404. Only 127.0.0.1 is ever 
 
     with loopback_server() as url:      # "http://127.0.0.1:PORT/v1"
         ...
+
+``loopback_server(service_ms=50, slots=4)`` models a replica of bounded capacity instead (as
+``llama-server -np 4``): each answer holds one of ``slots`` for ``service_ms`` first.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ NOT_FOUND = _response(b'{"error": {"message": "not found", "type": "invalid_requ
                       "application/json", "404 Not Found")
 
 
+#: (service seconds, slots) when the replica models a bounded capacity; set by _main.
+_CAPACITY: tuple[float, asyncio.Semaphore] | None = None
+
+
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
@@ -72,6 +79,10 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     length = int(line[15:])
             body = await reader.readexactly(length) if length else b""
             target = head.split(b" ", 2)[1]
+            if _CAPACITY is not None and target.endswith(b"/chat/completions"):
+                seconds, slots = _CAPACITY
+                async with slots:
+                    await asyncio.sleep(seconds)
             if not target.endswith(b"/chat/completions"):
                 writer.write(NOT_FOUND)
             elif b'"stream":true' in body.replace(b" ", b""):
@@ -86,6 +97,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def _main() -> None:
+    global _CAPACITY
+    if len(sys.argv) == 3:
+        _CAPACITY = (float(sys.argv[1]) / 1000, asyncio.Semaphore(int(sys.argv[2])))
     server = await asyncio.start_server(_serve, "127.0.0.1", 0, backlog=1024)
     port = server.sockets[0].getsockname()[1]
     print(f"PORT {port}", flush=True)
@@ -94,9 +108,12 @@ async def _main() -> None:
 
 
 @contextlib.contextmanager
-def loopback_server() -> Iterator[str]:
-    """Start the server in a child process; yields its base URL (``.../v1``)."""
-    proc = subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE, text=True)
+def loopback_server(service_ms: float = 0, slots: int = 0) -> Iterator[str]:
+    """Start the server in a child process; yields its base URL (``.../v1``). With ``slots``:
+    at most that many answers at once, each after ``service_ms``."""
+    capacity = [str(service_ms), str(slots)] if slots else []
+    proc = subprocess.Popen([sys.executable, __file__, *capacity], stdout=subprocess.PIPE,
+                            text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("PORT "):
