@@ -604,19 +604,22 @@ def test_with_structured_output_on_every_candidate(method: str | None) -> None:
 
 
 def test_profile_and_ls_params_describe_the_set(local: ChatModelPlug) -> None:
-    tools_declared = ChatModelPlug(model="vllm:x;tools", base_url="http://127.0.0.1:9/v1")
+    tools_declared = ChatModelPlug(model="sglang:x;tools", base_url="http://127.0.0.1:9/v1")
     llm = FallbackChatModel([tools_declared, local])
     assert llm.profiles == [tools_declared.profile, local.profile]
     assert llm.profile["tool_calling"] is True  # both have it
     # Neither takes images (';tools' declares tools and nothing else): the set does not.
     assert llm.profile["image_inputs"] is False
-    # llamacpp constrains output, the vllm row does not say; no candidate is skipped for it, so
-    # the set cannot promise it.
+    # llamacpp constrains output, the sglang row does not say; no candidate is skipped for it,
+    # so the set cannot promise it.
     assert "structured_output" not in llm.profile
-    assert "max_input_tokens" not in llm.profile  # the vllm window is unknown
+    assert "max_input_tokens" not in llm.profile  # the sglang window is unknown
+    # The vllm row says its models honour a JSON schema (guided decoding): a set with it can.
+    vllm = ChatModelPlug(model="vllm:x;tools", base_url="http://127.0.0.1:9/v1")
+    assert FallbackChatModel([vllm, local]).profile["structured_output"] is True
     params = llm._get_ls_params(stop=["\n"])
     assert params["ls_provider"] == "fallback"
-    assert params["ls_model_name"] == "vllm:x, llamacpp:smollm2"
+    assert params["ls_model_name"] == "sglang:x, llamacpp:smollm2"
     assert params["ls_model_type"] == "chat" and params["ls_stop"] == ["\n"]
 
 
