@@ -53,6 +53,11 @@ class Backend:
         """Ask the running server what the model can do, so profile() can tell. Network allowed:
         called before the first request and by ``modelplug list``, never at construction."""
 
+    def load(self) -> None:
+        """Load an in-process model's weights now rather than on the first request, so a server
+        replica that cannot load its model fails when it starts. Networked backends have nothing
+        to load."""
+
     def serving_stats(self) -> dict[str, Any] | None:
         """For in-process models that batch concurrent requests: what their scheduler holds now
         (running, waiting, capacity; see :meth:`modelplug.scheduling.Scheduler.stats`), or None

@@ -128,6 +128,9 @@ class LlamaCppBackend(Backend):
     def _loaded(self) -> LoadedModel:
         return get_or_load(self._load_key(), self._load)
 
+    def load(self) -> None:
+        self._loaded()
+
     def _load(self, **extra: Any) -> Any:
         from llama_cpp import Llama
 

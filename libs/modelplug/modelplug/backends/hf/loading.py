@@ -279,6 +279,9 @@ class HFLoading:
     def _loaded(self) -> LoadedModel:
         return get_or_load(self._load_key(), self._load)
 
+    def load(self) -> None:
+        self._loaded()
+
     def _load(self) -> HFModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
