@@ -82,6 +82,7 @@ def fresh(replicas: list[Replica]) -> list[Replica]:
         replica.injector.reset()
         replica.fake.requests.clear()
         replica.fake.headers.clear()
+        replica.fake._replies.clear()  # a reply an earlier test queued but never used
     return replicas
 
 

@@ -357,6 +357,7 @@ class FallbackChatModel(BaseChatModel):
 
     _policy: FallbackPolicy = PrivateAttr()
     _endpoints: list[Endpoint | None] = PrivateAttr(default_factory=list)
+    _names: list[str] = PrivateAttr(default_factory=list)
     #: Per-candidate runnables after bind_tools (None: the model itself; False: cannot bind).
     _bound: list[Runnable | bool | None] | None = PrivateAttr(default=None)
     _tools: list[dict[str, Any]] | None = PrivateAttr(default=None)
@@ -406,7 +407,9 @@ class FallbackChatModel(BaseChatModel):
     @property
     def names(self) -> list[str]:
         """Each candidate as ``provider:model``, in the order they are tried."""
-        return [candidate_name(m) for m in self.models]
+        if len(self._names) != len(self.models):  # the candidates never change: named once
+            self._names = [candidate_name(m) for m in self.models]
+        return list(self._names)
 
     @property
     def profiles(self) -> list[ModelProfile | None]:
@@ -443,14 +446,15 @@ class FallbackChatModel(BaseChatModel):
 
     def _candidates(self) -> list[Candidate[Runnable]]:
         out = []
+        names = self.names
         for i, model in enumerate(self.models):
             bound = self._bound[i] if self._bound is not None else None
             endpoint = self._endpoints[i] if self._endpoints else None
             if bound is False:  # cannot bind tools: a profile that says so makes it skipped
-                out.append(Candidate(candidate_name(model), model, {"tool_calling": False},
+                out.append(Candidate(names[i], model, {"tool_calling": False},
                                      endpoint))
             else:
-                out.append(Candidate(candidate_name(model), bound or model,
+                out.append(Candidate(names[i], bound or model,
                                      getattr(model, "profile", None), endpoint))
         return out
 
@@ -514,7 +518,7 @@ class FallbackChatModel(BaseChatModel):
     def _report(outcome: Outcome[Any], run_manager: Any, start: int = 0) -> None:
         """Each attempt of the call (from ``start``) as a custom event of this run
         (``ATTEMPT_EVENT``)."""
-        if run_manager is None:
+        if run_manager is None or not run_manager.handlers:  # no one listens: skip the cost
             return
         config = _events_config(run_manager, CallbackManager)
         for attempt in outcome.attempts[start:]:
@@ -522,7 +526,7 @@ class FallbackChatModel(BaseChatModel):
 
     @staticmethod
     async def _areport(outcome: Outcome[Any], run_manager: Any, start: int = 0) -> None:
-        if run_manager is None:
+        if run_manager is None or not run_manager.handlers:
             return
         config = _events_config(run_manager, AsyncCallbackManager)
         for attempt in outcome.attempts[start:]:
