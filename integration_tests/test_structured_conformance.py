@@ -12,6 +12,10 @@ cannot enforce. SmolLM2 answers each one on llama.cpp and on transformers, sampl
   leaves its length unbounded (a schema that bounds it gets that bound as its default budget,
   so it always finishes).
 
+And the converse, without the model: every valid instance hypothesis draws for a (supported,
+format-free) schema, written as the grammar writes JSON, is accepted by the grammar,
+so the mask never forbids a valid answer.
+
 The normal run is a small fixed sample (``derandomize``). ``make conformance`` runs a few
 hundred random schemas (MODELPLUG_CONFORMANCE_EXAMPLES) and writes the counts to
 MODELPLUG_CONFORMANCE_REPORT.
@@ -27,10 +31,11 @@ from typing import Any
 
 import jsonschema
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from modelplug import ChatRequest, create_backend
+from modelplug.backends import structured
 from modelplug.backends.structured import output_bound
 from modelplug.errors import UnsupportedSchemaError
 
@@ -211,3 +216,117 @@ def test_constrained_output_validates_or_is_refused(backend: Any, schema: dict[s
         return
     jsonschema.validate(json.loads(response.text), schema)
     outcomes["valid"] += 1
+
+
+@pytest.fixture(scope="module")
+def vocabulary(smollm2_path: Path) -> Any:
+    """llguidance's view of SmolLM2's llama.cpp vocabulary (no weights loaded)."""
+    from llama_cpp import Llama
+
+    llm = Llama(str(smollm2_path), vocab_only=True, verbose=False)
+    yield structured.llamacpp_tokenizer(llm)  # it tokenizes through llm's vocabulary
+    llm.close()
+
+
+def written(value: Any, schema: Any, root: dict[str, Any]) -> str:
+    """``value`` as the grammar writes JSON: its separators, properties in the schema's order."""
+    if isinstance(schema, dict) and "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    for key in ("anyOf", "oneOf"):
+        for branch in (schema or {}).get(key, []):
+            if jsonschema.Draft202012Validator(dict(branch, **{"$defs": root.get("$defs", {})})) \
+                    .is_valid(value):
+                return written(value, branch, root)
+    if isinstance(value, dict):
+        order = list((schema or {}).get("properties", {}))
+        keys = sorted(value, key=lambda k: order.index(k) if k in order else len(order))
+        parts = (f"{json.dumps(k)}: {written(value[k], schema['properties'][k], root)}"
+                 for k in keys)
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(value, list):
+        item = (schema or {}).get("items", {})
+        return "[" + ", ".join(written(v, item, root) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def instances(schema: Any, root: dict[str, Any]) -> Any:
+    """A strategy for the valid instances of the schemas :func:`schemas` builds.
+
+    (hypothesis-jsonschema's ``from_schema`` would do this, but 0.23.1 fails on any object
+    schema with current hypothesis: ``'many' object has no attribute 'more'``.)
+    """
+    if "$ref" in schema:
+        return instances(root["$defs"][schema["$ref"].rsplit("/", 1)[1]], root)
+    if "const" in schema:
+        return st.just(schema["const"])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return st.one_of([instances(s, root) for s in schema[key]])
+    kind = schema["type"]
+    if isinstance(kind, list):
+        return st.one_of([instances({**schema, "type": k}, root) for k in kind])
+    if kind == "string":
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        if "pattern" in schema:
+            return st.from_regex(schema["pattern"].strip("^$"), fullmatch=True).filter(
+                lambda v: low <= len(v) <= (high if high is not None else len(v)))
+        # Assigned characters: llguidance refuses unassigned code points past plane 3.
+        return st.text(st.characters(exclude_categories=("Cn", "Cs")), min_size=low,
+                       max_size=high)
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        if kind == "number":
+            return st.floats(low, high, allow_nan=False, allow_infinity=False,
+                             exclude_min="exclusiveMinimum" in schema,
+                             exclude_max="exclusiveMaximum" in schema)
+        step = schema.get("multipleOf", 1)
+        low = None if low is None else low + ("exclusiveMinimum" in schema)
+        high = None if high is None else high - ("exclusiveMaximum" in schema)
+        return st.integers(None if low is None else -(-low // step),
+                           None if high is None else high // step).map(lambda v: v * step)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    if kind == "array":
+        return st.lists(instances(schema.get("items", {}), root),
+                        min_size=schema.get("minItems", 0), max_size=schema.get("maxItems"))
+    properties = schema.get("properties", {})
+    required = schema.get("required", [])
+    return st.fixed_dictionaries(
+        {k: instances(v, root) for k, v in properties.items() if k in required},
+        optional={k: instances(v, root) for k, v in properties.items() if k not in required})
+
+
+@settings(max_examples=max(50, EXAMPLES), deadline=None, derandomize=not FULL, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture,
+                                 HealthCheck.filter_too_much])
+@given(data=st.data(), schema=schemas().filter(
+    lambda s: not refused_keyword(s) and '"format"' not in json.dumps(s)))
+def test_every_valid_instance_is_admitted_by_the_grammar(vocabulary: Any, data: Any,
+                                                         schema: dict[str, Any]) -> None:
+    import llguidance
+
+    instance = data.draw(instances(schema, schema), label="instance")
+    assume(jsonschema.Draft202012Validator(schema).is_valid(instance))
+    assume(not any(s.endswith("\n") for s in _strings(instance)))  # Python's $ admits one
+    text = written(instance, structured.closed(schema), structured.closed(schema))
+    matcher = llguidance.LLMatcher(vocabulary, structured.compile_schema(schema), log_level=0)
+    tokens = vocabulary.tokenize_str(text)
+    taken = matcher.try_consume_tokens(tokens)
+    assert taken == len(tokens) and matcher.is_accepting(), \
+        f"the grammar refused a valid answer at token {taken}: {text!r} for {schema}"
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)] + list(value)
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []

@@ -18,7 +18,7 @@ from langchain_core.output_parsers.openai_tools import (
     PydanticToolsParser,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableGenerator, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model
 from langchain_modelplug._convert import to_ai_chunk, to_ai_message, to_openai_messages
 from modelplug import ChatRequest
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
+from modelplug.backends.structured import check_finished
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 #: Per-call keyword arguments that map onto ChatRequest fields.
@@ -347,14 +348,14 @@ class ChatModelPlug(BaseChatModel):
                 f"Unknown structured output method {method!r}. Use 'json_schema', "
                 "'function_calling' or 'json_mode'."
             )
+        finished = _finished_answers(self.max_tokens)
         if not include_raw:
-            return llm | parser
-        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser,
+            return llm | finished | parser
+        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | finished | parser,
                                             parsing_error=lambda _: None)
         fallback = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback],
                                                             exception_key="parsing_error")
-
 
     # -- batched generation for in-process backends (hf: one left-padded generate) -------------
     # LangChain's default batch() runs invoke() per input in a thread pool; an in-process model
@@ -497,6 +498,34 @@ class ChatModelPlug(BaseChatModel):
                 await run_manager.on_llm_end(
                     LLMResult(generations=[[ChatGeneration(message=output)]]))
         return self._batch_result(outputs, return_exceptions)
+
+
+def _finished_answers(max_tokens: int | None) -> Runnable:
+    """Passes a structured call's answer (message or stream of chunks) on to its parser, but
+    raises :class:`~modelplug.OutputTruncatedError` (naming max_tokens) when the output budget
+    cut it: LangChain's JSON parsers accept partial JSON and would hand back an incomplete
+    object as if it were the answer. A stream still yields the partial chunks before that."""
+
+    def seen(chunk: BaseMessage, text: list[str]) -> None:
+        text.append(chunk.content if isinstance(chunk.content, str) else "")
+        for call in getattr(chunk, "tool_call_chunks", None) or []:
+            text.append(call.get("args") or "")
+        check_finished("".join(text), (chunk.response_metadata or {}).get("finish_reason"),
+                       max_tokens)
+
+    def transform(chunks: Iterator[BaseMessage]) -> Iterator[BaseMessage]:
+        text: list[str] = []
+        for chunk in chunks:
+            seen(chunk, text)
+            yield chunk
+
+    async def atransform(chunks: AsyncIterator[BaseMessage]) -> AsyncIterator[BaseMessage]:
+        text: list[str] = []
+        async for chunk in chunks:
+            seen(chunk, text)
+            yield chunk
+
+    return RunnableGenerator(transform, atransform, name="check_finished")
 
 
 def _normalise_tool_choice(choice: dict | str | bool | None,

@@ -60,12 +60,36 @@ def _call_schema(function: dict[str, Any]) -> dict[str, Any]:
 
 
 def output_schema(request: ChatRequest) -> dict[str, Any]:
-    """The JSON schema the answer must follow when the request's tools take part."""
-    options = [_call_schema(f) for f in _allowed_tools(request)]
+    """The JSON schema the answer must follow when the request's tools take part.
+
+    Each tool's parameters sit inside this wrapper, so their definitions (``$defs``, which
+    their ``$ref``s point at from the document root) move to the wrapper's root; a name two
+    tools define differently is renamed in the second one's references.
+    """
+    definitions: dict[str, Any] = {}
+    options = []
+    for function in _allowed_tools(request):
+        option = _call_schema(function)
+        parameters = option["properties"]["arguments"]
+        for key in ("$defs", "definitions"):
+            local = parameters.get(key) if isinstance(parameters, dict) else None
+            if not isinstance(local, dict):
+                continue
+            parameters = {k: v for k, v in parameters.items() if k != key}
+            text = json.dumps(parameters)
+            for name, schema in local.items():
+                moved = name if definitions.get(name, schema) == schema \
+                    else f"{function['name']}.{name}"
+                text = text.replace(json.dumps(f"#/{key}/{name}"), json.dumps(f"#/$defs/{moved}"))
+                definitions[moved] = schema
+            parameters = json.loads(text)
+        option["properties"]["arguments"] = parameters
+        options.append(option)
     if request.tool_choice in (None, "auto"):
         options.append({"type": "object", "properties": {RESPONSE_KEY: {"type": "string"}},
                         "required": [RESPONSE_KEY]})
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return {**schema, "$defs": definitions} if definitions else schema
 
 
 def tools_prompt(request: ChatRequest) -> str:

@@ -37,6 +37,7 @@ from llama_index.llms.modelplug._convert import (
 
 from modelplug import ChatRequest, CompletionRequest
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
+from modelplug.backends.structured import check_finished
 
 if TYPE_CHECKING:
     from llama_index.core.program.utils import FlexibleModel
@@ -490,6 +491,7 @@ class ModelPlug(FunctionCallingLLM):
         def gen() -> Generator[Any, None, None]:
             current = None
             for step in steps:
+                _check_finished(step)
                 current = process_streaming_content_incremental(step, output_cls, current)
                 yield current
 
@@ -512,6 +514,7 @@ class ModelPlug(FunctionCallingLLM):
         async def gen() -> AsyncGenerator[Any, None]:
             current = None
             async for step in steps:
+                _check_finished(step)
                 current = process_streaming_content_incremental(step, output_cls, current)
                 yield current
 
@@ -576,16 +579,20 @@ def _single(response: ChatResponse, single: bool) -> ChatResponse:
     return response.model_copy(update={"message": message})
 
 
+def _check_finished(response: ChatResponse) -> None:
+    """A structured answer cut by the output budget is an OutputTruncatedError naming
+    max_tokens, never a partial object passed off as the answer."""
+    raw = response.raw if isinstance(response.raw, dict) else {}
+    check_finished(response.message.content or "", raw.get("finish_reason"))
+
+
 def _parse(output_cls: type[Model], response: ChatResponse) -> Model:
+    _check_finished(response)
     text = response.message.content or ""
     try:
         return output_cls.model_validate_json(text)
     except ValueError as exc:
-        finish = (response.raw or {}).get("finish_reason") if isinstance(response.raw, dict) \
-            else None
-        hint = " The answer was cut short (finish_reason='length'): raise max_tokens." \
-            if finish == "length" else ""
         raise ValueError(
-            f"The model's answer does not parse as {output_cls.__name__}: {exc}.{hint} "
+            f"The model's answer does not parse as {output_cls.__name__}: {exc}. "
             f"Answer: {text[:300]!r}"
         ) from exc
