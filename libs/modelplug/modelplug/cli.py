@@ -363,7 +363,22 @@ def serve(model: Model,
           max_request_bytes: Annotated[int | None, typer.Option(
               min=1, help="Refuse larger request bodies (HTTP 413) before reading them "
                           "(default: 8 MiB).")] = None,
-          settings: Settings = None) -> None:
+          settings: Settings = None,
+          ray: Annotated[bool, typer.Option(
+              "--ray", help="Serve on Ray Serve replicas, each loading the model (needs "
+                            "modelplug[ray]).")] = False,
+          replicas: Annotated[int | None, typer.Option(
+              min=1, help="With --ray: how many replicas (default 1).")] = None,
+          autoscaling: Annotated[str | None, typer.Option(
+              metavar="MIN:MAX", help="With --ray: let Serve scale between MIN and MAX "
+                                      "replicas.")] = None,
+          replica_cpus: Annotated[float | None, typer.Option(
+              min=0, help="With --ray: CPUs each replica reserves (Serve's default: 1).")] = None,
+          replica_gpus: Annotated[float | None, typer.Option(
+              min=0, help="With --ray: GPUs each replica reserves.")] = None,
+          address: Annotated[str | None, typer.Option(
+              help="With --ray: the Ray cluster (HOST:6379, ray://HOST:10001 or 'auto'); "
+                   "default: start Ray on this machine.")] = None) -> None:
     """An OpenAI-compatible server for MODEL: /v1/chat/completions, /v1/embeddings, /v1/models,
     /health."""
     from modelplug.server import check_bind
@@ -374,8 +389,40 @@ def serve(model: Model,
     console.print(f"Serving [bold]{model}[/bold] at http://{host}:{port}/v1"
                   + (" (API key required)" if key else ""), markup=True)
     limit = {} if max_request_bytes is None else {"max_request_bytes": max_request_bytes}
+    if ray or replicas or autoscaling or address or replica_cpus is not None \
+            or replica_gpus is not None:
+        serve_on_ray_from_cli(model, ray, host, port, key, insecure_no_api_key, replicas,
+                              autoscaling, replica_cpus, replica_gpus, address,
+                              {**limit, **parse_settings(settings)})
+        return
     run_server(model, host=host, port=port, api_key=key, insecure_no_api_key=insecure_no_api_key,
                **limit, **parse_settings(settings))
+
+
+def serve_on_ray_from_cli(model: str, ray: bool, host: str, port: int, key: str,
+                          insecure: bool, replicas: int | None, autoscaling: str | None,
+                          cpus: float | None, gpus: float | None, address: str | None,
+                          settings: dict[str, Any]) -> None:
+    from modelplug.serving_ray import serve_on_ray
+
+    if not ray:
+        raise typer.BadParameter("--replicas, --autoscaling, --replica-cpus, --replica-gpus and "
+                                 "--address deploy on Ray Serve: add --ray.", param_hint="--ray")
+    scaling = None
+    if autoscaling is not None:
+        low, sep, high = autoscaling.partition(":")
+        if not (sep and low.isdigit() and high.isdigit() and 0 <= int(low) <= int(high)
+                and int(high) >= 1):
+            raise typer.BadParameter(f"{autoscaling!r} is not MIN:MAX replicas (e.g. 1:4).",
+                                     param_hint="--autoscaling")
+        scaling = {"min_replicas": int(low), "max_replicas": int(high)}
+    actor = {k: v for k, v in (("num_cpus", cpus), ("num_gpus", gpus)) if v is not None}
+    console.print("On Ray Serve" + (f" at {address}" if address else " (a local Ray)")
+                  + ": the replicas load the model first.")
+    serve_on_ray(model, address=address, host=host, port=port, api_key=key,
+                 insecure_no_api_key=insecure, blocking=True, num_replicas=replicas,
+                 autoscaling_config=scaling, ray_actor_options=actor or None,
+                 **settings)
 
 
 def main() -> None:
