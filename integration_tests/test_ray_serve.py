@@ -1,0 +1,172 @@
+"""Ray Serve: ``modelplug serve MODEL --ray`` and :func:`modelplug.serving_ray.serve_on_ray` on a
+local Ray instance (started once for this file): two replicas of the in-process SmolLM2 GGUF,
+one core each, called with the official openai SDK, ChatModelPlug and LangServe's
+RemoteRunnable; load spread, a killed replica, and the errors a deployment can end in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from fakes.server import free_port
+
+pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'modelplug[ray]'")
+
+import ray
+from ray import serve
+
+from langchain_modelplug import ChatModelPlug
+from modelplug.serving_ray import (
+    REPLICA_HEADER,
+    DeploymentFailedError,
+    serve_on_ray,
+)
+
+HERE = Path(__file__).parent
+SERVED = "llamacpp:smollm2"
+PARIS = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+#: One llama.cpp thread per replica, a small KV cache: two replicas fit on the two cores.
+SMALL = {"n_threads": 1, "n_ctx": 512}
+
+
+@pytest.fixture(scope="session")
+def ray_instance(tmp_path_factory) -> Iterator[None]:
+    """One small local Ray for the whole run: two CPUs, no dashboard, a 200 MB object store;
+    replicas find this folder's modules (ray_recipes) on their PYTHONPATH."""
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}})
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def url(ray_instance) -> Iterator[str]:
+    """Two replicas of SmolLM2, one CPU each."""
+    base = serve_on_ray(SERVED, port=free_port(), blocking=False, num_replicas=2,
+                        ray_actor_options={"num_cpus": 1}, **SMALL)
+    yield f"{base}/v1"
+    serve.delete("modelplug")
+
+
+def ask(client: openai.AsyncOpenAI, i: int = 0) -> object:
+    return client.chat.completions.with_raw_response.create(
+        model=SERVED, messages=[{"role": "user", "content": f"Name a colour. ({i})"}],
+        max_tokens=8, temperature=0)
+
+
+def test_openai_sdk_answers_and_names_the_replica(url: str) -> None:
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model=SERVED, messages=PARIS,
+                                                          max_tokens=24, temperature=0)
+    completion = raw.parse()
+    assert "Paris" in completion.choices[0].message.content
+    assert completion.usage.completion_tokens > 0 and completion.model == SERVED
+    assert raw.headers[REPLICA_HEADER].startswith("SERVE_REPLICA::modelplug#modelplug#")
+    chunks = list(client.chat.completions.create(model=SERVED, messages=PARIS, max_tokens=24,
+                                                 temperature=0, stream=True))
+    assert "Paris" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [m.id for m in client.models.list().data] == [SERVED]
+
+
+def test_chat_model_plug_through_ray(url: str) -> None:
+    remote = ChatModelPlug(model=f"llamaserver:{SERVED}", base_url=url, temperature=0,
+                           max_tokens=24)
+    answer = remote.invoke("What is the capital of France? Answer in one sentence.")
+    assert "Paris" in answer.content
+    assert answer.usage_metadata["output_tokens"] > 0
+
+
+def test_64_concurrent_requests_all_answered_on_both_replicas(url: str) -> None:
+    async def run() -> list:
+        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0,
+                                    timeout=120)
+        return await asyncio.gather(*(ask(client, i) for i in range(64)))
+
+    responses = asyncio.run(run())
+    assert all(r.parse().choices[0].message.content for r in responses)
+    replicas = Counter(r.headers[REPLICA_HEADER] for r in responses)
+    assert len(replicas) == 2, replicas  # both served (Serve routes to the less busy one)
+    assert min(replicas.values()) >= 8, replicas
+
+
+def test_killed_replica_is_replaced_and_no_request_is_lost(url: str) -> None:
+    """Serve answers 500 for the requests the dead replica held (it does not retry them) and
+    routes the rest and the retries to the live one; the openai SDK's own retry (max_retries,
+    2 by default) resends them, so every caller gets its answer. Serve then starts a new
+    replica in the dead one's place."""
+    async def run() -> tuple[str, list, list]:
+        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=2,
+                                    timeout=120)
+        victim = (await ask(client)).headers[REPLICA_HEADER]
+        tasks = [asyncio.create_task(ask(client, i)) for i in range(16)]
+        await asyncio.sleep(1.5)  # requests are generating on both replicas
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        answered = await asyncio.gather(*tasks)
+        replaced = await wait_for_new_replica(client, victim)
+        return victim, answered, replaced
+
+    victim, answered, replaced = asyncio.run(run())
+    assert len(answered) == 16
+    assert all(r.parse().choices[0].message.content for r in answered)
+    assert victim not in replaced and len(replaced) == 2, (victim, replaced)
+
+
+async def wait_for_new_replica(client: openai.AsyncOpenAI, victim: str) -> set[str]:
+    """The replicas answering once Serve reports two running again."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = serve.status().applications["modelplug"].deployments["modelplug"]
+        if status.replica_states.get("RUNNING", 0) == 2:
+            seen: set[str] = set()
+            for _ in range(4):
+                batch = await asyncio.gather(*(ask(client, i) for i in range(8)))
+                seen |= {r.headers[REPLICA_HEADER] for r in batch}
+                if len(seen) == 2:
+                    break
+            return seen
+        await asyncio.sleep(1)
+    pytest.fail(f"Serve did not replace {victim} within 90 s: {serve.status()}")
+
+
+def test_langserve_app_deployed_with_the_same_builder(url: str) -> None:
+    import ray_recipes
+    from langserve import RemoteRunnable
+
+    base = serve_on_ray(app_factory=ray_recipes.langserve_app, name="langserve",
+                        route_prefix="/lc", port=free_port(), blocking=False,
+                        ray_actor_options={"num_cpus": 0})
+    try:
+        answer = RemoteRunnable(f"{base}/chat/").invoke(
+            {"question": "What is the capital of France?"})
+        assert "Paris" in answer.content
+    finally:
+        serve.delete("langserve")
+
+
+def test_a_replica_that_cannot_load_fails_the_deployment(ray_instance, tmp_path) -> None:
+    missing = tmp_path / "missing.gguf"
+    with pytest.raises(DeploymentFailedError, match="ModelNotFoundError") as caught:
+        serve_on_ray(SERVED, model_path=str(missing), name="broken", route_prefix="/broken",
+                     port=free_port(), blocking=False, ray_actor_options={"num_cpus": 0})
+    assert str(missing) in str(caught.value).splitlines()[0]
+    assert "broken" not in serve.status().applications  # removed, not left crash-looping
+
+
+def test_cli_names_an_unreachable_cluster() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-m", "modelplug.cli", "serve", SERVED, "--ray", "--address", address],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode != 0
+    assert address in done.stderr + done.stdout
+    assert "Ray cluster" in done.stderr + done.stdout
