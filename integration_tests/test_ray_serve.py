@@ -1,7 +1,8 @@
 """Ray Serve: ``modelplug serve MODEL --ray`` and :func:`modelplug.serving_ray.serve_on_ray` on a
 local Ray instance (started once for this file): two replicas of the in-process SmolLM2 GGUF,
 one core each, called with the official openai SDK, ChatModelPlug and LangServe's
-RemoteRunnable; load spread, a killed replica, and the errors a deployment can end in."""
+RemoteRunnable, a LlamaIndex query engine behind FastAPI; load spread, a killed replica, and the
+errors a deployment can end in."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from fakes.server import free_port
@@ -151,6 +153,23 @@ def test_langserve_app_deployed_with_the_same_builder(url: str) -> None:
         assert "Paris" in answer.content
     finally:
         serve.delete("langserve")
+
+
+def test_llamaindex_query_engine_deployed_with_the_same_builder(ray_instance) -> None:
+    import ray_recipes
+
+    base = serve_on_ray(app_factory=ray_recipes.llamaindex_app, name="llamaindex",
+                        route_prefix="/li", port=free_port(), blocking=False,
+                        ray_actor_options={"num_cpus": 0})
+    try:
+        response = httpx.post(f"{base}/query", timeout=120, json={
+            "question": "What is the secret password of the blue castle?"})
+        assert response.status_code == 200, response.text
+        assert "marmalade" in response.json()["answer"].lower()
+        assert response.json()["sources"] == [ray_recipes.CASTLE]
+        assert REPLICA_HEADER in response.headers
+    finally:
+        serve.delete("llamaindex")
 
 
 def test_a_replica_that_cannot_load_fails_the_deployment(ray_instance, tmp_path) -> None:
