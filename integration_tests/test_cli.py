@@ -45,6 +45,28 @@ def test_list_shows_providers_catalog_and_local_models(runner: CliRunner) -> Non
     assert re.search(r"llamacpp:smollm2\s+│ yes\s+│ yes\s+│ no\s+│ no\s+│ 8,192", local)
 
 
+def test_list_shows_what_resolve_model_and_the_profile_say(runner: CliRunner) -> None:
+    """One answer about each model: every catalog row and every local row of ``modelplug list``
+    shows the tools and structured-output values that resolve_model and the backend's profile
+    give (test_first_hour.py checks that those two agree)."""
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    catalog_part, local_part = result.output.split("Available locally")
+    word = {True: "yes", False: "no", None: "?"}
+    for member in catalog.all_models():
+        ref = resolve_model(member.info.key)
+        row = re.search(rf"│ {re.escape(member.info.key)} +│ (\S+) +│ (\S+) +│", catalog_part)
+        assert row and row.groups() == (word[ref.tools], word[ref.structured_output]), \
+            member.info.key
+    for ref in available_models():
+        profile = cli.create_backend(ref).profile()
+        row = re.search(rf"│ {re.escape(str(ref))} +│ (\S+) +│ (\S+) +│", local_part)
+        assert row and row.groups() == (word[profile.tool_calling],
+                                        word[profile.structured_output]), str(ref)
+        assert (profile.tool_calling, profile.structured_output) == \
+            (ref.tools, ref.structured_output), str(ref)
+
+
 def test_list_shows_a_broken_local_model_beside_the_working_ones(
         runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = resolve_model("llamacpp:missing-file")  # no model_path: its probe fails
