@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 from modelplug import catalog, cli
 from modelplug.backends.base import DEFAULT_MAX_TOKENS
 from modelplug.cli import app
-from modelplug.local import available_models
-from modelplug.local import resolve_model
+from modelplug.local import available_models, resolve_model
 
 PARIS = "What is the capital of France? Answer in one sentence."
 GREEDY = ["--temperature", "0", "--max-tokens", "32"]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from llama_index.embeddings.modelplug import ModelPlugEmbedding
 
 from langchain_modelplug import ChatModelPlug, ModelPlugEmbeddings
-from llama_index.embeddings.modelplug import ModelPlugEmbedding
 from modelplug import ModelNotFoundError, catalog, create_backend, local, resolve_model
 from modelplug.backends.base import DEFAULT_MAX_TOKENS
 from modelplug.profile import Profile, read_gguf_info

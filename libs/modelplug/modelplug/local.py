@@ -17,8 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from modelplug import catalog
-from modelplug.catalog import ModelInfo
-from modelplug.catalog import CatalogModel
+from modelplug.catalog import CatalogModel, ModelInfo
 from modelplug.errors import AmbiguousModelError, ConfigurationError, from_env_variable
 from modelplug.registry import providers
 from modelplug.spec import ModelLike, ModelRef, catalog_matches, parse_model_string

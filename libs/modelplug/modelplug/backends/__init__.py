@@ -8,11 +8,10 @@ from typing import Any
 
 from modelplug.backends.base import Backend
 from modelplug.catalog import CatalogModel
-from modelplug.registry import check_kwargs
 from modelplug.errors import ModelPlugError, SettingError, amend_message, from_env_variable
 from modelplug.local import DEFAULT_MODEL_ENV, default_model, resolve_model
+from modelplug.registry import check_kwargs
 from modelplug.spec import ModelLike
-
 
 #: An example value for a setting an error asks for, as a fix hint shows it.
 SETTING_EXAMPLES = {"model_path": "'/models/model.gguf'"}
