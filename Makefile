@@ -66,7 +66,7 @@ docs: install
 # One script per question; each appends its table to bench/RESULTS.md (BENCH_FLAGS=--quick for
 # a smoke run). langchain-huggingface (the ChatHuggingFace column) pins huggingface-hub<2, so it
 # goes in without its dependencies, for the bench only.
-BENCH_SCRIPTS := overhead imports concurrency failover inprocess_hf inprocess_llamacpp shared_weights serving routing
+BENCH_SCRIPTS := overhead imports concurrency failover inprocess_hf inprocess_llamacpp shared_weights serving routing scale_out
 bench: install fetch-model
 	$(PY) -c "import langchain_huggingface" 2>/dev/null || $(PIP) install --no-deps langchain-huggingface
 	set -e; for s in $(BENCH_SCRIPTS); do $(PY) bench/$$s.py $(BENCH_FLAGS); done
