@@ -60,10 +60,10 @@ def url(ray_instance) -> Iterator[str]:
     serve.delete("modelplug")
 
 
-def ask(client: openai.AsyncOpenAI, i: int = 0) -> object:
+def ask(client: openai.AsyncOpenAI, i: int = 0, max_tokens: int = 8) -> object:
     return client.chat.completions.with_raw_response.create(
         model=SERVED, messages=[{"role": "user", "content": f"Name a colour. ({i})"}],
-        max_tokens=8, temperature=0)
+        max_tokens=max_tokens, temperature=0)
 
 
 def test_openai_sdk_answers_and_names_the_replica(url: str) -> None:
@@ -90,9 +90,9 @@ def test_chat_model_plug_through_ray(url: str) -> None:
 
 def test_64_concurrent_requests_all_answered_on_both_replicas(url: str) -> None:
     async def run() -> list:
-        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0,
-                                    timeout=120)
-        return await asyncio.gather(*(ask(client, i) for i in range(64)))
+        async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0,
+                                      timeout=120) as client:
+            return await asyncio.gather(*(ask(client, i) for i in range(64)))
 
     responses = asyncio.run(run())
     assert all(r.parse().choices[0].message.content for r in responses)
@@ -106,19 +106,26 @@ def test_killed_replica_is_replaced_and_no_request_is_lost(url: str) -> None:
     routes the rest and the retries to the live one; the openai SDK's own retry (max_retries,
     2 by default) resends them, so every caller gets its answer. Serve then starts a new
     replica in the dead one's place."""
-    async def run() -> tuple[str, list, list]:
-        client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=2,
-                                    timeout=120)
-        victim = (await ask(client)).headers[REPLICA_HEADER]
-        tasks = [asyncio.create_task(ask(client, i)) for i in range(16)]
-        await asyncio.sleep(1.5)  # requests are generating on both replicas
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        answered = await asyncio.gather(*tasks)
-        replaced = await wait_for_new_replica(client, victim)
-        return victim, answered, replaced
+    statuses: list[int] = []
+
+    async def note(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    async def run() -> tuple[str, list, set[str]]:
+        http = httpx.AsyncClient(timeout=120, event_hooks={"response": [note]})
+        async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=2,
+                                      http_client=http) as client:
+            victim = (await ask(client)).headers[REPLICA_HEADER]
+            tasks = [asyncio.create_task(ask(client, i, max_tokens=32)) for i in range(16)]
+            await asyncio.sleep(1.5)  # requests are generating on both replicas
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            answered = await asyncio.gather(*tasks)
+            replaced = await wait_for_new_replica(client, victim)
+            return victim, answered, replaced
 
     victim, answered, replaced = asyncio.run(run())
     assert len(answered) == 16
+    assert 500 in statuses, statuses  # the kill did cut requests short; the retry answered them
     assert all(r.parse().choices[0].message.content for r in answered)
     assert victim not in replaced and len(replaced) == 2, (victim, replaced)
 
