@@ -51,6 +51,42 @@ def ray_instance(tmp_path_factory) -> Iterator[None]:
     ray.shutdown()
 
 
+def test_cli_serves_on_a_cluster_until_sigterm(ray_instance) -> None:
+    """``modelplug serve --ray --address`` joins this run's Ray (as it would a remote cluster),
+    serves until SIGTERM, then removes its application. First in the file: it starts Serve's
+    HTTP proxy on its own --port."""
+    port = free_port()
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "modelplug.cli", "serve", SERVED, "--ray", "--port", str(port),
+         "--address", ray.get_runtime_context().gcs_address, "--replica-cpus", "0",
+         *(f"--set={k}={v}" for k, v in SMALL.items())],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not health_ok(f"http://127.0.0.1:{port}/health"):
+            assert cli.poll() is None, cli.communicate()[0]
+            assert time.monotonic() < deadline, "modelplug serve --ray did not come up"
+            time.sleep(1)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                               max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model=SERVED, messages=PARIS, max_tokens=24, temperature=0)
+        assert "Paris" in raw.parse().choices[0].message.content
+        assert raw.headers[REPLICA_HEADER].startswith("SERVE_REPLICA::modelplug#")
+    finally:
+        cli.terminate()  # SIGTERM
+        output = cli.communicate(timeout=60)[0]
+    assert cli.returncode == 0, output
+    assert "modelplug" not in serve.status().applications  # removed on the way out
+
+
+def health_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def url(ray_instance) -> Iterator[str]:
     """Two replicas of SmolLM2, one CPU each."""
