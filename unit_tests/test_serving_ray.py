@@ -42,6 +42,18 @@ def test_bad_options_are_refused_before_ray_is_needed(monkeypatch, kwargs, named
         ray_app(model, **kwargs)
 
 
+@pytest.mark.parametrize(("model", "settings", "error", "named"), [
+    ("llamacp:smollm2", {}, "UnknownProviderError", "llamacp"),
+    ("llamacpp:smollm2", {"n_thread": 1}, "SettingError", "n_thread"),
+])
+def test_a_wrong_model_or_setting_fails_before_anything_is_deployed(
+        monkeypatch, model, settings, error, named) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # refused before Ray is needed
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        ray_app(model, **settings)
+    assert type(caught.value).__name__ == error
+
+
 async def test_replica_header_names_the_replica_on_every_response() -> None:
     async def hello(_):
         return PlainTextResponse("hi", headers={"x-own": "kept"})

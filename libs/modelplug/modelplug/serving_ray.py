@@ -83,13 +83,21 @@ def ray_app(model: ModelLike | None = None, *, app_factory: Callable[[], Any] | 
     if num_replicas is not None and (isinstance(num_replicas, bool)
                                      or not isinstance(num_replicas, int) or num_replicas < 1):
         raise ConfigurationError(f"num_replicas must be a positive int; got {num_replicas!r}.")
+    if app_factory is None and model is not None:
+        # A wrong model string or setting fails here, not as replicas that never start (the
+        # file, weights and local default are the replicas' business: they may be elsewhere).
+        from modelplug.local import resolve_model
+        from modelplug.registry import check_kwargs
+
+        check_kwargs(resolve_model(model).spec, {k: v for k, v in settings.items()
+                                                 if v is not None})
     serve = import_serve()
     if app_factory is None:
         from modelplug.server import DEFAULT_MAX_REQUEST_BYTES, resolve_key
 
         # Resolved here: the replicas run in other processes, maybe on other machines.
-        app_factory = OpenAIApp(model, resolve_key(api_key),
-                                max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, settings)
+        app_factory = OpenAIApp(model, resolve_key(api_key), DEFAULT_MAX_REQUEST_BYTES
+                                if max_request_bytes is None else max_request_bytes, settings)
     options: dict[str, Any] = dict(deployment_options or {})
     options["name"] = name
     if num_replicas is not None:
