@@ -1,12 +1,13 @@
 """Ray Serve: ``modelplug serve MODEL --ray`` and :func:`modelplug.serving_ray.serve_on_ray` on a
 local Ray instance (started once for this file): two replicas of the in-process SmolLM2 GGUF,
-one core each, called with the official openai SDK, ChatModelPlug and LangServe's
-RemoteRunnable, a LlamaIndex query engine behind FastAPI; load spread, a killed replica, and the
-errors a deployment can end in."""
+one core each, called with the official openai SDK and ChatModelPlug; apps deployed with the
+same builder (LangServe through RemoteRunnable, a LlamaIndex query engine, a diffusers
+pipeline); load spread, a killed replica, and the errors a deployment can end in."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -213,6 +214,31 @@ def test_llamaindex_query_engine_deployed_with_the_same_builder(ray_instance) ->
         assert REPLICA_HEADER in response.headers
     finally:
         serve.delete("llamaindex")
+
+
+def test_image_generation_deployed_with_the_same_builder(ray_instance, tiny_sd_path) -> None:
+    """A diffusers pipeline (the tiny random one) behind an OpenAI-shaped images route; the
+    official SDK's ``images.generate`` reads the answer."""
+    import base64
+    import io
+
+    import ray_recipes
+    from PIL import Image
+
+    base = serve_on_ray(app_factory=functools.partial(ray_recipes.image_app,
+                                                      f"hf:{tiny_sd_path}"),
+                        name="images", route_prefix="/img", port=free_port(), blocking=False,
+                        ray_actor_options={"num_cpus": 0})
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        raw = client.images.with_raw_response.generate(prompt="a red cat", n=2, size="32x32",
+                                                       extra_body={"seed": 1})
+        images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json)))
+                  for d in raw.parse().data]
+        assert [im.size for im in images] == [(32, 32), (32, 32)]
+        assert REPLICA_HEADER in raw.headers
+    finally:
+        serve.delete("images")
 
 
 def test_a_replica_that_cannot_load_fails_the_deployment(ray_instance, tmp_path) -> None:
