@@ -657,3 +657,20 @@ def test_a_shared_setting_applies_to_the_candidates_that_take_it(local: ChatMode
                           max_retries=0)
     with pytest.raises(SettingError, match="'max_retriez'"):
         FallbackChatModel(["vllm:Qwen/Qwen3-8B", "llamacpp:smollm2"], max_retriez=0)
+
+
+@pytest.mark.parametrize("aio", [False, True])
+async def test_llama_index_resumes_a_cut_stream_into_the_greedy_answer(
+        fresh: list[Replica], greedy_pieces: list[str], aio: bool) -> None:
+    primary = fresh[0]
+    cut_after_ten(primary, greedy_pieces)
+    llm = FallbackLLM([ModelPlug(**primary.settings()),
+                       ModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)],
+                      resume_streams=True, health=HealthTable())
+    messages = [ChatMessage(role="user", content=QUESTION)]
+    if aio:
+        steps = [s async for s in await llm.astream_chat(messages)]
+    else:
+        steps = list(llm.stream_chat(messages))
+    assert "".join(s.delta or "" for s in steps) == "".join(greedy_pieces)
+    assert steps[-1].message.content == "".join(greedy_pieces)  # the whole answer, as one

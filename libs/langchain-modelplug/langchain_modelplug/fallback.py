@@ -358,6 +358,7 @@ class FallbackChatModel(BaseChatModel):
     _policy: FallbackPolicy = PrivateAttr()
     _endpoints: list[Endpoint | None] = PrivateAttr(default_factory=list)
     _names: list[str] = PrivateAttr(default_factory=list)
+    _candidate_list: list[Candidate[Runnable]] | None = PrivateAttr(default=None)
     #: Per-candidate runnables after bind_tools (None: the model itself; False: cannot bind).
     _bound: list[Runnable | bool | None] | None = PrivateAttr(default=None)
     _tools: list[dict[str, Any]] | None = PrivateAttr(default=None)
@@ -445,6 +446,11 @@ class FallbackChatModel(BaseChatModel):
     # -- candidates -----------------------------------------------------------------------------
 
     def _candidates(self) -> list[Candidate[Runnable]]:
+        """The candidates as the policy sees them, built once per (bound) set: the models,
+        bindings, profiles and endpoints never change after it is made."""
+        cached = self._candidate_list
+        if cached is not None:
+            return cached
         out = []
         names = self.names
         for i, model in enumerate(self.models):
@@ -456,6 +462,7 @@ class FallbackChatModel(BaseChatModel):
             else:
                 out.append(Candidate(names[i], bound or model,
                                      getattr(model, "profile", None), endpoint))
+        self._candidate_list = out
         return out
 
     def _session(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str | None:
@@ -773,6 +780,7 @@ class FallbackChatModel(BaseChatModel):
         new._policy = self._policy
         new._endpoints = self._endpoints
         new._bound = bound
+        new._candidate_list = None
         new._tools = [convert_to_openai_tool(t) for t in tools] if tools else None
         new._tool_choice = tool_choice
         return new.bind(ls_structured_output_format=ls_format) if ls_format else new

@@ -21,6 +21,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    ThinkingBlock,
     ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -202,6 +203,11 @@ class FallbackLLM(FunctionCallingLLM):
     health: Any = Field(default=True, exclude=True, description=(
         "Health memory: True (the process-wide modelplug.routing table), False (none), or a "
         "modelplug.routing.HealthTable."))
+    resume_streams: bool = Field(default=False, description=(
+        "When a chat stream without tools fails after its first step, continue the answer on "
+        "the next candidate from the text already sent (an assistant prefill). Without it (or "
+        "with tools, or once thinking was sent), StreamInterruptedError carries the last "
+        "response."))
 
     _policy: FallbackPolicy = PrivateAttr()
     _endpoints: list[Endpoint | None] = PrivateAttr(default_factory=list)
@@ -344,11 +350,42 @@ class FallbackLLM(FunctionCallingLLM):
             _ATTEMPTS_KEY: [a.as_dict() for a in outcome.attempts]}
         return response
 
-    def _tagged_stream(self, steps: Any,
-                       chosen: list[Outcome[None]]) -> Generator[Any, None, None]:
+    def _resumer(self, messages: Sequence[ChatMessage], tools: Any, rest: dict[str, Any],
+                 session: str | None, seen: list[Any], aio: bool = False) -> Any:
+        """The policy's ``resume`` for a chat stream (see ``resume_streams``): the next
+        candidate continues from the text already sent, each of its steps' message carrying
+        the whole answer so far; None where it cannot be spliced."""
+        if not self.resume_streams or tools:
+            return None
+
+        def resume(exc: BaseException) -> Any:
+            last = seen[-1] if seen else None
+            if last is not None and any(isinstance(b, ThinkingBlock)
+                                        for b in last.message.blocks):
+                return None
+            text = (last.message.content or "") if last is not None else ""
+            conversation = [*messages, *([ChatMessage(role=MessageRole.ASSISTANT,
+                                                      content=text)] if text else [])]
+            call = self._chat_call(conversation, None, {}, rest, stream=True, aio=aio,
+                                   session=session)
+            if not aio:
+                return lambda llm: (_prefixed(step, text) for step in call(llm))
+
+            async def astart(llm: LLM) -> AsyncIterator[ChatResponse]:
+                async for step in await call(llm):
+                    yield _prefixed(step, text)
+
+            return astart
+
+        return resume
+
+    def _tagged_stream(self, steps: Any, chosen: list[Outcome[None]],
+                       seen: list[Any] | None = None) -> Generator[Any, None, None]:
         last, reported = None, 0
         try:
             for last in steps:
+                if seen is not None:
+                    seen[:] = [last]
                 if len(chosen) > reported:  # once a candidate streams: its attempts so far
                     _report(chosen[-1])
                     reported = len(chosen)
@@ -357,11 +394,13 @@ class FallbackLLM(FunctionCallingLLM):
             _raise_interrupted(exc, last, chosen)
             raise
 
-    async def _atagged_stream(self, steps: Any,
-                              chosen: list[Outcome[None]]) -> AsyncGenerator[Any, None]:
+    async def _atagged_stream(self, steps: Any, chosen: list[Outcome[None]],
+                              seen: list[Any] | None = None) -> AsyncGenerator[Any, None]:
         last, reported = None, 0
         try:
             async for last in steps:
+                if seen is not None:
+                    seen[:] = [last]
                 if len(chosen) > reported:
                     _report(chosen[-1])
                     reported = len(chosen)
@@ -397,12 +436,13 @@ class FallbackLLM(FunctionCallingLLM):
         tools, tool_kwargs, rest = self._split(kwargs)
         session = self._session(messages, rest)
         chosen: list[Outcome[None]] = []
+        seen: list[Any] = []
         steps = self._policy.stream(
             self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, stream=True,
                                                 session=session),
             needs=self._needs(messages, tools, tool_kwargs), on_select=chosen.append,
-            session=session)
-        return self._tagged_stream(steps, chosen)
+            session=session, resume=self._resumer(messages, tools, rest, session, seen))
+        return self._tagged_stream(steps, chosen, seen)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage],
@@ -417,10 +457,12 @@ class FallbackLLM(FunctionCallingLLM):
                 yield step
 
         chosen: list[Outcome[None]] = []
+        seen: list[Any] = []
         steps = self._policy.astream(
             self._candidates(), start, needs=self._needs(messages, tools, tool_kwargs),
-            on_select=chosen.append, session=session)
-        return self._atagged_stream(steps, chosen)
+            on_select=chosen.append, session=session,
+            resume=self._resumer(messages, tools, rest, session, seen, aio=True))
+        return self._atagged_stream(steps, chosen, seen)
 
     # -- complete -------------------------------------------------------------------------------
 
@@ -550,6 +592,14 @@ class FallbackLLM(FunctionCallingLLM):
                 yield item
 
         return self._policy.astream(self._candidates(reported=False), start)
+
+
+def _prefixed(step: ChatResponse, text: str) -> ChatResponse:
+    """A resuming candidate's step, its message holding the whole answer so far (LlamaIndex
+    stream steps carry the text to date; ``delta`` stays the step's own)."""
+    if text:
+        step.message.content = text + (step.message.content or "")
+    return step
 
 
 def _answered(response: Any, outcome: Outcome[Any]) -> Any:
