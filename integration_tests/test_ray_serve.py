@@ -53,13 +53,14 @@ def ray_instance(tmp_path_factory) -> Iterator[None]:
 
 
 def test_cli_serves_on_a_cluster_until_sigterm(ray_instance) -> None:
-    """``modelplug serve --ray --address`` joins this run's Ray (as it would a remote cluster),
-    serves until SIGTERM, then removes its application. First in the file: it starts Serve's
+    """``modelplug serve --ray --address --api-key`` joins this run's Ray (as it would a remote
+    cluster), serves until SIGTERM, then removes its application. First in the file: it starts Serve's
     HTTP proxy on its own --port."""
     port = free_port()
     cli = subprocess.Popen(
         [sys.executable, "-m", "modelplug.cli", "serve", SERVED, "--ray", "--port", str(port),
          "--address", ray.get_runtime_context().gcs_address, "--replica-cpus", "0",
+         "--api-key", "ray-test-key",
          *(f"--set={k}={v}" for k, v in SMALL.items())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -68,10 +69,12 @@ def test_cli_serves_on_a_cluster_until_sigterm(ray_instance) -> None:
             assert cli.poll() is None, cli.communicate()[0]
             assert time.monotonic() < deadline, "modelplug serve --ray did not come up"
             time.sleep(1)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="ray-test-key",
                                max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model=SERVED, messages=PARIS, max_tokens=24, temperature=0)
+        with pytest.raises(openai.AuthenticationError):  # the key reached the replicas
+            client.with_options(api_key="wrong").models.list()
         assert "Paris" in raw.parse().choices[0].message.content
         assert raw.headers[REPLICA_HEADER].startswith("SERVE_REPLICA::modelplug#")
     finally:
