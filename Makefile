@@ -10,7 +10,7 @@ SMOLLM2 := $(MODELPLUG_MODELS_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 LIBS := -e libs/modelplug[all] -e libs/langchain-modelplug -e libs/llama-index-llms-modelplug \
         -e libs/llama-index-embeddings-modelplug
 
-.PHONY: install fetch-model demo test unit integration lint bench docs clean
+.PHONY: install fetch-model demo test unit integration lint bench docs clean conformance
 
 install: $(VENV)/.installed
 
@@ -70,6 +70,13 @@ BENCH_SCRIPTS := overhead imports concurrency failover inprocess_hf inprocess_ll
 bench: install fetch-model
 	$(PY) -c "import langchain_huggingface" 2>/dev/null || $(PIP) install --no-deps langchain-huggingface
 	set -e; for s in $(BENCH_SCRIPTS); do $(PY) bench/$$s.py $(BENCH_FLAGS); done
+
+# Structured output: a few hundred generated schemas answered by SmolLM2 on llama.cpp and
+# transformers, every answer valid or refused up front; counts in bench/CONFORMANCE.md.
+conformance: install fetch-model
+	MODELPLUG_CONFORMANCE_EXAMPLES=$(or $(N),300) \
+	MODELPLUG_CONFORMANCE_REPORT=$(CURDIR)/bench/CONFORMANCE.md \
+	$(PY) -m pytest -q integration_tests/test_structured_conformance.py
 
 lint: install
 	$(PY) -m ruff check libs unit_tests integration_tests examples bench

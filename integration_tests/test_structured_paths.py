@@ -193,3 +193,15 @@ def test_an_unenforceable_schema_is_refused_before_generation(chat: ChatModelPlu
     with pytest.raises(UnsupportedSchemaError, match="uniqueItems") as caught:
         chat.with_structured_output(schema, method="json_schema").invoke(ASK)
     assert caught.value.keyword == "uniqueItems"
+
+
+def test_a_named_chat_format_is_constrained_by_the_same_grammar() -> None:
+    """chat_format= (llama-cpp-python's own chat handlers) takes the same constraint: bounds hold
+    and the schema is told, where its own converter ignored integer bounds."""
+    chat = ChatModelPlug(model="llamacpp:smollm2", chat_format="chatml", temperature=0,
+                         max_tokens=40)
+    schema = {"title": "P", "type": "object", "required": ["name", "age"], "properties": {
+        "name": {"type": "string"}, "age": {"type": "integer", "minimum": 1, "maximum": 9}}}
+    answer = chat.with_structured_output(schema, method="json_schema").invoke(
+        "Extract the person: Alice is 30 years old.")
+    assert answer["name"] == "Alice" and 1 <= answer["age"] <= 9

@@ -200,7 +200,7 @@ class LlamaCppBackend(Backend):
         loaded = self._loaded()
         if self._delegates:
             with loaded.lock:
-                yield from self._delegate_stream(loaded.model, request, sampling)
+                yield from self._delegate_stream(loaded, request, sampling)
             return
         ticket = self._submit(loaded, self._chat_job(loaded, request, sampling))
         if tooling.constrained(request):
@@ -404,19 +404,25 @@ class LlamaCppBackend(Backend):
         return llm.tokenize((rendered.prompt + prefill).encode("utf-8"),
                             add_bos=not rendered.added_special, special=True)
 
-    def _delegate_stream(self, llm: Any, request: ChatRequest,
+    def _delegate_stream(self, loaded: LoadedModel, request: ChatRequest,
                          sampling: dict[str, Any]) -> Iterator[ChatChunk]:
-        """llama-cpp-python's own chat handler (vision projectors, named chat formats)."""
+        """llama-cpp-python's own chat handler (vision projectors, named chat formats). A
+        structured answer is constrained by the same grammar as on the batched path (a logits
+        processor), not by llama-cpp-python's own JSON-schema converter."""
+        llm = loaded.model
         extras = {k: v for k, v in sampling.items() if k in SAMPLING_EXTRAS}
         # Handlers know no tool turns: earlier calls and results go as plain turns.
         messages = tooling.template_messages(request.messages, None)
         kwargs: dict[str, Any] = {"messages": messages, "stream": True, **extras}
-        for name in ("temperature", "top_p", "max_tokens", "stop", "seed", "response_format"):
+        for name in ("temperature", "top_p", "max_tokens", "stop", "seed"):
             if getattr(request, name) is not None:
                 kwargs[name] = getattr(request, name)
         kwargs.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
-        if request.json_schema is not None:  # llama-cpp-python's spelling of a schema format
-            kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+        schema = structured.answer_schema(request)
+        if schema is not None:
+            constraint = self._constraint(loaded, schema)
+            kwargs["logits_processor"] = [structured.mask_numpy_logits(constraint)]
+            kwargs["messages"] = structured.instructed(request, messages)
         for part in llm.create_chat_completion(**kwargs):
             choice = part["choices"][0]
             yield ChatChunk(text=choice["delta"].get("content") or "",
@@ -574,4 +580,3 @@ def _tool_response(raw: ChatResponse) -> ChatResponse:
 
 async def _acollect(chunks: AsyncIterator[ChatChunk]) -> ChatResponse:
     return collect_stream(iter([c async for c in chunks]))
-

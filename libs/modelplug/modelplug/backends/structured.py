@@ -227,6 +227,26 @@ def instructed(request: Any, messages: list[dict[str, Any]]) -> list[dict[str, A
     return tooling.add_system(messages, schema_prompt(request.json_schema))
 
 
+def mask_numpy_logits(constraint: Constraint) -> Any:
+    """A llama-cpp-python logits processor (``create_chat_completion(logits_processor=)``):
+    advances the grammar past the tokens sampled since its last call, then sets every token it
+    does not allow to -inf."""
+    import numpy as np
+
+    seen: list[int] = []
+
+    def process(input_ids: Any, scores: Any) -> Any:
+        if not seen:  # the first call sees the prompt only
+            seen.append(len(input_ids))
+        for token in input_ids[seen[0]:]:
+            constraint.consume(int(token))
+        seen[0] = len(input_ids)
+        scores[~constraint.allowed()[: len(scores)]] = -np.inf
+        return scores
+
+    return process
+
+
 def torch_bitmask(rows: int, n_vocab: int) -> Any:
     """A bitmask tensor for ``rows`` constrained rows (:meth:`Constraint.fill` writes a row)."""
     import torch
@@ -359,6 +379,7 @@ __all__ = [
     "instructed",
     "llamacpp_tokenizer",
     "mask_llamacpp_candidates",
+    "mask_numpy_logits",
     "output_bound",
     "schema_prompt",
     "torch_bitmask",
