@@ -62,8 +62,10 @@ def strings(draw: Any) -> dict[str, Any]:
         schema["maxLength"] = draw(st.integers(1, 12))
         if draw(st.booleans()):
             schema["minLength"] = draw(st.integers(0, schema["maxLength"]))
+    # Patterns and formats without lengths: a length no match can have makes the schema
+    # unsatisfiable, which llguidance refuses as such.
     kind = draw(st.sampled_from(["plain", "pattern", "format"]))
-    if kind == "pattern":
+    if kind == "pattern" and "maxLength" not in schema:
         schema["pattern"] = draw(st.sampled_from(PATTERNS))
     elif kind == "format" and "maxLength" not in schema:
         schema["format"] = draw(st.sampled_from(FORMATS))
@@ -74,7 +76,7 @@ def strings(draw: Any) -> dict[str, Any]:
 def numbers(draw: Any) -> dict[str, Any]:
     kind = draw(st.sampled_from(["integer", "number"]))
     low = draw(integers)
-    high = low + draw(st.integers(0, 500))
+    high = low + draw(st.integers(0 if kind == "integer" else 1, 500))
     schema: dict[str, Any] = {"type": kind}
     if draw(st.booleans()):
         schema["minimum"], schema["maximum"] = low, high
@@ -135,7 +137,7 @@ def schemas(draw: Any) -> dict[str, Any]:
         name = draw(st.sampled_from(NAMES))
         schema["$defs"] = {"Part": draw(parts)}
         schema["properties"][name] = {"$ref": "#/$defs/Part"}
-    if draw(st.integers(0, 5)) == 0:
+    if draw(st.integers(0, 5)) == 3:  # about one in six (hypothesis favours 0)
         keyword = draw(st.sampled_from(REFUSED))
         schema["properties"]["bad"] = {
             "uniqueItems": {"type": "array", "items": {"type": "integer"}, "maxItems": 2,
@@ -179,7 +181,15 @@ def backend(request: pytest.FixtureRequest, smollm2_path: Path) -> Any:
 def report() -> Any:
     yield
     if REPORT:
-        lines = ["| backend | answers validated | cut by budget (unbounded schema) | "
+        import datetime
+
+        lines = ["# Structured-output conformance", "",
+                 f"Run of {datetime.date.today()}: {EXAMPLES} generated schemas per backend "
+                 "(`make conformance`), SmolLM2-135M at temperature 1. Every answer either "
+                 "validated (jsonschema), was cut by its budget (only schemas that leave their "
+                 "length unbounded, max_tokens 48), or was refused up front "
+                 "(UnsupportedSchemaError, exactly the schemas with a refused keyword).", "",
+                 "| backend | answers validated | cut by budget (unbounded schema) | "
                  "refused up front | total |", "|---|---|---|---|---|"]
         for name, counts in sorted(OUTCOMES.items()):
             lines.append(f"| {name} | {counts['valid']} | {counts['cut']} | "
@@ -246,7 +256,10 @@ def written(value: Any, schema: Any, root: dict[str, Any]) -> str:
     if isinstance(value, list):
         item = (schema or {}).get("items", {})
         return "[" + ", ".join(written(v, item, root) for v in value) + "]"
-    return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float):  # llguidance's bounded numbers take no exponent (1e-05)
+        return f"{value:.20f}".rstrip("0").removesuffix(".") or "0"
+    # llguidance (like llama.cpp's own grammar) wants DEL escaped, as \u007f.
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def instances(schema: Any, root: dict[str, Any]) -> Any:
@@ -285,8 +298,11 @@ def instances(schema: Any, root: dict[str, Any]) -> Any:
         step = schema.get("multipleOf", 1)
         low = None if low is None else low + ("exclusiveMinimum" in schema)
         high = None if high is None else high - ("exclusiveMaximum" in schema)
-        return st.integers(None if low is None else -(-low // step),
-                           None if high is None else high // step).map(lambda v: v * step)
+        first = None if low is None else -(-low // step)
+        last = None if high is None else high // step
+        if first is not None and last is not None and first > last:
+            return st.nothing()  # no multiple of step in range: an unsatisfiable schema
+        return st.integers(first, last).map(lambda v: v * step)
     if kind == "boolean":
         return st.booleans()
     if kind == "null":

@@ -27,14 +27,16 @@ def tiny_limit(reason: str) -> pytest.MarkDecorator:
 
 
 @contextmanager
-def fails_for(param: str, failing: tuple[str, ...], reason: str) -> Iterator[None]:
+def fails_for(param: str, failing: tuple[str, ...], reason: str,
+              raises: type[Exception] | tuple[type[Exception], ...]) -> Iterator[None]:
     """Run the body of a test parametrized by ``param``; for a ``failing`` parameter, its
-    failure is the expected limit, and a pass is an error (the limit no longer holds)."""
+    failure, which must be ``raises`` (any other error fails the test), is the expected limit,
+    and a pass is an error (the limit no longer holds)."""
     if param not in failing:
         yield
         return
     try:
         yield
-    except Exception as exc:
+    except raises as exc:
         raise TinyModelLimit(reason) from exc
     pytest.fail(f"{param!r} passed, so this no longer holds; remove it from the xfail: {reason}")
