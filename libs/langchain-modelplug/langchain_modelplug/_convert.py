@@ -14,6 +14,7 @@ from langchain_core.messages import (
 from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 
+from modelplug.accounting import cost_of
 from modelplug.types import THINKING_BLOCKS, ChatChunk, ChatResponse, Message, Usage
 
 
@@ -70,6 +71,11 @@ def _response_metadata(model: str, finish_reason: str | None, provider: str) -> 
     return meta
 
 
+def _cost(usage: Usage | None, provider: str, model: str) -> dict[str, Any]:
+    """``{"cost": {...}}`` for the message or chunk that carries the usage, else nothing."""
+    return {} if usage is None else {"cost": cost_of(usage, provider, model).as_dict()}
+
+
 def to_ai_message(response: ChatResponse, provider: str) -> AIMessage:
     good = [c for c in response.tool_calls if c.error is None]
     bad = [c for c in response.tool_calls if c.error is not None]
@@ -80,7 +86,8 @@ def to_ai_message(response: ChatResponse, provider: str) -> AIMessage:
                                               error=c.error) for c in bad],
         additional_kwargs=_extra(response.reasoning, response.thinking_blocks),
         usage_metadata=usage_metadata(response.usage),
-        response_metadata=_response_metadata(response.model, response.finish_reason, provider),
+        response_metadata={**_response_metadata(response.model, response.finish_reason, provider),
+                           **_cost(response.usage, provider, response.model)},
     )
 
 
@@ -92,7 +99,7 @@ def to_ai_chunk(chunk: ChatChunk, provider: str) -> AIMessageChunk:
                                           index=d.index) for d in chunk.tool_calls],
         additional_kwargs=_extra(chunk.reasoning, chunk.thinking_blocks),
         usage_metadata=usage_metadata(chunk.usage),
-        response_metadata=_response_metadata(chunk.model, chunk.finish_reason, provider)
-        if last else {},
+        response_metadata={**(_response_metadata(chunk.model, chunk.finish_reason, provider)
+                              if last else {}), **_cost(chunk.usage, provider, chunk.model)},
         chunk_position="last" if last else None,
     )

@@ -30,6 +30,7 @@ from llama_index.core.base.llms.types import (
     VideoBlock,
 )
 
+from modelplug.accounting import cost_of
 from modelplug.types import THINKING_BLOCKS, ChatChunk, Message, ToolCall, ToolCallDelta, Usage
 from modelplug.types import ChatResponse as NeutralResponse
 
@@ -207,9 +208,11 @@ def usage_kwargs(usage: Usage | None) -> dict[str, Any]:
 
 def _raw(model: str, finish_reason: str | None, usage: Usage | None,
          provider: str) -> dict[str, Any]:
-    """A plain dict (serializable in workflow events); ``usage`` where token counting looks."""
+    """A plain dict (serializable in workflow events); ``usage`` where token counting looks,
+    ``cost`` (:meth:`modelplug.accounting.Cost.as_dict`) once the usage is known."""
     return {"model": model, "provider": provider, "finish_reason": finish_reason,
-            "usage": usage_kwargs(usage) or None}
+            "usage": usage_kwargs(usage) or None,
+            "cost": None if usage is None else cost_of(usage, provider, model).as_dict()}
 
 
 def tool_call_block(call: ToolCall) -> ToolCallBlock:

@@ -1,0 +1,125 @@
+"""Cost per call (modelplug.accounting over genai-prices) through the real SDKs and the wire fakes.
+
+Expected numbers are computed here by hand from the published prices, written out below as
+genai-prices 0.2.3 lists them (USD per million tokens), not by calling the code under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from fakes.anthropic_api import API_KEY as ANTHROPIC_KEY
+from fakes.anthropic_api import FakeAnthropic
+from fakes.openai_api import API_KEY as OPENAI_KEY
+from fakes.openai_api import FakeOpenAI, usage_block
+from fakes.server import LoopbackServer
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from langchain_modelplug import ChatModelPlug
+
+# claude-sonnet-4-6: input $3, output $15, cache read $0.30, 5-minute cache write $3.75.
+SONNET_IN, SONNET_OUT, SONNET_READ, SONNET_WRITE = 3.0, 15.0, 0.30, 3.75
+# o3-mini: input $1.10, output $4.40 (reasoning tokens are output), cached input $0.55.
+O3M_IN, O3M_OUT, O3M_READ = 1.10, 4.40, 0.55
+M = 1_000_000
+
+
+@pytest.fixture
+def anthropic() -> Iterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic()
+    srv = LoopbackServer(fake.app).start()
+    yield fake, srv.url
+    srv.stop()
+
+
+@pytest.fixture
+def openai() -> Iterator[tuple[FakeOpenAI, str]]:
+    fake = FakeOpenAI()
+    srv = LoopbackServer(fake.app).start()
+    yield fake, f"{srv.url}/v1"
+    srv.stop()
+
+
+def _fold(chunks):
+    full = None
+    for chunk in chunks:
+        full = chunk if full is None else full + chunk
+    return full
+
+
+def test_cached_anthropic_call_costs_what_anthropic_bills(anthropic) -> None:
+    fake, url = anthropic
+    llm = ChatModelPlug(model="anthropic:claude-sonnet-4-6", base_url=url, api_key=ANTHROPIC_KEY,
+                        cache_prompt=True, max_retries=0)
+    prompt = [SystemMessage("A long, stable system prompt."), HumanMessage("Weather in Oslo?")]
+
+    # First call writes 1800 tokens to the cache: 12 plain input, 1800 written, 5 out.
+    fake.reply([{"type": "text", "text": "first"}], input_tokens=12, output_tokens=5,
+               cache_creation_input_tokens=1800, cache_read_input_tokens=0)
+    cost = llm.invoke(prompt).response_metadata["cost"]
+    assert cost["input"] == pytest.approx((12 * SONNET_IN + 1800 * SONNET_WRITE) / M)
+    assert cost["output"] == pytest.approx(5 * SONNET_OUT / M)
+    assert cost["total"] == pytest.approx(0.006861)  # 0.000036 + 0.00675 + 0.000075
+    assert cost["currency"] == "USD" and cost["source"].startswith("genai-prices")
+
+    # Second call, streamed, reads them: a tenth of the input price.
+    fake.reply([{"type": "text", "text": "second"}], input_tokens=12, output_tokens=6,
+               cache_creation_input_tokens=0, cache_read_input_tokens=1800)
+    full = _fold(llm.stream(prompt))
+    assert full.usage_metadata["input_token_details"] == {"cache_read": 1800, "cache_creation": 0}
+    assert full.response_metadata["cost"]["total"] == pytest.approx(
+        (12 * SONNET_IN + 1800 * SONNET_READ + 6 * SONNET_OUT) / M)  # 0.000666
+
+
+def test_openai_reasoning_call_bills_reasoning_as_output_and_cached_input(openai) -> None:
+    fake, url = openai
+    llm = ChatModelPlug(model="openai:o3-mini", base_url=url, api_key=OPENAI_KEY, max_retries=0)
+    # 20 input of which 8 cached; 150 output of which 140 reasoning.
+    expected = ((20 - 8) * O3M_IN + 8 * O3M_READ + 150 * O3M_OUT) / M  # 0.0006792
+    fake.reply({"content": "4"}, usage=usage_block(prompt=20, completion=150, cached=8,
+                                                   reasoning=140))
+    msg = llm.invoke("2+2?")
+    assert msg.usage_metadata["output_token_details"] == {"reasoning": 140}
+    assert msg.response_metadata["cost"]["total"] == pytest.approx(expected)
+    assert msg.response_metadata["cost"]["output"] == pytest.approx(150 * O3M_OUT / M)
+
+    fake.reply_stream([{"content": "4"}], usage=usage_block(prompt=20, completion=150, cached=8,
+                                                            reasoning=140))
+    full = _fold(llm.stream("2+2?"))
+    assert full.response_metadata["cost"]["total"] == pytest.approx(expected)
+
+    fake.reply({"content": "4"}, usage=usage_block(prompt=20, completion=150, cached=8,
+                                                   reasoning=140))
+    msg = asyncio.run(llm.ainvoke("2+2?"))
+    assert msg.response_metadata["cost"]["total"] == pytest.approx(expected)
+
+
+def test_llamaindex_raw_carries_the_cost(openai) -> None:
+    from llama_index.core.llms import ChatMessage
+
+    from llama_index.llms.modelplug import ModelPlug
+
+    fake, url = openai
+    llm = ModelPlug(model="openai:o3-mini", base_url=url, api_key=OPENAI_KEY, max_retries=0)
+    expected = ((20 - 8) * O3M_IN + 8 * O3M_READ + 150 * O3M_OUT) / M
+    fake.reply({"content": "4"}, usage=usage_block(prompt=20, completion=150, cached=8,
+                                                   reasoning=140))
+    response = llm.chat([ChatMessage(role="user", content="2+2?")])
+    assert response.raw["cost"]["total"] == pytest.approx(expected)
+
+    fake.reply_stream([{"content": "4"}], usage=usage_block(prompt=20, completion=150, cached=8,
+                                                            reasoning=140))
+    last = list(llm.stream_chat([ChatMessage(role="user", content="2+2?")]))[-1]
+    assert last.raw["cost"]["total"] == pytest.approx(expected)
+
+
+def test_a_model_no_table_prices_is_unknown_not_guessed(openai) -> None:
+    fake, url = openai
+    llm = ChatModelPlug(model="deepinfra:acme/secret-model", base_url=url, api_key=OPENAI_KEY,
+                        max_retries=0)
+    fake.reply({"content": "hi"})
+    cost = llm.invoke("hi").response_metadata["cost"]
+    assert cost["total"] is None and cost["input"] is None
+    assert "deepinfra:acme/secret-model" in cost["reason"] and "set_price" in cost["reason"]
