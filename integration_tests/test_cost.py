@@ -98,7 +98,6 @@ def test_openai_reasoning_call_bills_reasoning_as_output_and_cached_input(openai
 
 def test_llamaindex_raw_carries_the_cost(openai) -> None:
     from llama_index.core.llms import ChatMessage
-
     from llama_index.llms.modelplug import ModelPlug
 
     fake, url = openai
@@ -123,3 +122,80 @@ def test_a_model_no_table_prices_is_unknown_not_guessed(openai) -> None:
     cost = llm.invoke("hi").response_metadata["cost"]
     assert cost["total"] is None and cost["input"] is None
     assert "deepinfra:acme/secret-model" in cost["reason"] and "set_price" in cost["reason"]
+
+
+# -- totals across a run: langchain_modelplug.UsageCostHandler ----------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> ChatModelPlug:
+    return ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=8)
+
+
+def test_handler_totals_a_chain_on_the_real_local_model(smollm2: ChatModelPlug) -> None:
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from langchain_modelplug import UsageCostHandler
+
+    handler = UsageCostHandler()
+    chain = ChatPromptTemplate.from_messages([("human", "Name a {thing}.")]) | smollm2
+    config = {"callbacks": [handler]}
+    answers = [chain.invoke({"thing": "colour"}, config=config),
+               _fold(chain.stream({"thing": "fruit"}, config=config)),
+               asyncio.run(chain.ainvoke({"thing": "city"}, config=config))]
+    assert list(handler.totals.by_model) == [f"llamacpp:{answers[0].response_metadata['model_name']}"]
+    row = next(iter(handler.totals.by_model.values()))
+    assert row.calls == 3
+    assert row.input_tokens == sum(a.usage_metadata["input_tokens"] for a in answers) > 0
+    assert row.output_tokens == sum(a.usage_metadata["output_tokens"] for a in answers) > 0
+    assert row.cost == 0 and row.unpriced_calls == 0 and row.failed_attempts == 0
+    assert handler.totals.total_tokens == row.input_tokens + row.output_tokens
+
+
+def test_handler_counts_failed_fallback_attempts_apart(smollm2: ChatModelPlug) -> None:
+    from langchain_modelplug import FallbackChatModel, UsageCostHandler
+
+    dead = ChatModelPlug(model="vllm:dead", base_url=f"http://127.0.0.1:{_free_port()}/v1",
+                         max_retries=0, timeout=10)
+    handler = UsageCostHandler()
+    message = FallbackChatModel([dead, smollm2]).invoke("Hi", config={"callbacks": [handler]})
+    by_model = handler.totals.by_model
+    assert by_model["vllm:dead"].failed_attempts == 1 and by_model["vllm:dead"].calls == 0
+    answered = by_model["llamacpp:smollm2"]
+    assert (answered.calls, answered.failed_attempts) == (1, 0)
+    assert answered.output_tokens == message.usage_metadata["output_tokens"]
+
+
+def test_handler_totals_cloud_costs_per_model(anthropic, openai) -> None:
+    from langchain_core.runnables import RunnableParallel
+
+    from langchain_modelplug import UsageCostHandler
+
+    (afake, aurl), (ofake, ourl) = anthropic, openai
+    claude = ChatModelPlug(model="anthropic:claude-sonnet-4-6", base_url=aurl,
+                           api_key=ANTHROPIC_KEY, max_retries=0)
+    o3 = ChatModelPlug(model="openai:o3-mini", base_url=ourl, api_key=OPENAI_KEY, max_retries=0)
+    for _ in range(2):
+        afake.reply([{"type": "text", "text": "a"}], input_tokens=12, output_tokens=6,
+                    cache_creation_input_tokens=0, cache_read_input_tokens=1800)
+        ofake.reply({"content": "4"}, usage=usage_block(prompt=20, completion=150, cached=8,
+                                                        reasoning=140))
+    handler = UsageCostHandler()
+    both = RunnableParallel(claude=claude, o3=o3)
+    both.batch(["q1", "q2"], config={"callbacks": [handler]})
+    claude_each = (12 * SONNET_IN + 1800 * SONNET_READ + 6 * SONNET_OUT) / M
+    o3_each = ((20 - 8) * O3M_IN + 8 * O3M_READ + 150 * O3M_OUT) / M
+    rows = handler.totals.by_model
+    assert float(rows["anthropic:claude-sonnet-4-6"].cost) == pytest.approx(2 * claude_each)
+    assert rows["anthropic:claude-sonnet-4-6"].cache_read_tokens == 3600
+    assert float(rows["openai:o3-mini"].cost) == pytest.approx(2 * o3_each)
+    assert rows["openai:o3-mini"].reasoning_tokens == 280
+    assert float(handler.totals.total_cost) == pytest.approx(2 * (claude_each + o3_each))

@@ -7,6 +7,7 @@ from langchain_modelplug.embeddings import ModelPlugEmbeddings
 from langchain_modelplug.fallback import FallbackChatModel
 from langchain_modelplug.llms import ModelPlugLLM
 from langchain_modelplug.media import AudioModelPlug, ImageModelPlug
+from langchain_modelplug.usage import UsageCostHandler
 
 __all__ = [
     "AudioModelPlug",
@@ -16,5 +17,6 @@ __all__ = [
     "ImageModelPlug",
     "ModelPlugEmbeddings",
     "ModelPlugLLM",
+    "UsageCostHandler",
     "chat_model",
 ]
