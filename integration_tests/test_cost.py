@@ -199,3 +199,59 @@ def test_handler_totals_cloud_costs_per_model(anthropic, openai) -> None:
     assert float(rows["openai:o3-mini"].cost) == pytest.approx(2 * o3_each)
     assert rows["openai:o3-mini"].reasoning_tokens == 280
     assert float(handler.totals.total_cost) == pytest.approx(2 * (claude_each + o3_each))
+
+
+# -- totals across a query: llama_index.llms.modelplug.UsageCostEventHandler --------------------
+
+
+@pytest.fixture
+def li_handler():
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.llms.modelplug import UsageCostEventHandler
+
+    handler = UsageCostEventHandler()
+    root = get_dispatcher()
+    root.add_event_handler(handler)
+    yield handler
+    root.event_handlers.remove(handler)
+
+
+def test_llamaindex_handler_totals_the_real_local_model(li_handler) -> None:
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.modelplug import ModelPlug
+
+    llm = ModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=8)
+    answers = [llm.chat([ChatMessage(role="user", content="Name a colour.")]),
+               list(llm.stream_chat([ChatMessage(role="user", content="Name a fruit.")]))[-1],
+               llm.complete("Name a city.")]
+    rows = li_handler.totals.by_model
+    assert len(rows) == 1
+    row = next(iter(rows.values()))
+    assert row.calls == 3 and row.cost == 0 and row.unpriced_calls == 0
+    assert row.input_tokens == sum(a.raw["usage"]["prompt_tokens"] for a in answers) > 0
+    assert row.output_tokens == sum(a.raw["usage"]["completion_tokens"] for a in answers) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_llamaindex_handler_counts_fallback_once_and_failures_apart(li_handler, openai,
+                                                                   stream: bool) -> None:
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.modelplug import FallbackLLM, ModelPlug
+
+    fake, url = openai
+    dead = ModelPlug(model="vllm:dead", base_url=f"http://127.0.0.1:{_free_port()}/v1",
+                     max_retries=0, timeout=10)
+    o3 = ModelPlug(model="openai:o3-mini", base_url=url, api_key=OPENAI_KEY, max_retries=0)
+    usage = usage_block(prompt=20, completion=150, cached=8, reasoning=140)
+    messages = [ChatMessage(role="user", content="2+2?")]
+    if stream:
+        fake.reply_stream([{"content": "4"}], usage=usage)
+        list(FallbackLLM([dead, o3]).stream_chat(messages))
+    else:
+        fake.reply({"content": "4"}, usage=usage)
+        FallbackLLM([dead, o3]).chat(messages)
+    rows = li_handler.totals.by_model
+    assert rows["vllm:dead"].failed_attempts == 1 and rows["vllm:dead"].calls == 0
+    assert rows["openai:o3-mini"].calls == 1
+    assert float(rows["openai:o3-mini"].cost) == pytest.approx(
+        ((20 - 8) * O3M_IN + 8 * O3M_READ + 150 * O3M_OUT) / M)

@@ -5,5 +5,6 @@
 from llama_index.llms.modelplug.base import ModelPlug
 from llama_index.llms.modelplug.fallback import FallbackLLM
 from llama_index.llms.modelplug.media import audio_tool, image_tool
+from llama_index.llms.modelplug.usage import UsageCostEventHandler
 
-__all__ = ["FallbackLLM", "ModelPlug", "audio_tool", "image_tool"]
+__all__ = ["FallbackLLM", "ModelPlug", "UsageCostEventHandler", "audio_tool", "image_tool"]
