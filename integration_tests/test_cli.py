@@ -157,8 +157,20 @@ def test_the_readme_run_line_answers_within_the_default_budget(smollm2_path: Pat
     assert done.stdout.strip()
     assert _tokens(smollm2_path, done.stdout) <= DEFAULT_MAX_TOKENS + 1  # + the final newline
     assert "finish_reason" not in done.stdout  # notes go to stderr: a piped answer stays clean
-    if "finish_reason: length" not in done.stderr:
-        assert done.stderr == ""
+    assert "tokens in" not in done.stdout
+    notes = [line for line in done.stderr.splitlines()
+             if "finish_reason: length" not in line and "--max-tokens for a longer one" not in line]
+    assert len(notes) == 1 and re.fullmatch(r"\(\d+ tokens in, \d+ out, \$0, [\d.]+ s\)",
+                                            notes[0]), done.stderr
+
+
+def test_run_reports_tokens_cost_and_time_on_stderr(smollm2_path: Path) -> None:
+    done = _cli("run", "llamacpp:smollm2", PARIS, *GREEDY)
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"\((\d+) tokens in, (\d+) out, \$0, ([\d.]+) s\)", done.stderr)
+    assert match, done.stderr
+    assert int(match[2]) == _tokens(smollm2_path, done.stdout.rstrip("\n")) > 0
+    assert int(match[1]) > _tokens(smollm2_path, PARIS)  # the prompt inside the chat template
 
 
 def test_an_answer_cut_by_the_budget_says_so_on_stderr() -> None:

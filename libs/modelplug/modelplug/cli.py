@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Annotated, Any, TypeVar
@@ -26,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'modelplug[cli]'") from exc
 
 from modelplug import catalog
+from modelplug.accounting import cost_of
 from modelplug.backends import Backend, create_backend
 from modelplug.backends.base import DEFAULT_MAX_TOKENS, collect_stream
 from modelplug.local import available_models, default_model, resolve_model
@@ -100,6 +102,18 @@ def note_finish(response: ChatResponse, max_tokens: int | None) -> None:
         budget = f"--max-tokens {max_tokens}" if max_tokens else "the default budget"
         notes.print(f"[dim](finish_reason: length: the answer was cut at {budget}; pass a "
                     "larger --max-tokens for a longer one.)[/dim]")
+
+
+def note_usage(response: ChatResponse, ref: ModelRef, seconds: float) -> None:
+    """Tokens, cost and time of the answer, on stderr (beside the answer, not in it)."""
+    if response.usage is None:
+        notes.print(f"[dim]({seconds:.2f} s; the provider reported no usage)[/dim]")
+        return
+    usage = response.usage
+    cost = cost_of(usage, ref.provider, response.model or ref.model_id)
+    price = f"${cost.total}" if cost.total is not None else f"cost unknown: {cost.reason}"
+    notes.print(f"[dim]({usage.input_tokens} tokens in, {usage.output_tokens} out, "
+                f"{escape(price)}, {seconds:.2f} s)[/dim]")
 
 
 #: The standard parameters this command line has its own options for.
@@ -282,9 +296,11 @@ def run(args: Annotated[list[str], typer.Argument(
     backend = make_backend(model, parse_settings(settings))
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]
+    started = time.perf_counter()
     response = stream_answer(backend, ChatRequest(messages, max_tokens=max_tokens,
                                                   temperature=temperature))
     note_finish(response, max_tokens)
+    note_usage(response, backend.ref, time.perf_counter() - started)
 
 
 CHAT_HELP = ("Commands: /reset (forget the conversation), /model PROVIDER:MODEL (switch model, "
