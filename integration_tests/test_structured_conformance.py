@@ -256,8 +256,9 @@ def written(value: Any, schema: Any, root: dict[str, Any]) -> str:
     if isinstance(value, list):
         item = (schema or {}).get("items", {})
         return "[" + ", ".join(written(v, item, root) for v in value) + "]"
-    if isinstance(value, float):  # llguidance's bounded numbers take no exponent (1e-05)
-        return f"{value:.20f}".rstrip("0").removesuffix(".") or "0"
+    if isinstance(value, float):  # llguidance's bounded numbers take no exponent (1e-05),
+        # and no negative zero ("-0", "-0.0"): the same value is written as 0
+        return f"{value + 0.0:.20f}".rstrip("0").removesuffix(".") or "0"
     # llguidance (like llama.cpp's own grammar) wants DEL escaped, as \u007f.
     return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
