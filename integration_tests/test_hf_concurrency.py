@@ -402,7 +402,8 @@ async def test_a_cancelled_task_frees_its_slot(small_backend) -> None:
         await task
     short = await asyncio.wait_for(small_backend.achat(SHORT), 120)
     assert short.usage.output_tokens <= 4
-    assert small_backend.serving_stats()["running"] == 0
+    # The answer reaches its caller a moment before the worker retires the finished request.
+    _wait_for(small_backend, "running", 0)
 
 
 def test_a_full_queue_is_a_clear_server_busy_error(small_backend) -> None:
