@@ -14,6 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from langchain_modelplug import ChatModelPlug
+from modelplug import OutputTruncatedError
 
 
 class TestLlamaServerStandard(ChatModelIntegrationTests):
@@ -65,11 +66,21 @@ class TestLlamaServerStandard(ChatModelIntegrationTests):
     # alone, so the outcome no longer depends on which tests ran before: the structured-output
     # tests pass as real tests, and JSON mode fails the same way every time.
     @pytest.mark.xfail(reason="SmolLM2-135M in JSON mode (any JSON object, no schema to hold it "
-                       "to) nests a 'punchline' object inside 'setup' instead of writing the "
-                       "Joke's two strings; json_schema and json_mode requests themselves are "
-                       "tested in test_openai_compat.py", strict=True)
+                       "to) nests a 'punchline' object inside 'setup' and loops in it until "
+                       "max_tokens, so the structured call raises OutputTruncatedError; "
+                       "json_schema and json_mode requests themselves are tested in "
+                       "test_openai_compat.py", raises=OutputTruncatedError, strict=True)
     def test_json_mode(self, model: BaseChatModel) -> None:
         super().test_json_mode(model)
+
+    # llama-server's json_schema grammar leaves the string free, and the 135M model loops in
+    # 'setup' until the budget; a cut structured answer is OutputTruncatedError, never the
+    # partial Joke that used to make this pass.
+    @pytest.mark.xfail(reason="SmolLM2-135M loops inside the Joke's 'setup' string until "
+                       "max_tokens=100, so the structured call raises OutputTruncatedError",
+                       raises=OutputTruncatedError, strict=True)
+    def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
+        super().test_structured_output_optional_param(model)
 
     @property
     def supports_image_inputs(self) -> bool:
