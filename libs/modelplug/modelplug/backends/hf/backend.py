@@ -138,8 +138,14 @@ class HFBackend(HFLoading, Backend):
             engine = CBEngine(lm, capacity=s.get("max_batch") or DEFAULT_MAX_BATCH,
                               kv_cache_tokens=s.get("kv_cache_tokens"), name=name)
         except Exception as exc:
-            logger.warning("%s: continuous batching could not start (%s: %s); concurrent calls "
-                           "take turns on the model's lock.", self.ref, type(exc).__name__, exc)
+            # The manager's API moves between transformers releases (5.17 lacks
+            # ContinuousBatchingConfig.page_size); 5.25 is the one tested, on CPU and CUDA.
+            import transformers
+
+            logger.warning("%s: continuous batching could not start with transformers %s (%s: "
+                           "%s); concurrent calls take turns on the model's lock. transformers "
+                           "5.25 or newer is tested.", self.ref, transformers.__version__,
+                           type(exc).__name__, exc)
             return None
         return CBScheduler(engine, name=name,
                            max_queue=s.get("max_queue", DEFAULT_MAX_QUEUE),
