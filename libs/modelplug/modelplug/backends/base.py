@@ -28,7 +28,6 @@ from modelplug.types import (
     ToolCallDelta,
 )
 
-
 #: The output budget of an in-process request that sets no ``max_tokens`` when the model's own
 #: generation config names none (a small model can otherwise ramble until its context is full).
 #: Networked providers apply their own default.
