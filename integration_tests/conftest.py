@@ -37,14 +37,3 @@ def greedy_oracle(smollm2_path: Path):
     from greedy import GreedyOracle
 
     return GreedyOracle(smollm2_path)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_health():
-    """Each test starts with no health memory: an endpoint another test failed on purpose is
-    not skipped here (fallback sets share modelplug.routing.HEALTH process-wide)."""
-    from modelplug.routing import HEALTH
-
-    HEALTH.clear()
-    yield
-    HEALTH.clear()

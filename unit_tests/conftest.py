@@ -15,14 +15,3 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
     monkeypatch.delenv("MODELPLUG_MODEL", raising=False)
     yield
     enable_socket()
-
-
-@pytest.fixture(autouse=True)
-def _fresh_health():
-    """Each test starts with no health memory: an endpoint another test failed on purpose is
-    not skipped here (fallback sets share modelplug.routing.HEALTH process-wide)."""
-    from modelplug.routing import HEALTH
-
-    HEALTH.clear()
-    yield
-    HEALTH.clear()
