@@ -106,8 +106,8 @@ CASES: dict[str, tuple[Callable[[Path], Any], type[BaseException], str]] = {
     "unconvertible tool": (lambda _: openai().bind_tools([42]), ValueError,
                            r"(?s)Unsupported function.*Functions must be passed in as Dict"),
     "tool_choice names no tool": (lambda _: openai().bind_tools([TOOL], tool_choice="other"),
-                                  ValueError, r"tool_choice 'other' names no bound tool\. "
-                                  r"Bound tools: \['lookup'\]"),
+                                  ValueError, r"tool_choice 'other' names no tool given\. "
+                                  r"Tools: \['lookup'\]"),
     "unknown response_format": (lambda _: anthropic().invoke(
         "hi", response_format={"type": "xml"}), ConfigurationError,
         r"Unknown response_format type 'xml'; use 'json_schema' or 'json_object'"),

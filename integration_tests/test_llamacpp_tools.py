@@ -145,7 +145,7 @@ def test_parallel_tool_calls_is_accepted(llm: ChatModelPlug) -> None:
 
 
 def test_unknown_tool_choice_is_refused_with_the_bound_names(llm: ChatModelPlug) -> None:
-    with pytest.raises(ValueError, match=r"tool_choice 'nope' names no bound tool. Bound tools: "
+    with pytest.raises(ValueError, match=r"tool_choice 'nope' names no tool given. Tools: "
                                          r"\['magic_function'\]"):
         llm.bind_tools([magic_function], tool_choice="nope")
 

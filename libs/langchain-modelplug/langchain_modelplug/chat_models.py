@@ -28,6 +28,7 @@ from langchain_modelplug._convert import to_ai_chunk, to_ai_message, to_openai_m
 from modelplug import ChatRequest
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.backends.structured import check_finished
+from modelplug.types import normalise_tool_choice
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 #: Per-call keyword arguments that map onto ChatRequest fields.
@@ -295,7 +296,7 @@ class ChatModelPlug(BaseChatModel):
         tool must be called), or a tool name (that tool must be called).
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
-        return self.bind(tools=formatted, tool_choice=_normalise_tool_choice(tool_choice, formatted),
+        return self.bind(tools=formatted, tool_choice=normalise_tool_choice(tool_choice, formatted),
                          **kwargs)
 
     def with_structured_output(
@@ -527,22 +528,3 @@ def _finished_answers(max_tokens: int | None) -> Runnable:
 
     return RunnableGenerator(transform, atransform, name="check_finished")
 
-
-def _normalise_tool_choice(choice: dict | str | bool | None,
-                           tools: list[dict[str, Any]]) -> str | None:
-    """LangChain's tool_choice spellings as ChatRequest's: auto, none, required or a name."""
-    if choice is None or choice == "auto":
-        return None if choice is None else "auto"
-    if choice is True or choice in ("any", "required"):
-        return "required"
-    if choice is False or choice == "none":
-        return "none"
-    if isinstance(choice, dict):
-        choice = choice.get("function", {}).get("name") or choice.get("name")
-    names = [t["function"]["name"] for t in tools]
-    if choice not in names:
-        raise ValueError(
-            f"tool_choice {choice!r} names no bound tool. Bound tools: {names}; or use "
-            "'auto', 'any', 'none'."
-        )
-    return choice

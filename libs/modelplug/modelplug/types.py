@@ -7,8 +7,11 @@ Adapters convert framework messages into a :class:`ChatRequest` once, and a
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from modelplug.errors import ConfigurationError
 
 #: OpenAI-format messages: {"role": ..., "content": str | [content parts], "tool_calls": [...],
 #: "tool_call_id": ...}. Image parts are {"type": "image_url", "image_url": {"url": ...}}.
@@ -22,6 +25,47 @@ Message = dict[str, Any]
 #: backend leaves them out of its requests, as it leaves out reasoning text.
 THINKING_BLOCKS = "thinking_blocks"
 ToolChoice = Literal["auto", "none", "required"] | str | None
+
+
+#: The choices that name no tool, as :class:`ChatRequest` spells them.
+TOOL_CHOICE_MODES = ("auto", "none", "required")
+
+
+def tool_name(tool: dict[str, Any]) -> Any:
+    """A tool's name, OpenAI-shaped (``{"function": {"name": ...}}``) or Anthropic-shaped
+    (``{"name": ...}``)."""
+    function = tool.get("function")
+    return (function if isinstance(function, dict) else tool).get("name")
+
+
+def normalise_tool_choice(choice: Any, tools: Sequence[dict[str, Any]] | None) -> str | None:
+    """Any spelling of ``tool_choice`` as :class:`ChatRequest` takes it: None (unset), "auto",
+    "none", "required" (some tool must be called), or the name of the one tool to call, which
+    must be one of ``tools``.
+
+    The one place every adapter and backend reads a tool choice. Spellings taken besides those:
+    "any" and True (LangChain's and Anthropic's "required"), False ("none"), OpenAI's
+    ``{"type": "function", "function": {"name": ...}}``, Anthropic's
+    ``{"type": "tool", "name": ...}`` and ``{"type": "auto" | "any" | "none"}``.
+    """
+    if choice is None:
+        return None
+    if isinstance(choice, bool):
+        return "required" if choice else "none"
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        choice = (function.get("name") if isinstance(function, dict) else None) \
+            or choice.get("name") or choice.get("type")
+    if choice in TOOL_CHOICE_MODES:
+        return choice
+    if choice == "any":
+        return "required"
+    names = [tool_name(t) for t in tools or []]
+    if choice not in names:
+        raise ConfigurationError(
+            f"tool_choice {choice!r} names no tool given. Tools: {names}; name one of them, or "
+            "use 'auto', 'none' or 'required'.")
+    return choice
 
 
 @dataclass

@@ -47,6 +47,7 @@ from modelplug.types import (
     ToolCall,
     ToolCallDelta,
     Usage,
+    normalise_tool_choice,
 )
 
 #: max_tokens when none is given. The API requires one; the SDK refuses non-streaming requests
@@ -582,16 +583,11 @@ def convert_tool(tool: dict[str, Any]) -> dict[str, Any]:
 
 def convert_tool_choice(choice: str | None, tools: list[dict[str, Any]]) -> dict[str, Any] | None:
     """ChatRequest's tool_choice as Anthropic's: auto, none, any (required), or one tool."""
+    choice = normalise_tool_choice(choice, tools)
     if choice is None:
         return None
     if choice in ("auto", "none"):
         return {"type": choice}
-    if choice in ("required", "any"):
+    if choice == "required":
         return {"type": "any"}
-    names = [t.get("name") for t in tools]
-    if choice not in names:
-        raise ConfigurationError(
-            f"tool_choice {choice!r} names no tool of the request. Tools: {names}; or use "
-            "'auto', 'none' or 'required'."
-        )
     return {"type": "tool", "name": choice}

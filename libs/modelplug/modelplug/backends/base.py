@@ -26,6 +26,7 @@ from modelplug.types import (
     CompletionRequest,
     ToolCall,
     ToolCallDelta,
+    normalise_tool_choice,
 )
 
 #: The output budget of an in-process request that sets no ``max_tokens`` when the model's own
@@ -169,14 +170,15 @@ RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 
 
 def check_request(request: ChatRequest) -> None:
-    """Refuse a request no model could serve as given: no messages, a malformed tool, an unknown
-    ``response_format``. These are the caller's to fix (:class:`ConfigurationError`, not
+    """Refuse a request no model could serve as given: no messages, a malformed tool, a
+    tool_choice naming no tool, an unknown ``response_format``. These are the caller's to fix (:class:`ConfigurationError`, not
     retryable), never a reason to try another candidate."""
     if not request.messages:
         raise ConfigurationError(
             "The request has no messages. Pass at least one message (e.g. a user question).")
     for i, tool in enumerate(request.tools or []):
         check_tool(i, tool)
+    normalise_tool_choice(request.tool_choice, request.tools)  # a name must name a tool
     response_format = request.response_format
     if response_format is None:
         return

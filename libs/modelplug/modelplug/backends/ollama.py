@@ -36,6 +36,7 @@ from modelplug.types import (
     ToolCall,
     ToolCallDelta,
     Usage,
+    normalise_tool_choice,
 )
 
 #: Seconds the /api/show capability probe may take (profiles must stay cheap).
@@ -387,11 +388,11 @@ def _parameters(tool: dict[str, Any]) -> dict[str, Any]:
 
 def forced_tool_schema(request: ChatRequest) -> tuple[str | None, dict[str, Any]] | None:
     """(tool name or None for "any of them", format schema) when the request forces a tool."""
-    choice = request.tool_choice
+    choice = normalise_tool_choice(request.tool_choice, request.tools)
     if not request.tools or choice in (None, "auto", "none"):
         return None
     tools = {_function(t)["name"]: t for t in request.tools}
-    if choice in ("required", "any"):
+    if choice == "required":
         if len(tools) == 1:
             choice = next(iter(tools))
         else:
@@ -400,11 +401,6 @@ def forced_tool_schema(request: ChatRequest) -> tuple[str | None, dict[str, Any]
                  "properties": {"name": {"const": name}, "arguments": _parameters(tool)},
                  "required": ["name", "arguments"]}
                 for name, tool in tools.items()]}
-    if choice not in tools:
-        raise ConfigurationError(
-            f"tool_choice {choice!r} names no tool of the request. Tools: {sorted(tools)}; or "
-            "use 'auto', 'none' or 'required'."
-        )
     return choice, _parameters(tools[choice])
 
 

@@ -28,6 +28,7 @@ from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabi
 from modelplug.profile import Profile
 from modelplug.types import (
     THINKING_BLOCKS,
+    TOOL_CHOICE_MODES,
     ChatChunk,
     ChatRequest,
     ChatResponse,
@@ -36,6 +37,8 @@ from modelplug.types import (
     ToolCall,
     ToolCallDelta,
     Usage,
+    normalise_tool_choice,
+    tool_name,
 )
 
 #: Local servers ignore the key, but the SDK refuses to build a client without one. An explicit
@@ -203,19 +206,13 @@ class OpenAICompatBackend(Backend):
     def _set_tool_choice(self, request: ChatRequest, body: dict[str, Any]) -> None:
         """ChatRequest's tool_choice on the wire: "auto", "none", "required" ("any" is
         LangChain's and Anthropic's name for it) or one named tool."""
-        choice = request.tool_choice
-        if choice in ("auto", "none", "required", "any"):
-            body["tool_choice"] = "required" if choice == "any" else choice
+        choice = normalise_tool_choice(request.tool_choice, request.tools)
+        if choice in TOOL_CHOICE_MODES:
+            body["tool_choice"] = choice
         elif self.spec.key not in _NO_NAMED_TOOL_CHOICE:
             body["tool_choice"] = {"type": "function", "function": {"name": choice}}
         else:
-            names = [(t.get("function") or t).get("name") for t in request.tools or []]
-            if choice not in names:
-                raise ConfigurationError(
-                    f"tool_choice {choice!r} names no tool of the request. Tools: {names}; or "
-                    "use 'auto', 'none' or 'required'.")
-            body["tools"] = [t for t, name in zip(request.tools or [], names, strict=True)
-                             if name == choice]
+            body["tools"] = [t for t in request.tools or [] if tool_name(t) == choice]
             body["tool_choice"] = "required"
 
     def check(self, request: ChatRequest) -> None:

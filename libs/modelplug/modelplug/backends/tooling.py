@@ -21,9 +21,15 @@ import json
 import uuid
 from typing import Any
 
-from modelplug.errors import ConfigurationError, SettingError, closest_name
+from modelplug.errors import SettingError, closest_name
 from modelplug.registry import STANDARD_PARAMS
-from modelplug.types import ChatRequest, CompletionRequest, Message, ToolCall
+from modelplug.types import (
+    ChatRequest,
+    CompletionRequest,
+    Message,
+    ToolCall,
+    normalise_tool_choice,
+)
 
 RESPONSE_KEY = "response"
 #: Per-call keys every in-process backend accepts besides its sampler's: it makes at most one
@@ -38,16 +44,10 @@ def constrained(request: ChatRequest) -> bool:
 
 def _allowed_tools(request: ChatRequest) -> list[dict[str, Any]]:
     tools = [t["function"] for t in request.tools or []]
-    choice = request.tool_choice
+    choice = normalise_tool_choice(request.tool_choice, request.tools)
     if choice in (None, "auto", "required", "none"):
         return tools
-    chosen = [t for t in tools if t["name"] == choice]
-    if not chosen:
-        raise ConfigurationError(
-            f"tool_choice {choice!r} names no tool of the request. Tools: "
-            f"{[t['name'] for t in tools]}."
-        )
-    return chosen
+    return [t for t in tools if t["name"] == choice]
 
 
 def _call_schema(function: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from llama_index.llms.modelplug._convert import (
 from modelplug import ChatRequest, CompletionRequest
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.backends.structured import check_finished
+from modelplug.types import normalise_tool_choice
 
 if TYPE_CHECKING:
     from llama_index.core.program.utils import FlexibleModel
@@ -227,7 +228,7 @@ class ModelPlug(FunctionCallingLLM):
             choice = fields.get("tool_choice")
             if choice is None and required:
                 choice = "required"
-            fields["tool_choice"] = _tool_choice(choice, fields["tools"])
+            fields["tool_choice"] = normalise_tool_choice(choice, fields["tools"])
         else:
             fields.pop("tools", None)
             fields.pop("tool_choice", None)
@@ -386,7 +387,7 @@ class ModelPlug(FunctionCallingLLM):
         out: dict[str, Any] = {"messages": messages, **kwargs}
         if specs:
             out["tools"] = specs
-            out["tool_choice"] = _tool_choice(tool_choice, specs)
+            out["tool_choice"] = normalise_tool_choice(tool_choice, specs)
             out["parallel_tool_calls"] = allow_parallel_tool_calls
         return out
 
@@ -544,26 +545,6 @@ def _openai_tool(tool: Any) -> dict[str, Any]:
             "FunctionTool.from_defaults(fn=...)) or OpenAI tool dicts."
         )
     return metadata.to_openai_tool(skip_length_check=True)
-
-
-def _tool_choice(choice: str | dict[str, Any] | None, tools: list[dict[str, Any]]) -> str | None:
-    """LlamaIndex/OpenAI tool_choice spellings as ChatRequest's: auto, none, required or a name."""
-    if choice is None:
-        return None
-    if isinstance(choice, dict):
-        choice = (choice.get("function") or {}).get("name") or choice.get("name") \
-            or choice.get("type")
-    if choice in ("auto", "none", "required"):
-        return choice
-    if choice == "any":
-        return "required"
-    names = [t["function"]["name"] for t in tools]
-    if choice not in names:
-        raise ValueError(
-            f"tool_choice {choice!r} names no tool of this call. Tools: {names}; or use "
-            "'auto', 'none' or 'required'."
-        )
-    return choice
 
 
 def _single(response: ChatResponse, single: bool) -> ChatResponse:
