@@ -42,6 +42,7 @@ from modelplug.errors import (
 )
 from modelplug.profile import Profile
 from modelplug.routing import HEALTH, Endpoint, HealthTable, Router
+from modelplug.tracing import fallback_trace, traced_run
 from modelplug.types import ChatRequest
 
 logger = logging.getLogger("modelplug.fallback")
@@ -291,6 +292,7 @@ class _Call:
         self.failures: list[tuple[str, BaseException]] = []
         self.attempts: list[Attempt] = []
         self._started = 0.0
+        self.trace = fallback_trace()  # OpenTelemetry spans of the run (modelplug.tracing)
 
     def skip(self, candidate: Candidate[Any], error: BaseException, *,
              failure: bool = True) -> None:
@@ -299,9 +301,11 @@ class _Call:
         if failure:
             self.failures.append((candidate.name, error))
         self.attempts.append(Attempt(candidate.name, type(error).__name__, str(error), 0.0))
+        self.trace.skip(candidate.name, error)
 
     def begin(self, candidate: Candidate[Any]) -> None:
         self._started = time.perf_counter()
+        self.trace.begin(candidate.name)
         if self.policy.health is not None and candidate.endpoint is not None:
             self.policy.health.start(candidate.endpoint)
 
@@ -310,6 +314,7 @@ class _Call:
         not fail over is re-raised."""
         if self.policy.health is not None and candidate.endpoint is not None:
             self.policy.health.finish(candidate.endpoint, exc)
+        self.trace.end(exc)
         latency = time.perf_counter() - self._started
         if exc is None:
             self.attempts.append(Attempt(candidate.name, None, "", latency))
@@ -322,6 +327,7 @@ class _Call:
     def selected(self, candidate: Candidate[Any]) -> Outcome[None]:
         """A stream's candidate sent its first item (or ended): the outcome so far, its attempt
         timed to that first item. Its health is recorded when the stream ends."""
+        self.trace.selected()
         self.attempts.append(Attempt(candidate.name, None, "",
                                      time.perf_counter() - self._started))
         return Outcome(None, candidate, self.failures, self.attempts)
@@ -330,6 +336,7 @@ class _Call:
         """A stream that had sent items failed and is resumed on the next candidate."""
         logger.warning("Candidate %r failed mid-stream (%s: %s); continuing on the next.",
                        candidate.name, type(exc).__name__, exc)
+        self.trace.end(exc)
         self.failures.append((candidate.name, exc))
         self.attempts.append(Attempt(candidate.name, type(exc).__name__, str(exc),
                                      time.perf_counter() - self._started))
@@ -435,6 +442,7 @@ class FallbackPolicy:
 
     # -- sync -------------------------------------------------------------------------------
 
+    @traced_run
     def run(self, candidates: Iterable[Candidate[T]], call: Callable[[T], R], *,
             needs: Needs | None = None, session: str | None = None) -> Outcome[R]:
         """``call(candidate.target)`` on each eligible candidate until one returns."""
@@ -452,6 +460,7 @@ class FallbackPolicy:
             return state.outcome(value, candidate)
         raise state.exhausted()
 
+    @traced_run
     def stream(self, candidates: Iterable[Candidate[T]], start: Callable[[T], Iterable[C]], *,
                needs: Needs | None = None,
                on_select: Callable[[Outcome[None]], None] | None = None,
@@ -513,6 +522,7 @@ class FallbackPolicy:
 
     # -- async ------------------------------------------------------------------------------
 
+    @traced_run
     async def arun(self, candidates: Iterable[Candidate[T]], call: Callable[[T], Any], *,
                    needs: Needs | None = None, session: str | None = None) -> Outcome[Any]:
         """Async :meth:`run`: ``await call(candidate.target)``."""
@@ -530,6 +540,7 @@ class FallbackPolicy:
             return state.outcome(value, candidate)
         raise state.exhausted()
 
+    @traced_run
     async def astream(self, candidates: Iterable[Candidate[T]],
                       start: Callable[[T], AsyncIterable[C]], *, needs: Needs | None = None,
                       on_select: Callable[[Outcome[None]], None] | None = None,

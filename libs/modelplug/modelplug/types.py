@@ -150,6 +150,10 @@ class Usage:
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     reasoning_tokens: int = 0
+    #: Audio tokens, where the provider counts them apart (OpenAI's ``prompt_tokens_details``
+    #: / ``completion_tokens_details.audio_tokens``); included in input/output_tokens.
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -167,6 +171,8 @@ class ChatResponse:
     #: "stop", "length", "tool_calls" or "content_filter", as in OpenAI's API.
     finish_reason: str | None = None
     model: str = ""
+    #: The provider's id of this answer (``chatcmpl-...``, ``msg_...``), "" when it gives none.
+    id: str = ""
 
 
 @dataclass
@@ -190,3 +196,5 @@ class ChatChunk:
     usage: Usage | None = None
     finish_reason: str | None = None
     model: str = ""
+    #: The provider's id of the answer, on the last chunk where it gives one.
+    id: str = ""

@@ -326,7 +326,8 @@ class AnthropicBackend(Backend):
             finish = "stop"
         return ChatResponse(text="".join(texts), tool_calls=calls, reasoning="".join(reasoning),
                             thinking_blocks=signed, usage=usage_from(message.usage),
-                            finish_reason=finish, model=message.model or self.ref.model_id)
+                            finish_reason=finish, model=message.model or self.ref.model_id,
+                            id=getattr(message, "id", None) or "")
 
 
 def signed_block(block: Any) -> dict[str, Any]:
@@ -372,6 +373,7 @@ class _StreamState:
         self.json_blocks: set[int] = set()
         self.usage: dict[str, int] = {}
         self.stop_reason: str | None = None
+        self.id = ""
 
     def _take_usage(self, usage: Any) -> None:
         # message_start carries input counts; message_delta cumulative counts (some optional).
@@ -385,6 +387,7 @@ class _StreamState:
         kind = event.type
         if kind == "message_start":
             self.model = event.message.model or self.model
+            self.id = getattr(event.message, "id", None) or self.id
             self._take_usage(event.message.usage)
         elif kind == "content_block_start":
             block = event.content_block
@@ -431,7 +434,8 @@ class _StreamState:
         finish = STOP_REASONS.get(self.stop_reason or "", self.stop_reason) or "stop"
         if self.json_mode and finish == "tool_calls" and not self.tool_index:
             finish = "stop"
-        return ChatChunk(usage=usage_from(self.usage), finish_reason=finish, model=self.model)
+        return ChatChunk(usage=usage_from(self.usage), finish_reason=finish, model=self.model,
+                         id=self.id)
 
 
 # -- message conversion (pure functions, unit-tested offline) ------------------------------------

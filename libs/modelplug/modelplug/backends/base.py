@@ -9,6 +9,7 @@ keep the defaults here, which run the sync work in a thread so the event loop ne
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -19,6 +20,7 @@ from modelplug.errors import ConfigurationError, UnsupportedCapabilityError, map
 from modelplug.profile import Profile
 from modelplug.registry import ProviderSpec
 from modelplug.spec import ModelRef
+from modelplug.tracing import instrument
 from modelplug.types import (
     ChatChunk,
     ChatRequest,
@@ -42,6 +44,10 @@ class Backend:
         self.ref = ref
         self.spec = spec
         self.settings = settings
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        instrument(cls)  # OpenTelemetry spans of the model calls (modelplug.tracing)
 
     # -- what the model can do ---------------------------------------------------------------
 
@@ -165,6 +171,9 @@ class Backend:
         return await asyncio.to_thread(self.embed, texts)
 
 
+instrument(Backend)
+
+
 #: The ``response_format`` types a request may carry (OpenAI's chat-completions spellings).
 RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema")
 
@@ -285,6 +294,7 @@ def collect_stream(chunks: Iterator[ChatChunk]) -> ChatResponse:
         response.usage = chunk.usage or response.usage
         response.finish_reason = chunk.finish_reason or response.finish_reason
         response.model = chunk.model or response.model
+        response.id = chunk.id or response.id
     response.text = "".join(parts)
     response.tool_calls = [ToolCall.parse(c.id or f"call_{i}", c.name or "", c.arguments)
                            for i, c in sorted(calls.items())]
@@ -324,7 +334,8 @@ async def iterate_in_thread(make_iter: Callable[[], Iterator[Any]]) -> AsyncIter
                 close()
             put(_DONE)
 
-    worker = loop.run_in_executor(None, run)
+    # The caller's context (its current span, the traced call) carries over to the thread.
+    worker = loop.run_in_executor(None, contextvars.copy_context().run, run)
     try:
         while True:
             item = await queue.get()

@@ -329,6 +329,7 @@ class OpenAICompatBackend(Backend):
             usage=_usage(completion.usage),
             finish_reason=choice.finish_reason,
             model=completion.model or self.ref.model_id,
+            id=getattr(completion, "id", None) or "",
         )
 
     # -- raw completion (/v1/completions) -------------------------------------------------------
@@ -402,9 +403,11 @@ class _StreamFolder:
         self.splitter = ThinkTagSplitter(implicit_open=implicit_think)
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
+        self.id = ""
 
     def feed(self, event: Any) -> Iterator[ChatChunk]:
         self.model = getattr(event, "model", None) or self.model
+        self.id = getattr(event, "id", None) or self.id
         if getattr(event, "usage", None) is not None:
             self.usage = _usage(event.usage)
         for choice in event.choices or []:
@@ -433,7 +436,8 @@ class _StreamFolder:
         text, reasoning = self.splitter.flush()
         # A server that never names a finish reason ended the stream normally (errors raise).
         return ChatChunk(text=text, reasoning=reasoning, usage=self.usage,
-                         finish_reason=self.finish_reason or "stop", model=self.model)
+                         finish_reason=self.finish_reason or "stop", model=self.model,
+                         id=self.id)
 
 
 class _CompletionFolder:
@@ -515,4 +519,6 @@ def _usage(usage: Any) -> Usage | None:
         output_tokens=usage.completion_tokens or 0,
         cache_read_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
         reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+        audio_input_tokens=getattr(prompt_details, "audio_tokens", None) or 0,
+        audio_output_tokens=getattr(completion_details, "audio_tokens", None) or 0,
     )

@@ -1,0 +1,514 @@
+"""OpenTelemetry spans for model calls, in the GenAI semantic conventions.
+
+With ``opentelemetry-api`` installed (the ``modelplug[otel]`` extra) and a tracer provider
+configured (``opentelemetry.trace.set_tracer_provider``, or :func:`configure` here), every call a
+backend answers is a span: ``chat {model}``, ``text_completion {model}`` or
+``embeddings {model}``, kind CLIENT, with ``gen_ai.operation.name``, ``gen_ai.provider.name``
+(the real provider: ``anthropic``, ``openai``, ``llamacpp``...), ``gen_ai.request.model``, the
+request parameters (``gen_ai.request.temperature``, ``max_tokens``, ``top_p``, ``seed``,
+``stop_sequences``...), ``gen_ai.response.model``, ``gen_ai.response.id``,
+``gen_ai.response.finish_reasons``, ``gen_ai.usage.*`` (input, output, cache read and creation,
+reasoning, audio), ``server.address``/``server.port`` for networked providers, and
+``error.type`` with an ERROR status when the call fails. A stream's span ends when the stream
+ends or is closed, with the usage its last chunk carried and
+``gen_ai.response.time_to_first_chunk``. A fallback set's or pool's run
+(:class:`modelplug.fallback.FallbackPolicy`) is a ``modelplug.fallback`` span with one
+``modelplug.attempt {candidate}`` child per candidate tried (the candidate's model span under
+it), each failed one with its ``error.type``; skipped candidates are events of the run's span.
+
+Names follow the GenAI conventions of open-telemetry/semantic-conventions-genai (model/gen-ai:
+``gen_ai.usage.cache_read.input_tokens``, ``gen_ai.usage.cache_creation.input_tokens``,
+``gen_ai.usage.reasoning.output_tokens``, ``gen_ai.usage.audio.input_tokens``...). Message
+contents are never recorded.
+
+Without opentelemetry, or without a provider, every hook here is a cheap no-op: opentelemetry is
+imported on the first model call, never when modelplug is imported.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["PROVIDER_NAMES", "TRACED_METHODS", "configure", "fallback_trace", "instrument",
+           "provider_name", "traced_run", "tracer"]
+
+#: modelplug provider keys whose ``gen_ai.provider.name`` (the conventions' well-known value)
+#: differs; every other provider is named by its modelplug key.
+PROVIDER_NAMES = {"gemini": "gcp.gemini", "xai": "x_ai", "mistral": "mistral_ai"}
+
+#: Backend methods traced, and the operation each is.
+TRACED_METHODS = {
+    "chat": "chat", "achat": "chat", "stream": "chat", "astream": "chat",
+    "complete": "text_completion", "acomplete": "text_completion",
+    "stream_complete": "text_completion", "astream_complete": "text_completion",
+    "embed": "embeddings", "aembed": "embeddings",
+}
+_STREAMS = frozenset({"stream", "astream", "stream_complete", "astream_complete"})
+
+_trace: Any = None  # the opentelemetry.trace module, False when absent
+_provider: Any = None  # a provider given to configure(), else the global one
+_enabled = os.environ.get("MODELPLUG_OTEL", "").lower() not in ("0", "false", "off", "no")
+#: The backend whose traced call is running in this context: its inner calls (a default achat
+#: running chat in a thread, complete folding stream_complete) are part of that one span.
+_active: contextvars.ContextVar[Any] = contextvars.ContextVar("modelplug_traced_call",
+                                                              default=None)
+
+
+def configure(*, tracer_provider: Any = None, enabled: bool | None = None) -> None:
+    """Send modelplug's spans to ``tracer_provider`` instead of the global one (None: the
+    global one again); ``enabled=False`` turns them off (as ``MODELPLUG_OTEL=0`` does), e.g.
+    when an instrumentation of the framework already traces every model call."""
+    global _provider, _enabled
+    _provider = tracer_provider
+    if enabled is not None:
+        _enabled = bool(enabled)
+
+
+def tracer() -> Any:
+    """modelplug's tracer, or None: opentelemetry absent, no provider configured, or off."""
+    global _trace
+    if not _enabled:
+        return None
+    if _trace is None:
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            trace = False
+        _trace = trace
+    if _trace is False:
+        return None
+    provider = _provider if _provider is not None else _trace.get_tracer_provider()
+    if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
+        return None
+    from modelplug import __version__
+    return provider.get_tracer("modelplug", __version__)
+
+
+def provider_name(provider: str) -> str:
+    """``gen_ai.provider.name`` of a modelplug provider key."""
+    return PROVIDER_NAMES.get(provider, provider)
+
+
+def _error(span: Any, exc: BaseException) -> None:
+    from opentelemetry.trace import Status, StatusCode
+    span.set_attribute("error.type", type(exc).__qualname__)
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:500]))
+
+
+# -- one model call ---------------------------------------------------------------------------
+
+
+def _request_attributes(request: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "max_tokens", "seed"):
+        value = getattr(request, name, None)
+        if value is not None:
+            attrs[f"gen_ai.request.{name}"] = value
+    stop = getattr(request, "stop", None)
+    if stop:
+        attrs["gen_ai.request.stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    extra = getattr(request, "extra", None) or {}
+    for name in ("top_k", "frequency_penalty", "presence_penalty"):
+        if isinstance(extra.get(name), int | float):
+            attrs[f"gen_ai.request.{name}"] = extra[name]
+    kind = (getattr(request, "response_format", None) or {}).get("type")
+    if kind in ("json_object", "json_schema"):
+        attrs["gen_ai.output.type"] = "json"
+    return attrs
+
+
+def _server(backend: Any) -> dict[str, Any]:
+    spec = backend.spec
+    if spec.in_process:
+        return {}
+    from modelplug.routing import backend_endpoint
+    endpoint = backend_endpoint(backend)
+    if endpoint is None or not endpoint.base_url:
+        return {}
+    parts = urlsplit(endpoint.base_url)
+    if not parts.hostname:
+        return {}
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme)
+    return {"server.address": parts.hostname, **({"server.port": port} if port else {})}
+
+
+def _usage_attributes(usage: Any) -> dict[str, Any]:
+    if usage is None:
+        return {}
+    attrs = {"gen_ai.usage.input_tokens": usage.input_tokens,
+             "gen_ai.usage.output_tokens": usage.output_tokens}
+    for field, name in (("cache_read_tokens", "cache_read.input_tokens"),
+                        ("cache_creation_tokens", "cache_creation.input_tokens"),
+                        ("reasoning_tokens", "reasoning.output_tokens"),
+                        ("audio_input_tokens", "audio.input_tokens"),
+                        ("audio_output_tokens", "audio.output_tokens")):
+        value = getattr(usage, field, 0)
+        if value:
+            attrs[f"gen_ai.usage.{name}"] = value
+    return attrs
+
+
+def _response_attributes(response: Any) -> dict[str, Any]:
+    """Attributes of a ChatResponse, or of a stream's last chunk."""
+    attrs = _usage_attributes(getattr(response, "usage", None))
+    if getattr(response, "model", ""):
+        attrs["gen_ai.response.model"] = response.model
+    if getattr(response, "id", ""):
+        attrs["gen_ai.response.id"] = response.id
+    if getattr(response, "finish_reason", None):
+        attrs["gen_ai.response.finish_reasons"] = [response.finish_reason]
+    return attrs
+
+
+class _CallSpan:
+    """The span of one traced backend call."""
+
+    def __init__(self, tracer_: Any, backend: Any, method: str, args: tuple[Any, ...]) -> None:
+        from opentelemetry.trace import SpanKind
+        operation = TRACED_METHODS[method]
+        model = backend.ref.model_id
+        attrs: dict[str, Any] = {"gen_ai.operation.name": operation,
+                                 "gen_ai.provider.name": provider_name(backend.ref.provider),
+                                 "gen_ai.request.model": model, **_server(backend)}
+        if args and operation != "embeddings":
+            attrs.update(_request_attributes(args[0]))
+        if method in _STREAMS:
+            attrs["gen_ai.request.stream"] = True
+        self.span = tracer_.start_span(f"{operation} {model}", kind=SpanKind.CLIENT,
+                                       attributes=attrs)
+        self.started = time.perf_counter()
+        self.first = True
+        self.last: dict[str, Any] = {}
+
+    def chunk(self, chunk: Any) -> None:
+        if self.first:
+            self.first = False
+            self.span.set_attribute("gen_ai.response.time_to_first_chunk",
+                                    time.perf_counter() - self.started)
+        self.last.update(_response_attributes(chunk))
+
+    def answered(self, result: Any) -> None:
+        if isinstance(result, list):  # embeddings
+            if result and isinstance(result[0], list):
+                self.span.set_attribute("gen_ai.embeddings.dimension.count", len(result[0]))
+        else:
+            self.span.set_attributes(_response_attributes(result))
+
+    def end(self, exc: BaseException | None = None) -> None:
+        if self.last:
+            self.span.set_attributes(self.last)
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            _error(self.span, exc)
+        self.span.end()
+
+    def current(self) -> Any:
+        """Context manager making the span current (its children nest under it)."""
+        from opentelemetry.trace import use_span
+        return use_span(self.span, end_on_exit=False, record_exception=False,
+                        set_status_on_exception=False)
+
+
+def _start(backend: Any, method: str, args: tuple[Any, ...]) -> _CallSpan | None:
+    if _active.get() is backend:
+        return None
+    tracer_ = tracer()
+    return None if tracer_ is None else _CallSpan(tracer_, backend, method, args)
+
+
+def _traced(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def agen(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _start(self, name, args)
+            if call is None:
+                async for item in method(self, *args, **kwargs):
+                    yield item
+                return
+            inner = method(self, *args, **kwargs)
+            error: BaseException | None = None
+            try:
+                while True:  # the span is current, and the call marked, only within each step
+                    token = _active.set(self)
+                    try:
+                        with call.current():
+                            item = await inner.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        _active.reset(token)
+                    call.chunk(item)
+                    yield item
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                try:
+                    await inner.aclose()
+                finally:
+                    call.end(error)
+        return agen
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def gen(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _start(self, name, args)
+            if call is None:
+                return (yield from method(self, *args, **kwargs))
+            inner = method(self, *args, **kwargs)
+            error: BaseException | None = None
+            try:
+                while True:
+                    token = _active.set(self)
+                    try:
+                        with call.current():
+                            item = next(inner)
+                    except StopIteration:
+                        break
+                    finally:
+                        _active.reset(token)
+                    call.chunk(item)
+                    yield item
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                try:
+                    inner.close()
+                finally:
+                    call.end(error)
+        return gen
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def coro(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _start(self, name, args)
+            if call is None:
+                return await method(self, *args, **kwargs)
+            token = _active.set(self)
+            try:
+                with call.current():
+                    result = await method(self, *args, **kwargs)
+            except BaseException as exc:
+                call.end(exc)
+                raise
+            finally:
+                _active.reset(token)
+            call.answered(result)
+            call.end()
+            return result
+        return coro
+
+    @functools.wraps(method)
+    def call_(self: Any, *args: Any, **kwargs: Any) -> Any:
+        call = _start(self, name, args)
+        if call is None:
+            return method(self, *args, **kwargs)
+        token = _active.set(self)
+        try:
+            with call.current():
+                result = method(self, *args, **kwargs)
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        finally:
+            _active.reset(token)
+        call.answered(result)
+        call.end()
+        return result
+    return call_
+
+
+def instrument(cls: type) -> None:
+    """Trace the model-call methods ``cls`` defines itself (see :data:`TRACED_METHODS`);
+    :class:`modelplug.backends.Backend` applies it to itself and every subclass."""
+    for name in TRACED_METHODS:
+        method = cls.__dict__.get(name)
+        if callable(method) and not getattr(method, "__modelplug_traced__", False):
+            wrapped = _traced(method, name)
+            wrapped.__modelplug_traced__ = True  # type: ignore[attr-defined]
+            setattr(cls, name, wrapped)
+
+
+# -- a fallback set's run ---------------------------------------------------------------------
+
+
+class _NoTrace:
+    """What a fallback run records when nothing traces."""
+
+    def skip(self, candidate: str, error: BaseException) -> None: ...
+    def begin(self, candidate: str) -> None: ...
+    def end(self, exc: BaseException | None) -> None: ...
+    def selected(self) -> None: ...
+
+
+_NO_TRACE = _NoTrace()
+_run: contextvars.ContextVar[_NoTrace | None] = contextvars.ContextVar("modelplug_fallback_run",
+                                                                     default=None)
+
+
+class _FallbackTrace(_NoTrace):
+    """A ``modelplug.fallback`` span and its ``modelplug.attempt`` children."""
+
+    def __init__(self, tracer_: Any, strategy: str) -> None:
+        from opentelemetry import context, trace
+        self._context, self._trace = context, trace
+        self.tracer = tracer_
+        self.span = tracer_.start_span("modelplug.fallback",
+                                       attributes={"modelplug.fallback.strategy": strategy})
+        self.attempt: Any = None
+        self.name = ""
+        self.token: Any = None
+        self.tried = 0
+
+    def skip(self, candidate: str, error: BaseException) -> None:
+        self.span.add_event("modelplug.fallback.skip", {
+            "modelplug.fallback.candidate": candidate, "error.type": type(error).__qualname__,
+            "exception.message": str(error)[:500]})
+
+    def begin(self, candidate: str) -> None:
+        self.tried += 1
+        self.name = candidate
+        self.attempt = self.tracer.start_span(
+            f"modelplug.attempt {candidate}", context=self._trace.set_span_in_context(self.span),
+            attributes={"modelplug.fallback.candidate": candidate,
+                        "modelplug.fallback.attempt": self.tried})
+        self.token = self._context.attach(self._trace.set_span_in_context(self.attempt))
+
+    def selected(self) -> None:
+        """A stream's candidate sent its first item: its span stays open until the stream ends,
+        but is no longer current (the caller's code runs between the items)."""
+        if self.token is not None:
+            self._context.detach(self.token)
+            self.token = None
+
+    def end(self, exc: BaseException | None) -> None:
+        """The attempt ended: answered (``exc`` None), failed, or cut mid-stream."""
+        self.selected()
+        if self.attempt is None:
+            return
+        attempt, self.attempt = self.attempt, None
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            _error(attempt, exc)
+        attempt.end()
+
+    def finish(self, exc: BaseException | None) -> None:
+        """The run ended: answered by the last candidate tried (``exc`` None), or with
+        ``exc``; a stream's attempt still open ends with it."""
+        self.end(exc)
+        self.span.set_attribute("modelplug.fallback.attempts", self.tried)
+        if exc is None or isinstance(exc, GeneratorExit):
+            self.span.set_attribute("modelplug.fallback.answered_by", self.name)
+        else:
+            _error(self.span, exc)
+        self.span.end()
+
+
+def fallback_trace() -> _NoTrace:
+    """The recorder of the fallback run traced in this context (a no-op when none)."""
+    return _run.get() or _NO_TRACE
+
+
+def traced_run(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate :class:`modelplug.fallback.FallbackPolicy`'s run, arun, stream and astream: each
+    call is a ``modelplug.fallback`` span (when a tracer is configured), which the run's
+    bookkeeping reaches through :func:`fallback_trace` and which ends when the call does."""
+    def begin(policy: Any) -> _FallbackTrace | None:
+        tracer_ = tracer()
+        return None if tracer_ is None else _FallbackTrace(tracer_, policy.strategy)
+
+    if inspect.isasyncgenfunction(method):
+        @functools.wraps(method)
+        async def agen(self: Any, *args: Any, **kwargs: Any) -> Any:
+            run = begin(self)
+            if run is None:
+                async for item in method(self, *args, **kwargs):
+                    yield item
+                return
+            inner = method(self, *args, **kwargs)
+            error: BaseException | None = None
+            try:
+                while True:
+                    token = _run.set(run)
+                    try:
+                        item = await inner.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        _run.reset(token)
+                    yield item
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                try:
+                    await inner.aclose()
+                finally:
+                    run.finish(error)
+        return agen
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def gen(self: Any, *args: Any, **kwargs: Any) -> Any:
+            run = begin(self)
+            if run is None:
+                return (yield from method(self, *args, **kwargs))
+            inner = method(self, *args, **kwargs)
+            error: BaseException | None = None
+            try:
+                while True:
+                    token = _run.set(run)
+                    try:
+                        item = next(inner)
+                    except StopIteration:
+                        break
+                    finally:
+                        _run.reset(token)
+                    yield item
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                try:
+                    inner.close()
+                finally:
+                    run.finish(error)
+        return gen
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def coro(self: Any, *args: Any, **kwargs: Any) -> Any:
+            run = begin(self)
+            token = _run.set(run)
+            try:
+                result = await method(self, *args, **kwargs)
+            except BaseException as exc:
+                if run is not None:
+                    run.finish(exc)
+                raise
+            finally:
+                _run.reset(token)
+            if run is not None:
+                run.finish(None)
+            return result
+        return coro
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        run = begin(self)
+        token = _run.set(run)
+        try:
+            result = method(self, *args, **kwargs)
+        except BaseException as exc:
+            if run is not None:
+                run.finish(exc)
+            raise
+        finally:
+            _run.reset(token)
+        if run is not None:
+            run.finish(None)
+        return result
+    return call
