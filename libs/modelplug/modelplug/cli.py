@@ -366,6 +366,12 @@ def chat(model: OptionalModel = None, system: System = None, max_tokens: MaxToke
 @app.command()
 @reports_errors
 def serve(model: Model,
+          modality: Annotated[str, typer.Option(
+              metavar="chat|image|audio",
+              help="What MODEL is: a chat model (/v1/chat/completions, /v1/embeddings), an "
+                   "image model (/v1/images/generations; 'hf:' names a diffusers pipeline) or "
+                   "an audio model (/v1/audio/speech, WAV). -s sets an image or audio model's "
+                   "generation defaults too (-s num_inference_steps=4).")] = "chat",
           host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 for every one "
                                                  "(needs an API key then).")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -396,23 +402,29 @@ def serve(model: Model,
               help="With --ray: the Ray cluster (HOST:6379, ray://HOST:10001 or 'auto'); "
                    "default: start Ray on this machine.")] = None) -> None:
     """An OpenAI-compatible server for MODEL: /v1/chat/completions, /v1/embeddings, /v1/models,
-    /health."""
-    from modelplug.server import check_bind
+    /health (an image or audio model: /v1/images/generations or /v1/audio/speech)."""
+    from modelplug.server import MODALITIES, check_bind
     from modelplug.server import serve as run_server
 
+    if modality not in MODALITIES:
+        raise typer.BadParameter(f"{modality!r} is not one of {', '.join(MODALITIES)}.",
+                                 param_hint="--modality")
     key = api_key or ""
     check_bind(host, key, insecure_no_api_key)  # before the banner: a refusal is the only line
     console.print(f"Serving [bold]{model}[/bold] at http://{host}:{port}/v1"
                   + (" (API key required)" if key else ""), markup=True)
-    limit = {} if max_request_bytes is None else {"max_request_bytes": max_request_bytes}
+    options: dict[str, Any] = {} if max_request_bytes is None else {
+        "max_request_bytes": max_request_bytes}
+    if modality != "chat":
+        options["modality"] = modality
     if ray or replicas or autoscaling or address or replica_cpus is not None \
             or replica_gpus is not None:
         serve_on_ray_from_cli(model, ray, host, port, key, insecure_no_api_key, replicas,
                               autoscaling, replica_cpus, replica_gpus, address,
-                              {**limit, **parse_settings(settings)})
+                              {**options, **parse_settings(settings)})
         return
     run_server(model, host=host, port=port, api_key=key, insecure_no_api_key=insecure_no_api_key,
-               **limit, **parse_settings(settings))
+               **options, **parse_settings(settings))
 
 
 def serve_on_ray_from_cli(model: str, ray: bool, host: str, port: int, key: str,

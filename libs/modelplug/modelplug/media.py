@@ -136,6 +136,11 @@ class MediaBackend:
     def __init__(self, ref: MediaRef, spec: ProviderSpec, settings: dict[str, Any]) -> None:
         self.ref, self.spec, self.settings = ref, spec, settings
 
+    def load(self) -> None:
+        """Load the weights now rather than on the first call (in-process backends; a cloud
+        backend has nothing to load): a server replica fails at its start, not its first
+        request."""
+
     def _check_call(self, count: int, count_name: str, format: str, output_dir: Any,
                     params: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(params) - set(self.PARAMS))

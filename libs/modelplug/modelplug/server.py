@@ -8,6 +8,9 @@ OpenAI client (the ``openai`` SDK, ``ChatOpenAI``, another machine's ``ChatModel
 
 Routes: ``POST /v1/chat/completions`` (streaming as SSE ``data:`` lines ending with
 ``data: [DONE]``, tools, usage), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``.
+An image model (``modality="image"``, ``--modality image``) is served at ``POST
+/v1/images/generations`` (``b64_json`` PNGs) and an audio model at ``POST /v1/audio/speech``
+(a WAV file) instead of the chat routes.
 Errors come back as OpenAI error JSON with a matching status code. When an API key is set
 (``api_key=`` or ``$MODELPLUG_SERVE_API_KEY``) every request but ``/health`` must carry it as
 ``Authorization: Bearer <key>``; :func:`serve` refuses a non-loopback bind without one.
@@ -33,6 +36,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import socket
 import time
 import uuid
@@ -43,7 +47,9 @@ from typing import Any
 from modelplug import scheduling
 from modelplug.backends import Backend, create_backend
 from modelplug.backends.base import RESPONSE_FORMAT_TYPES, check_tool
+from modelplug.catalog.media import MediaModel
 from modelplug.errors import ConfigurationError, MissingDependencyError, ModelPlugError
+from modelplug.media import MediaBackend, MediaLike, MediaRef
 from modelplug.spec import ModelLike
 from modelplug.types import ChatChunk, ChatRequest, ChatResponse, ToolCall, Usage
 
@@ -53,7 +59,7 @@ try:
     import referencing
     import referencing.exceptions
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from referencing.jsonschema import DRAFT202012
     from starlette.exceptions import HTTPException
 except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -92,10 +98,17 @@ class RequestTooLargeError(RequestError):
     status_code = 413
 
 
-def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None = None,
-               max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, **settings: Any) -> FastAPI:
+def create_app(model: ModelLike | Backend | MediaLike | MediaBackend | None = None, *,
+               api_key: str | None = None, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+               modality: str = "chat", **settings: Any) -> FastAPI:
     """The ASGI app serving ``model`` (a model string, catalog member, ready backend, or None
     for the local default). ``settings`` are the provider's settings, e.g. ``model_path=``.
+
+    ``modality="image"`` or ``"audio"`` serves ``model`` as an image or audio model (the
+    ``hf:`` of those namespaces is a diffusers pipeline or text-to-audio model, see
+    :mod:`modelplug.media`; a media catalog member or backend needs no ``modality``). Its
+    ``settings`` may hold generation defaults (``num_inference_steps=``, ``duration_s=``, ...)
+    that a request's own fields override.
 
     ``api_key`` defaults to ``$MODELPLUG_SERVE_API_KEY``; an empty key means no key is asked.
     ``max_request_bytes``: larger request bodies are refused with 413 before they are parsed.
@@ -105,7 +118,12 @@ def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None 
             or max_request_bytes < 1:
         raise ConfigurationError(f"max_request_bytes must be a positive int (bytes); got "
                                  f"{max_request_bytes!r}.")
-    backend = model if isinstance(model, Backend) else create_backend(model, **settings)
+    kind = media_modality(model, modality)
+    defaults: dict[str, Any] = {}
+    if kind is not None:
+        backend, defaults = media_backend(model, kind, settings)
+    else:
+        backend = model if isinstance(model, Backend) else create_backend(model, **settings)
     served = str(backend.ref)
     key = resolve_key(api_key)
 
@@ -146,7 +164,7 @@ def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None 
     @app.get("/health")
     async def health() -> JSONResponse:
         """Liveness, as llama-server has it, with the in-process scheduler's load if any."""
-        stats = backend.serving_stats() or {}
+        stats = (backend.serving_stats() if isinstance(backend, Backend) else None) or {}
         closed = bool(stats.get("closed"))
         return JSONResponse({"status": "shutting_down" if closed else "ok", "model": served,
                              **stats}, status_code=503 if closed else 200)
@@ -162,6 +180,10 @@ def create_app(model: ModelLike | Backend | None = None, *, api_key: str | None 
                                   f"serves {served!r}.", "invalid_request_error",
                                   code="model_not_found")
         return model_card(backend)
+
+    if isinstance(backend, MediaBackend):
+        add_media_routes(app, backend, defaults, max_request_bytes)
+        return app
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -585,9 +607,11 @@ def unresolvable_refs(schema: dict[str, Any]) -> Any:
     yield from walk(schema, registry.resolver(base_uri=resource.id() or ""))
 
 
-def model_card(backend: Backend) -> dict[str, Any]:
+def model_card(backend: Backend | MediaBackend) -> dict[str, Any]:
     card: dict[str, Any] = {"id": str(backend.ref), "object": "model", "created": 0,
                             "owned_by": backend.ref.provider}
+    if isinstance(backend, MediaBackend):
+        return {**card, "modality": backend.ref.modality}
     context = backend.profile().max_input_tokens
     if context:
         card["context_length"] = context
@@ -671,6 +695,167 @@ async def sse_events(first: ChatChunk | None, rest: AsyncIterator[ChatChunk], co
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
     yield "data: [DONE]\n\n"
+
+
+# -- image and audio models ---------------------------------------------------------------------
+
+#: What :func:`create_app` serves: a chat model (chat and embeddings routes), an image model or
+#: an audio model (their generation routes).
+MODALITIES = ("chat", "image", "audio")
+IMAGES_ROUTE = "/v1/images/generations"
+SPEECH_ROUTE = "/v1/audio/speech"
+#: Fields of OpenAI's bodies that ask nothing of the answer: accepted and not used.
+UNUSED_FIELDS = ("model", "user")
+#: Most images one request may ask for (OpenAI's own limit on ``n``).
+MAX_IMAGES = 10
+#: Generation arguments the routes take beside OpenAI's fields, where the model's backend takes
+#: them, each with its check (``size`` stands for width and height; ``strength`` needs a
+#: reference image, which the generations route does not take).
+MEDIA_PARAM_CHECKS: dict[str, Any] = {
+    "seed": lambda body: check_int(body, "seed"),
+    "num_inference_steps": lambda body: check_int(body, "num_inference_steps", 1),
+    "guidance_scale": lambda body: check_number(body, "guidance_scale", 0, 100),
+    "duration_s": lambda body: check_number(body, "duration_s", 0, 600, low_inclusive=False),
+    "negative_prompt": lambda body: check_string(body, "negative_prompt"),
+}
+NOT_REQUEST_FIELDS = ("width", "height", "strength")
+
+
+def media_modality(model: Any, modality: str) -> str | None:
+    """``"image"`` or ``"audio"`` when :func:`create_app` serves ``model`` as a media model,
+    None for a chat model. A media backend, catalog member or reference carries its own."""
+    if modality not in MODALITIES:
+        raise ConfigurationError(f"modality must be one of {', '.join(map(repr, MODALITIES))}; "
+                                 f"got {modality!r}.")
+    own = (model.ref.modality if isinstance(model, MediaBackend) else model.modality
+           if isinstance(model, MediaRef) else model.info.modality
+           if isinstance(model, MediaModel) else None)
+    if own is not None and modality not in ("chat", own):
+        raise ConfigurationError(f"{model} is an {own} model, not an {modality} one: leave "
+                                 f"modality out or set it to {own!r}.")
+    if own is None and modality != "chat" and model is None:
+        raise ConfigurationError(f"Serving an {modality} model needs the model, e.g. "
+                                 "'hf:<folder or hub id>': there is no local default for it.")
+    return own or (None if modality == "chat" else modality)
+
+
+def media_backend(model: Any, kind: str, settings: dict[str, Any]) -> tuple[MediaBackend,
+                                                                             dict[str, Any]]:
+    """The image or audio backend for ``model`` and the generation defaults among
+    ``settings`` (the rest are the provider's settings)."""
+    from modelplug.media import create_audio_backend, create_image_backend, split_generation_kwargs
+
+    if isinstance(model, MediaBackend):
+        defaults = {k: v for k, v in settings.items() if v is not None}
+        unknown = sorted(set(defaults) - set(model.PARAMS))
+        if unknown:
+            raise ConfigurationError(
+                f"A ready {kind} backend takes generation defaults ({list(model.PARAMS)}), not "
+                f"{unknown}: give provider settings to create_{kind}_backend() instead.")
+        return model, defaults
+    defaults, provider = split_generation_kwargs(kind, model, settings)  # type: ignore[arg-type]
+    create = create_image_backend if kind == "image" else create_audio_backend
+    return create(model, **provider), {k: v for k, v in defaults.items() if v is not None}
+
+
+def add_media_routes(app: FastAPI, backend: MediaBackend, defaults: dict[str, Any],
+                     max_request_bytes: int) -> None:
+    """An image model's ``POST /v1/images/generations`` or an audio model's ``POST
+    /v1/audio/speech``, in OpenAI's shapes; the other generation routes answer 404 naming the
+    one served here."""
+    served, kind = str(backend.ref), backend.ref.modality
+    route = IMAGES_ROUTE if kind == "image" else SPEECH_ROUTE
+    extras = tuple(p for p in backend.PARAMS if p not in NOT_REQUEST_FIELDS)
+
+    def generation_args(body: dict[str, Any], prompt_field: str,
+                        fields: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+        prompt = body.get(prompt_field)
+        if prompt is None:
+            raise missing(prompt_field, f"Give the text to generate from in '{prompt_field}'.")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise invalid_type(prompt_field, prompt, "a non-empty string")
+        known = (prompt_field, *fields, *extras, *UNUSED_FIELDS)
+        unknown = [name for name in body if name not in known]
+        if unknown:
+            raise RequestError(f"Unrecognized request argument supplied: {unknown[0]!r}. The "
+                               f"{kind} model {served!r} takes: {', '.join(known)}.",
+                               unknown[0], "unknown_parameter")
+        for name in extras:
+            if name in MEDIA_PARAM_CHECKS:
+                MEDIA_PARAM_CHECKS[name](body)
+        return prompt, {**defaults, **{k: body[k] for k in extras if body.get(k) is not None}}
+
+    if kind == "image":
+        @app.post(IMAGES_ROUTE)
+        async def images(request: Request) -> dict[str, Any]:
+            body = await json_body(request, max_request_bytes)
+            prompt, params = generation_args(body, "prompt", ("n", "size", "response_format",
+                                                              "output_format"))
+            check_int(body, "n", 1)
+            count = body.get("n") or 1
+            if count > MAX_IMAGES:
+                raise RequestError(f"Invalid 'n': integer above maximum value. Expected a value "
+                                   f"<= {MAX_IMAGES}, but got {count} instead.", "n",
+                                   "integer_above_max_value")
+            check_choice(body, "response_format", "b64_json", "images come back inline as "
+                         "base64 PNG; this server keeps no files to link to")
+            check_choice(body, "output_format", "png", "images are PNG")
+            params.update(image_size(body.get("size")))
+            pngs = await backend.agenerate(prompt, num_images=count, format="bytes", **params)
+            return {"created": int(time.time()),
+                    "data": [{"b64_json": base64.b64encode(png).decode()} for png in pngs]}
+    else:
+        @app.post(SPEECH_ROUTE)
+        async def speech(request: Request) -> Response:
+            body = await json_body(request, max_request_bytes)
+            # 'voice' is required by OpenAI's API; a text-to-audio model has no voices.
+            text, params = generation_args(body, "input", ("voice", "response_format", "speed"))
+            check_choice(body, "response_format", "wav", "the model's audio comes back as WAV")
+            check_number(body, "speed", 0.25, 4)
+            speed = body.get("speed")
+            if speed is not None and speed != 1:
+                raise RequestError(f"Invalid 'speed': {shown(speed)}. The {kind} model "
+                                   f"{served!r} generates at its own pace: leave 'speed' unset "
+                                   "or 1 (a longer clip: 'duration_s').", "speed",
+                                   "unsupported_value")
+            [wav] = await backend.agenerate(text, format="bytes", **params)
+            return Response(wav, media_type="audio/wav")
+
+    async def elsewhere(request: Request) -> JSONResponse:
+        return error_response(404, f"{request.url.path} is not served here: this server serves "
+                              f"the {kind} model {served!r} at POST {route}.",
+                              "invalid_request_error", code="unknown_url")
+
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", IMAGES_ROUTE,
+                 SPEECH_ROUTE):
+        if path != route:
+            app.add_api_route(path, elsewhere, methods=["POST"])
+
+
+def check_string(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise invalid_type(name, value, "a string")
+
+
+def check_choice(body: dict[str, Any], name: str, only: str, why: str) -> None:
+    value = body.get(name)
+    if value is not None and value != only:
+        raise RequestError(f"Invalid value for '{name}': {shown(value)}. This server supports "
+                           f"only {only!r}: {why}.", name, "unsupported_value")
+
+
+def image_size(size: Any) -> dict[str, int]:
+    """``"WIDTHxHEIGHT"`` as width and height; None or ``"auto"``: the model's own size."""
+    if size is None or size == "auto":
+        return {}
+    found = re.fullmatch(r"(\d{1,4})x(\d{1,4})", size, re.ASCII) if isinstance(size, str) else None
+    width, height = (int(v) for v in found.groups()) if found else (0, 0)
+    if not (0 < width <= 4096 and 0 < height <= 4096):
+        raise RequestError(f"Invalid value for 'size': {shown(size)}. Give it as 'WIDTHxHEIGHT' "
+                           "in pixels, each 1 to 4096 (e.g. '512x512'), or 'auto' for the "
+                           "model's own size.", "size", "invalid_value")
+    return {"width": width, "height": height}
 
 
 # -- errors -------------------------------------------------------------------------------------

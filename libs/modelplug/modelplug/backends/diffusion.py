@@ -172,6 +172,9 @@ class _HFMedia(MediaBackend):
     def _loaded(self) -> LoadedModel:
         return get_or_load(self._load_key(), self._load)
 
+    def load(self) -> None:
+        self._loaded()
+
     def _pipeline_class_name(self) -> str | None:
         info = self.ref.info
         return info.pipeline_class if info is not None else None
