@@ -255,3 +255,43 @@ def test_llamaindex_handler_counts_fallback_once_and_failures_apart(li_handler, 
     assert rows["openai:o3-mini"].calls == 1
     assert float(rows["openai:o3-mini"].cost) == pytest.approx(
         ((20 - 8) * O3M_IN + 8 * O3M_READ + 150 * O3M_OUT) / M)
+
+
+# gpt-audio: text input $2.50, text output $10, audio input $32, audio output $64.
+AUDIO_TEXT_IN, AUDIO_TEXT_OUT, AUDIO_IN, AUDIO_OUT = 2.50, 10.0, 32.0, 64.0
+
+
+def test_audio_tokens_are_counted_and_priced_apart(openai) -> None:
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.modelplug import ModelPlug
+
+    from langchain_modelplug import UsageCostHandler
+
+    fake, url = openai
+    # 100 input of which 40 audio; 50 output of which 30 audio.
+    usage = usage_block(prompt=100, completion=50, audio_in=40, audio_out=30)
+    expected_in = (60 * AUDIO_TEXT_IN + 40 * AUDIO_IN) / M  # 0.00143
+    expected_out = (20 * AUDIO_TEXT_OUT + 30 * AUDIO_OUT) / M  # 0.00212
+    llm = ChatModelPlug(model="openai:gpt-audio;tools", base_url=url, api_key=OPENAI_KEY,
+                        max_retries=0)
+    handler = UsageCostHandler()
+    fake.reply({"content": "hi"}, usage=usage)
+    msg = llm.invoke("hi", config={"callbacks": [handler]})
+    assert msg.usage_metadata["input_token_details"] == {"audio": 40}
+    assert msg.usage_metadata["output_token_details"] == {"audio": 30}
+    assert msg.response_metadata["cost"]["input"] == pytest.approx(expected_in)
+    assert msg.response_metadata["cost"]["output"] == pytest.approx(expected_out)
+    row = handler.totals.by_model["openai:gpt-audio"]
+    assert (row.audio_input_tokens, row.audio_output_tokens) == (40, 30)
+
+    fake.reply_stream([{"content": "hi"}], usage=usage)
+    full = _fold(llm.stream("hi"))
+    assert full.usage_metadata["output_token_details"] == {"audio": 30}
+    assert full.response_metadata["cost"]["total"] == pytest.approx(expected_in + expected_out)
+
+    fake.reply({"content": "hi"}, usage=usage)
+    response = ModelPlug(model="openai:gpt-audio;tools", base_url=url, api_key=OPENAI_KEY,
+                         max_retries=0).chat([ChatMessage(role="user", content="hi")])
+    assert (response.raw["usage"]["input_audio_tokens"],
+            response.raw["usage"]["output_audio_tokens"]) == (40, 30)
+    assert response.raw["cost"]["total"] == pytest.approx(expected_in + expected_out)

@@ -225,12 +225,13 @@ def embedding_of(text: str) -> list[float]:
 
 
 def usage_block(prompt: int = 12, completion: int = 7, cached: int = 0,
-           reasoning: int = 0) -> dict[str, Any]:
+           reasoning: int = 0, audio_in: int = 0, audio_out: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object: the details count parts of prompt/completion tokens."""
     return {
         "prompt_tokens": prompt, "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": 0,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": audio_in},
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "audio_tokens": audio_out,
                                       "accepted_prediction_tokens": 0,
                                       "rejected_prediction_tokens": 0},
     }

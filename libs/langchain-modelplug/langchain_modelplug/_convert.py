@@ -56,12 +56,30 @@ def usage_metadata(usage: Usage | None) -> UsageMetadata | None:
         return None
     meta = UsageMetadata(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                          total_tokens=usage.total_tokens)
+    inp = InputTokenDetails()
     if usage.cache_read_tokens or usage.cache_creation_tokens:
-        meta["input_token_details"] = InputTokenDetails(
-            cache_read=usage.cache_read_tokens, cache_creation=usage.cache_creation_tokens)
+        inp.update(cache_read=usage.cache_read_tokens, cache_creation=usage.cache_creation_tokens)
+    if usage.audio_input_tokens:
+        inp["audio"] = usage.audio_input_tokens
+    if inp:
+        meta["input_token_details"] = inp
+    out = OutputTokenDetails()
     if usage.reasoning_tokens:
-        meta["output_token_details"] = OutputTokenDetails(reasoning=usage.reasoning_tokens)
+        out["reasoning"] = usage.reasoning_tokens
+    if usage.audio_output_tokens:
+        out["audio"] = usage.audio_output_tokens
+    if out:
+        meta["output_token_details"] = out
     return meta
+
+
+def llm_output(response: ChatResponse) -> dict[str, Any]:
+    """``ChatResult.llm_output`` as LangChain partner models fill it: the model that answered
+    and the provider's answer id (tracing instrumentations read them there)."""
+    out: dict[str, Any] = {"model_name": response.model}
+    if response.id:
+        out["id"] = response.id
+    return out
 
 
 def _response_metadata(model: str, finish_reason: str | None, provider: str) -> dict[str, Any]:

@@ -24,7 +24,12 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
-from langchain_modelplug._convert import to_ai_chunk, to_ai_message, to_openai_messages
+from langchain_modelplug._convert import (
+    llm_output,
+    to_ai_chunk,
+    to_ai_message,
+    to_openai_messages,
+)
 from modelplug import ChatRequest
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.backends.structured import check_finished
@@ -238,7 +243,8 @@ class ChatModelPlug(BaseChatModel):
             return self._collect(self._stream(messages, stop, run_manager, **kwargs))
         response = self._backend.chat(self._request(messages, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(
-            message=to_ai_message(response, self._backend.ref.provider))])
+            message=to_ai_message(response, self._backend.ref.provider))],
+            llm_output=llm_output(response))
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
@@ -248,7 +254,8 @@ class ChatModelPlug(BaseChatModel):
             return self._collect(iter(chunks))
         response = await self._backend.achat(self._request(messages, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(
-            message=to_ai_message(response, self._backend.ref.provider))])
+            message=to_ai_message(response, self._backend.ref.provider))],
+            llm_output=llm_output(response))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None,

@@ -30,6 +30,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from langchain_modelplug import _attempts
 from langchain_modelplug._convert import to_openai_messages
 from modelplug.catalog import CatalogModel
 from modelplug.errors import StreamInterruptedError, is_retryable
@@ -545,7 +546,8 @@ class FallbackChatModel(BaseChatModel):
             message=g.message.model_copy(
                 update={"response_metadata": {**g.message.response_metadata, **meta}}),
             generation_info=g.generation_info) for g in outcome.value.generations]
-        return ChatResult(generations=generations, llm_output=outcome.value.llm_output)
+        return ChatResult(generations=generations, llm_output={
+            **(outcome.value.llm_output or {}), **_attempts.answered_by(outcome.value)})
 
     # -- calls ----------------------------------------------------------------------------------
     #
@@ -566,9 +568,11 @@ class FallbackChatModel(BaseChatModel):
                                         **kwargs)
                 return ChatResult(generations=[ChatGeneration(message=message)])
             model, bound = unwrapped
-            return model._generate_with_cache(
-                messages, stop=stop, run_manager=run_manager,
-                **self._with_session(model, _call_kwargs(bound, kwargs), session))
+            return _attempts.attempted(  # the attempt as a child run, for tracing
+                model, messages, stop, _call_kwargs(bound, kwargs), run_manager,
+                lambda: model._generate_with_cache(
+                    messages, stop=stop, run_manager=run_manager,
+                    **self._with_session(model, _call_kwargs(bound, kwargs), session)))
 
         outcome = self._policy.run(self._candidates(), call,
                                    needs=self._needs(messages, kwargs), session=session)
@@ -587,9 +591,11 @@ class FallbackChatModel(BaseChatModel):
                                                stop=stop, **kwargs)
                 return ChatResult(generations=[ChatGeneration(message=message)])
             model, bound = unwrapped
-            return await model._agenerate_with_cache(
-                messages, stop=stop, run_manager=run_manager,
-                **self._with_session(model, _call_kwargs(bound, kwargs), session))
+            return await _attempts.aattempted(
+                model, messages, stop, _call_kwargs(bound, kwargs), run_manager,
+                lambda: model._agenerate_with_cache(
+                    messages, stop=stop, run_manager=run_manager,
+                    **self._with_session(model, _call_kwargs(bound, kwargs), session)))
 
         outcome = await self._policy.arun(self._candidates(), call,
                                           needs=self._needs(messages, kwargs), session=session)
@@ -619,7 +625,7 @@ class FallbackChatModel(BaseChatModel):
                                                     run_manager=run_manager, **call_kwargs)
                 return iter([self._emit(_as_generation_chunk(result.generations[0].message),
                                         run_manager)])
-            return start
+            return _attempts.traced_start(start, conversation, stop, kwargs, run_manager)
 
         sent, marked, reported = _Sent(messages), 0, 0
         try:
@@ -674,7 +680,7 @@ class FallbackChatModel(BaseChatModel):
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(generation.text, chunk=generation)
                 yield generation
-            return start
+            return _attempts.traced_astart(start, conversation, stop, kwargs, run_manager)
 
         sent, marked, reported = _Sent(messages), 0, 0
         try:

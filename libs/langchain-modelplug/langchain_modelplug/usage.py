@@ -21,7 +21,9 @@ def _usage(meta: dict[str, Any]) -> Usage:
     return Usage(input_tokens=meta.get("input_tokens", 0), output_tokens=meta.get("output_tokens", 0),
                  cache_read_tokens=inp.get("cache_read", 0) or 0,
                  cache_creation_tokens=inp.get("cache_creation", 0) or 0,
-                 reasoning_tokens=out.get("reasoning", 0) or 0)
+                 reasoning_tokens=out.get("reasoning", 0) or 0,
+                 audio_input_tokens=inp.get("audio", 0) or 0,
+                 audio_output_tokens=out.get("audio", 0) or 0)
 
 
 class UsageCostHandler(BaseCallbackHandler):

@@ -8,7 +8,9 @@ is set with :func:`set_price`. A model no table knows costs "unknown" (``total``
 ``reason``), never a guessed number.
 
 ``Usage.input_tokens`` is the whole input, cache reads and writes included, and
-``Usage.output_tokens`` includes reasoning tokens: the same convention genai-prices expects.
+``Usage.output_tokens`` includes reasoning tokens (audio tokens are likewise part of both):
+the same convention genai-prices expects, which prices audio tokens at the model's audio rates
+where it lists them.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def cost_of(usage: Usage, provider: str, model: str) -> Cost:
         return Cost(None, reason="genai-prices is not installed: pip install 'modelplug[cost]'")
     prices_usage = genai_prices.Usage(
         input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_creation_tokens)
+        cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_creation_tokens,
+        input_audio_tokens=usage.audio_input_tokens or None,
+        output_audio_tokens=usage.audio_output_tokens or None)
     try:
         calc = genai_prices.calc_price(prices_usage, model,
                                        provider_id=_PRICE_PROVIDER.get(provider, provider))
@@ -131,6 +135,8 @@ class ModelTotals:
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     reasoning_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
     #: Sum of the known costs; ``unpriced_calls`` says how many calls it leaves out.
     cost: Decimal = Decimal(0)
     unpriced_calls: int = 0
@@ -157,6 +163,8 @@ class UsageTotals:
             row.cache_read_tokens += usage.cache_read_tokens
             row.cache_creation_tokens += usage.cache_creation_tokens
             row.reasoning_tokens += usage.reasoning_tokens
+            row.audio_input_tokens += usage.audio_input_tokens
+            row.audio_output_tokens += usage.audio_output_tokens
             if total is None:
                 row.unpriced_calls += 1
             else:

@@ -623,8 +623,10 @@ def usage_json(usage: Usage | None) -> dict[str, Any] | None:
         return None
     return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
             "total_tokens": usage.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
-            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens}}
+            "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens,
+                                      "audio_tokens": usage.audio_input_tokens},
+            "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens,
+                                          "audio_tokens": usage.audio_output_tokens}}
 
 
 def tool_call_json(call: ToolCall) -> dict[str, Any]:

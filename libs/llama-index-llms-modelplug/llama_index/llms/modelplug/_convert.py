@@ -203,6 +203,10 @@ def usage_kwargs(usage: Usage | None) -> dict[str, Any]:
         out["cache_creation_tokens"] = usage.cache_creation_tokens
     if usage.reasoning_tokens:
         out["reasoning_tokens"] = usage.reasoning_tokens
+    if usage.audio_input_tokens:
+        out["input_audio_tokens"] = usage.audio_input_tokens
+    if usage.audio_output_tokens:
+        out["output_audio_tokens"] = usage.audio_output_tokens
     return out
 
 

@@ -57,4 +57,6 @@ class UsageCostEventHandler(BaseEventHandler):
                 output_tokens=usage.get("completion_tokens", 0),
                 cache_read_tokens=usage.get("cached_tokens", 0),
                 cache_creation_tokens=usage.get("cache_creation_tokens", 0),
-                reasoning_tokens=usage.get("reasoning_tokens", 0)), raw["cost"])
+                reasoning_tokens=usage.get("reasoning_tokens", 0),
+                audio_input_tokens=usage.get("input_audio_tokens", 0),
+                audio_output_tokens=usage.get("output_audio_tokens", 0)), raw["cost"])
