@@ -4,6 +4,7 @@ spread and stability."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,3 +112,109 @@ def test_affinity_is_stable_and_a_lost_member_moves_only_its_own_sessions(
     for s in sessions:
         order = router.order(rest, names=names[1:], endpoints=rest, session=s)
         assert order == [e for e in home[s] if e != endpoints[gone]]
+
+
+# -- continuing a cut stream ------------------------------------------------------------------
+
+
+def _cut_after(items: str):
+    def stream(conversation: str):
+        yield from items
+        raise ConnectionResetError("cut")
+    return stream
+
+
+def _continues(conversation: str):
+    yield from f"<{conversation}>"
+
+
+def _candidates(*specs):
+    from modelplug.fallback import Candidate
+
+    return [Candidate(name, target, None, None, continues=continues)
+            for name, target, continues in specs]
+
+
+def test_a_prefill_continuation_skips_candidates_that_cannot_continue() -> None:
+    from modelplug.fallback import Continuation, FallbackPolicy
+
+    policy = FallbackPolicy(health=False)
+    sent: list[str] = []
+
+    def resume(exc: BaseException) -> Continuation:
+        return Continuation(lambda target: target("".join(sent)), prefill=bool(sent))
+
+    def run(*specs) -> list[str]:
+        sent.clear()
+        for item in policy.stream(_candidates(*specs), lambda t: t(""), resume=resume):
+            sent.append(item)
+        return sent
+
+    assert "".join(run(("a", _cut_after("ab"), True), ("b", lambda c: iter("no"), False),
+                       ("c", _continues, True))) == "ab<ab>"
+    # Nothing sent yet (held items only): any candidate starts afresh.
+    assert "".join(run(("a", _cut_after(""), True), ("b", lambda c: iter("fresh"), False))) \
+        == "fresh"
+    # None can continue: the error that cut the stream, each skip noted on it.
+    with pytest.raises(ConnectionResetError) as info:
+        run(("a", _cut_after("ab"), True), ("b", lambda c: iter("no"), False))
+    assert "b (UnsupportedCapabilityError" in info.value.__notes__[-1]
+
+
+def test_a_continuing_candidate_that_refuses_hands_on_to_the_next() -> None:
+    """After a cut the caller holds part of an answer: even an error that would not fail over
+    (a 400) moves on to the next candidate, and with none left the cut itself is raised."""
+    from modelplug.fallback import Continuation, FallbackPolicy
+
+    def refuses(conversation: str):
+        raise BadRequestError("prefill not accepted")
+        yield
+
+    policy = FallbackPolicy(health=False)
+    resume = lambda exc: Continuation(lambda target: target("ab"), prefill=True)  # noqa: E731
+    got = list(policy.stream(_candidates(("a", _cut_after("ab"), True), ("b", refuses, True),
+                                         ("c", _continues, True)), lambda t: t(""),
+                             resume=resume))
+    assert "".join(got) == "ab<ab>"
+    with pytest.raises(ConnectionResetError) as info:
+        list(policy.stream(_candidates(("a", _cut_after("ab"), True), ("b", refuses, True)),
+                           lambda t: t(""), resume=resume))
+    assert "prefill not accepted" in info.value.__notes__[-1]
+
+
+messages = st.lists(st.fixed_dictionaries({
+    "role": st.sampled_from(["system", "user", "assistant", "tool"]),
+    "content": st.one_of(st.none(), st.text(max_size=5),
+                         st.lists(st.fixed_dictionaries({"type": st.just("text"),
+                                                         "text": st.text(max_size=3)}),
+                                  max_size=2))},
+    optional={"tool_calls": st.just([{"id": "c1", "type": "function",
+                                      "function": {"name": "f", "arguments": "{}"}}])}),
+    min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(conversation=messages)
+def test_continue_final_message_goes_exactly_to_the_rows_that_need_it(
+        conversation: list) -> None:
+    """vLLM and SGLang (row ``prefill="continue_final_message"``) get the flags exactly when the
+    conversation ends in an assistant message with text and no tool calls; a row that reads a
+    final assistant message natively (llama-server) or cannot continue (lmstudio) never does."""
+    from modelplug import ChatRequest, create_backend
+    from modelplug.backends.tooling import split_prefill
+
+    prefill = bool(split_prefill(conversation)[1])
+    last = conversation[-1]
+    assert prefill == (last["role"] == "assistant" and not last.get("tool_calls") and bool(
+        last["content"] if isinstance(last["content"], str) else "".join(
+            p["text"] for p in last["content"] or [])))
+    for model in ("vllm:m", "sglang:m", "llamaserver:m;tools", "lmstudio:m"):
+        backend = create_backend(model)
+        body = backend._body(ChatRequest(messages=conversation))
+        extra = body.get("extra_body", {})
+        flags = {k: extra[k] for k in ("continue_final_message", "add_generation_prompt")
+                 if k in extra}
+        wanted = backend.spec.prefill == "continue_final_message" and prefill
+        assert flags == ({"continue_final_message": True, "add_generation_prompt": False}
+                         if wanted else {})
+        assert backend.continues_prefill == (backend.spec.prefill is not None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import deque
 from typing import Any
 
@@ -127,6 +128,12 @@ def validate(body: dict[str, Any], signatures: dict[str, str] | None = None) -> 
             return f"messages.{i}: all messages must have non-empty content"
     used = {b["id"] for m in messages if isinstance(m["content"], list) for b in m["content"]
             if b.get("type") == "tool_use"}
+    for i, m in enumerate(messages):
+        for j, b in enumerate(m["content"] if isinstance(m["content"], list) else []):
+            key = {"tool_use": "id", "tool_result": "tool_use_id"}.get(b.get("type"))
+            if key and not re.fullmatch(r"[a-zA-Z0-9_-]+", str(b.get(key))):
+                return (f"messages.{i}.content.{j}.{b['type']}.{key}: String should match "
+                        "pattern '^[a-zA-Z0-9_-]+$'")
     for m in messages:
         for b in m["content"] if isinstance(m["content"], list) else []:
             if b.get("type") == "tool_result" and b.get("tool_use_id") not in used:

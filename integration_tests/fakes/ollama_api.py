@@ -58,6 +58,8 @@ def _details(name: str) -> dict[str, Any]:
 class FakeOllama:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        #: The HTTP headers of each /api/chat request, in order.
+        self.headers: list[dict[str, str]] = []
         self._replies: deque[dict[str, Any]] = deque()
         self.app = Starlette(routes=[
             Route("/api/chat", self._chat, methods=["POST"]),
@@ -87,6 +89,7 @@ class FakeOllama:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(("/api/chat", body))
+        self.headers.append(dict(request.headers))
         if body.get("model") not in MODELS:
             return _not_found(body.get("model"))
         if not self._replies:

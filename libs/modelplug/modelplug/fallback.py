@@ -148,6 +148,15 @@ class Needs:
         return cls(tools=bool(request.tools) and request.tool_choice != "none",
                    images=request.has_images, input_tokens=tokens)
 
+    @staticmethod
+    def may_skip(profile: Profile | Mapping[str, Any] | None) -> bool:
+        """Whether any request could be unmet by this profile (:meth:`unmet`): it lacks tool
+        calling or image inputs, or states a context window. A set none of whose candidates
+        may be skipped need not work out a request's needs."""
+        return (_field(profile, "tool_calling") is False
+                or _field(profile, "image_inputs") is False
+                or isinstance(_field(profile, "max_input_tokens"), int))
+
     def unmet(self, profile: Profile | Mapping[str, Any] | None) -> str | None:
         """Why a model with this profile cannot serve the request, or None if it may."""
         if self.tools and _field(profile, "tool_calling") is False:
@@ -256,6 +265,20 @@ class Candidate(Generic[T]):
     target: T
     profile: Profile | Mapping[str, Any] | None = None
     endpoint: Endpoint | None = None
+    #: Whether it answers a conversation ending in an assistant message by continuing that
+    #: text (an assistant prefill), so it may resume a stream cut after text was sent.
+    continues: bool = False
+
+
+@dataclass(frozen=True)
+class Continuation(Generic[T, C]):
+    """How the next candidates take over a stream cut after its first items: ``start`` one
+    (the adapter's request, from what was already sent), and whether it must continue text
+    already sent (``prefill``): then only candidates that can (``Candidate.continues``) are
+    tried, the others skipped; with nothing but held items sent it starts afresh anywhere."""
+
+    start: Callable[[T], Any]
+    prefill: bool = False
 
 
 @dataclass(frozen=True)
@@ -309,9 +332,11 @@ class _Call:
         if self.policy.health is not None and candidate.endpoint is not None:
             self.policy.health.start(candidate.endpoint)
 
-    def end(self, candidate: Candidate[Any], exc: BaseException | None) -> None:
+    def end(self, candidate: Candidate[Any], exc: BaseException | None, *,
+            continuing: bool = False) -> None:
         """Record how the candidate's try ended (health, load, attempts); a failure that does
-        not fail over is re-raised."""
+        not fail over is re-raised, unless the candidate was ``continuing`` a cut stream (the
+        caller holds part of an answer: the next candidate may yet go on with it)."""
         if self.policy.health is not None and candidate.endpoint is not None:
             self.policy.health.finish(candidate.endpoint, exc)
         self.trace.end(exc)
@@ -322,6 +347,9 @@ class _Call:
         if isinstance(exc, Exception):
             self.attempts.append(Attempt(candidate.name, type(exc).__name__, str(exc),
                                          latency))
+            if continuing:
+                self.failures.append((candidate.name, exc))
+                return
             self.policy._failed(candidate, exc, self.failures)
 
     def selected(self, candidate: Candidate[Any]) -> Outcome[None]:
@@ -340,6 +368,22 @@ class _Call:
         self.failures.append((candidate.name, exc))
         self.attempts.append(Attempt(candidate.name, type(exc).__name__, str(exc),
                                      time.perf_counter() - self._started))
+
+    def cannot_continue(self, candidate: Candidate[Any]) -> None:
+        """A candidate skipped for a cut stream: it cannot continue the text already sent."""
+        self.skip(candidate, UnsupportedCapabilityError(
+            f"Candidate {candidate.name!r} skipped: it cannot continue a partial answer (its "
+            "provider has no assistant prefill; see ProviderSpec.prefill)."))
+
+    def uncontinued(self, cut: BaseException) -> BaseException:
+        """The error that cut a stream no candidate went on with, every try since noted on it
+        (the adapter hands the partial answer over with it)."""
+        tried = self.failures[self.failures.index(next(f for f in self.failures
+                                                        if f[1] is cut)) + 1:]
+        if tried and hasattr(cut, "add_note"):
+            cut.add_note("No candidate continued the stream: " + "; ".join(
+                f"{name} ({type(e).__name__}: {e})" for name, e in tried))
+        return cut
 
     def outcome(self, value: Any, candidate: Candidate[Any]) -> Outcome[Any]:
         return Outcome(value, candidate, self.failures, self.attempts)
@@ -465,19 +509,26 @@ class FallbackPolicy:
                needs: Needs | None = None,
                on_select: Callable[[Outcome[None]], None] | None = None,
                session: str | None = None,
-               resume: Callable[[BaseException], Callable[[T], Iterable[C]] | None] | None = None,
+               resume: Callable[[BaseException], Continuation[T, C] | None] | None = None,
                ) -> Iterator[C]:
         """Items of ``start(candidate.target)``, failing over before the first item.
 
         An error after the first item propagates as itself: the caller has already seen part of
         one model's answer, and replaying another's would garble it. Unless ``resume`` (given
-        the error, when it fails over) returns a new ``start``: the next candidates then
-        continue the answer with it (the adapter's continuation from the text already sent).
-        ``on_select`` is told which candidate streams, once its first item (or its end) has
-        arrived (again for each candidate that resumes the stream).
+        the error, when it fails over) returns a :class:`Continuation`: the next candidates
+        then continue the answer with its ``start`` (the adapter's continuation from the text
+        already sent), skipping those that cannot continue a prefill where one is needed; when
+        none is left, the error that cut the stream is raised. ``on_select`` is told which
+        candidate streams, once its first item (or its end) has arrived (again for each
+        candidate that resumes the stream).
         """
         state = _Call(self)
+        cut: BaseException | None = None
+        prefill = False
         for candidate in self._tries(candidates, needs, state, session):
+            if prefill and not candidate.continues:
+                state.cannot_continue(candidate)
+                continue
             iterator: Iterator[C] | None = None
             state.begin(candidate)
             try:
@@ -490,7 +541,7 @@ class FallbackPolicy:
                 return
             except BaseException as exc:
                 _close(iterator)
-                state.end(candidate, exc)
+                state.end(candidate, exc, continuing=cut is not None)
                 if not isinstance(exc, Exception):
                     raise
                 continue
@@ -507,7 +558,7 @@ class FallbackPolicy:
                 if resumed is None:
                     raise
                 state.cut(candidate, exc)
-                start = resumed
+                start, prefill, cut = resumed.start, resumed.prefill, exc
                 continue
             except BaseException as exc:
                 error = exc
@@ -518,6 +569,8 @@ class FallbackPolicy:
                     self.health.finish(candidate.endpoint,
                                        None if isinstance(error, GeneratorExit) else error)
             return
+        if cut is not None:
+            raise state.uncontinued(cut)
         raise state.exhausted()
 
     # -- async ------------------------------------------------------------------------------
@@ -545,12 +598,17 @@ class FallbackPolicy:
                       start: Callable[[T], AsyncIterable[C]], *, needs: Needs | None = None,
                       on_select: Callable[[Outcome[None]], None] | None = None,
                       session: str | None = None,
-                      resume: Callable[[BaseException], Callable[[T], AsyncIterable[C]] | None]
+                      resume: Callable[[BaseException], Continuation[T, C] | None]
                       | None = None) -> AsyncIterator[C]:
         """Async :meth:`stream`: fails over before the first item, after it only by
         ``resume``."""
         state = _Call(self)
+        cut: BaseException | None = None
+        prefill = False
         for candidate in self._tries(candidates, needs, state, session):
+            if prefill and not candidate.continues:
+                state.cannot_continue(candidate)
+                continue
             iterator: AsyncIterator[C] | None = None
             state.begin(candidate)
             try:
@@ -563,7 +621,7 @@ class FallbackPolicy:
                 return
             except BaseException as exc:
                 await _aclose(iterator)
-                state.end(candidate, exc)
+                state.end(candidate, exc, continuing=cut is not None)
                 if not isinstance(exc, Exception):
                     raise
                 continue
@@ -581,7 +639,7 @@ class FallbackPolicy:
                 if resumed is None:
                     raise
                 state.cut(candidate, exc)
-                start = resumed
+                start, prefill, cut = resumed.start, resumed.prefill, exc
                 continue
             except BaseException as exc:
                 error = exc
@@ -592,6 +650,8 @@ class FallbackPolicy:
                     self.health.finish(candidate.endpoint,
                                        None if isinstance(error, GeneratorExit) else error)
             return
+        if cut is not None:
+            raise state.uncontinued(cut)
         raise state.exhausted()
 
 
@@ -620,6 +680,7 @@ __all__ = [
     "TRANSIENT_ERROR_NAMES",
     "Attempt",
     "Candidate",
+    "Continuation",
     "FallbackPolicy",
     "Needs",
     "Outcome",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from modelplug.spec import ModelRef
 
 Kind = Literal["cloud", "local-server", "in-process"]
+PrefillMode = Literal["native", "continue_final_message"]
 
 #: Per-request parameters every model takes (fields of :class:`~modelplug.types.ChatRequest`,
 #: and of every adapter), listed when a setting is not recognised.
@@ -78,6 +79,13 @@ class ProviderSpec:
     #: Settings other rows take that this one refuses, each with why and what to do instead
     #: (the error says "Provider '<key>' <reason>").
     refused: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    #: How a chat answer continues a conversation that ends in an assistant message with text
+    #: (a prefill: the answer goes on from that text; a fallback set resumes a cut stream so):
+    #: ``"native"`` (the provider reads a final assistant message so: Anthropic, llama-server,
+    #: the in-process backends), ``"continue_final_message"`` (vLLM, SGLang: the request says
+    #: ``continue_final_message: true, add_generation_prompt: false``), or None (unknown, or
+    #: the provider answers it as a finished turn: it cannot continue a cut stream).
+    prefill: PrefillMode | None = None
 
     @property
     def in_process(self) -> bool:
@@ -118,7 +126,8 @@ def _importable(name: str) -> bool:
 
 def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
             kind: Kind = "local-server", closed_catalog: bool = False,
-            structured_output: bool | None = None) -> ProviderSpec:
+            structured_output: bool | None = None,
+            prefill: PrefillMode | None = None) -> ProviderSpec:
     """One OpenAI-compatible endpoint: pure configuration over the openai SDK."""
     return ProviderSpec(
         key=key,
@@ -131,6 +140,7 @@ def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
         closed_catalog=closed_catalog,
         description=description,
         structured_output=structured_output,
+        prefill=prefill,
     )
 
 
@@ -147,16 +157,18 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
     ProviderSpec("hf", "modelplug.backends.hf:HFBackend", "hf", "in-process",
                  ("torch", "transformers"), kwargs=HF_KWARGS,
                  description="transformers, in-process", refused=IN_PROCESS_REFUSED,
-                 structured_output=True, constrained_decoding=True),
+                 structured_output=True, constrained_decoding=True, prefill="native"),
     ProviderSpec("llamacpp", "modelplug.backends.llamacpp:LlamaCppBackend", "llamacpp",
                  "in-process", ("llama_cpp",), kwargs=LLAMACPP_KWARGS,
                  description="llama.cpp (llama-cpp-python), in-process GGUF",
-                 refused=IN_PROCESS_REFUSED, structured_output=True, constrained_decoding=True),
+                 refused=IN_PROCESS_REFUSED, structured_output=True, constrained_decoding=True,
+                 prefill="native"),
     ProviderSpec("anthropic", "modelplug.backends.anthropic:AnthropicBackend", "anthropic", "cloud",
                  ("anthropic",), api_key_env="ANTHROPIC_API_KEY",
                  base_url="https://api.anthropic.com",
                  kwargs=NETWORK_KWARGS | {"cache_prompt", "thinking_budget"}, closed_catalog=True,
-                 description="Anthropic Messages API (anthropic SDK)", structured_output=True),
+                 description="Anthropic Messages API (anthropic SDK)", structured_output=True,
+                 prefill="native"),
     _compat("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI (openai SDK)",
             kind="cloud", closed_catalog=True, structured_output=True),
     _compat("gemini", "https://generativelanguage.googleapis.com/v1beta/openai/", "GOOGLE_API_KEY",
@@ -166,9 +178,12 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
     _compat("ollama-openai", "http://localhost:11434/v1", None,
             "Ollama through its OpenAI-compatible API (supports max_retries)"),
     _compat("hf-openai", "http://localhost:8000/v1", None, "Hugging Face transformers serve"),
-    _compat("vllm", "http://localhost:8000/v1", None, "vLLM server", structured_output=True),
-    _compat("llamaserver", "http://localhost:8080/v1", None, "llama.cpp llama-server"),
-    _compat("sglang", "http://localhost:30000/v1", None, "SGLang server"),
+    _compat("vllm", "http://localhost:8000/v1", None, "vLLM server", structured_output=True,
+            prefill="continue_final_message"),
+    _compat("llamaserver", "http://localhost:8080/v1", None, "llama.cpp llama-server",
+            prefill="native"),
+    _compat("sglang", "http://localhost:30000/v1", None, "SGLang server",
+            prefill="continue_final_message"),
     # OpenAI-compatible clouds: configuration only, free-form model ids.
     _compat("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", "DeepSeek", "cloud"),
     _compat("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "OpenRouter",

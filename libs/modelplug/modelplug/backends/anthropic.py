@@ -555,7 +555,8 @@ def _assistant_blocks(message: Message) -> list[dict[str, Any]]:
                 ) from exc
         else:
             args = raw or {}
-        blocks.append({"type": "tool_use", "id": call.get("id"), "name": function.get("name"),
+        blocks.append({"type": "tool_use", "id": tool_use_id(call.get("id")),
+                       "name": function.get("name"),
                        "input": args})
     return blocks
 
@@ -566,11 +567,31 @@ def _tool_result(message: Message) -> dict[str, Any]:
         result: Any = _user_blocks(content)
     else:
         result = "" if content is None else str(content)
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
+    block: dict[str, Any] = {"type": "tool_result",
+                             "tool_use_id": tool_use_id(message.get("tool_call_id")),
                              "content": result}
     if message.get("is_error") or message.get("status") == "error":
         block["is_error"] = True
     return block
+
+
+#: What the API accepts as a tool_use id; other providers' ids may hold more (vLLM's Kimi
+#: parser writes 'functions.get_weather:0', some servers send none).
+_TOOL_USE_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def tool_use_id(raw: Any) -> str:
+    """A tool-call id as the API accepts it: kept when it is one (an Anthropic or OpenAI id),
+    else rewritten the same way wherever it occurs (the call and the result that answers it
+    still pair): disallowed characters as ``_`` plus a short hash of the original, so two ids
+    that differ only there stay apart. A conversation from another provider is not refused."""
+    text = "" if raw is None else str(raw)
+    if _TOOL_USE_ID.match(text):
+        return text
+    import hashlib
+
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^a-zA-Z0-9_-]', '_', text)}_{digest}".lstrip("_") or f"id_{digest}"
 
 
 def convert_tool(tool: dict[str, Any]) -> dict[str, Any]:

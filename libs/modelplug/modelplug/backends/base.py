@@ -55,6 +55,13 @@ class Backend:
         """Capabilities, cheap and without network: the catalog, refined by local probes."""
         return Profile.from_ref(self.ref)
 
+    @property
+    def continues_prefill(self) -> bool:
+        """Whether a chat request ending in an assistant message with text is answered by
+        continuing that text (the row's ``prefill``), so a fallback set may resume a cut stream
+        here."""
+        return self.spec.prefill is not None
+
     def probe(self) -> None:
         """Ask the running server what the model can do, so profile() can tell. Network allowed:
         called before the first request and by ``modelplug list``, never at construction."""

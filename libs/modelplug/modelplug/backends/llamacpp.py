@@ -164,6 +164,11 @@ class LlamaCppBackend(Backend):
         return scheduler.stats() if scheduler is not None else None
 
     @property
+    def continues_prefill(self) -> bool:
+        # llama-cpp-python's own chat handlers render a final assistant message as a turn.
+        return not self._delegates
+
+    @property
     def _delegates(self) -> bool:
         """Whether llama-cpp-python's own chat handler formats the prompt (vision, chat_format)."""
         return "chat_handler" in self.settings or "chat_format" in self.settings
@@ -396,7 +401,7 @@ class LlamaCppBackend(Backend):
         )
         native = with_tools and tooling.template_knows_tools(template)
         prompt = tooling.tools_prompt(request) if with_tools and not native else None
-        conversation, prefill = _split_prefill(request.messages)
+        conversation, prefill = tooling.split_prefill(request.messages)
         messages = [{**m, "content": tooling.text_content(m.get("content"))}
                     for m in structured.instructed(request, tooling.template_messages(
                         conversation, template, prompt))]
@@ -427,17 +432,6 @@ class LlamaCppBackend(Backend):
             choice = part["choices"][0]
             yield ChatChunk(text=choice["delta"].get("content") or "",
                             finish_reason=choice.get("finish_reason"), model=self.ref.model_id)
-
-
-def _split_prefill(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """A conversation ending in an assistant message with text (and no tool calls) is a
-    prefill: the answer continues that text, as Anthropic and llama-server read it (a fallback
-    set resumes a cut stream so). Returns the messages before it and its text."""
-    last = messages[-1] if messages else None
-    if last is None or last.get("role") != "assistant" or last.get("tool_calls"):
-        return messages, ""
-    text = tooling.text_content(last.get("content"))
-    return (messages[:-1], text) if isinstance(text, str) and text else (messages, "")
 
 
 class _Embedder:

@@ -3,7 +3,12 @@
 - Thinking is Ollama's own ``think=`` switch (``ChatRequest.reasoning``); ``message.thinking``
   comes back as reasoning.
 - Images go in the message-level ``images=`` field, so only inline images work: base64 or a
-  ``data:`` URL. An http(s) URL is a ValueError before any request.
+  ``data:`` URL. An http(s) URL is an UnsupportedCapabilityError before any request (a fallback
+  set moves on to a candidate that fetches URLs; the image is never silently dropped).
+- A conversation from another provider: assistant content parts only it understands (signed
+  thinking, tool_use blocks, refusal and reasoning parts) are left out; tool calls go by name.
+- ``ChatRequest.headers`` (a pool's ``x-session-id``) go on each request through a request hook
+  of the SDK's HTTP client (the SDK takes headers only per client).
 - Tool calls arrive with arguments as objects and, in this API, without ids; each gets an id
   derived from its position, name and arguments, so a stream and its folded result agree.
 - Ollama has no ``tool_choice``. ``"none"`` leaves the tools out; a forced choice (a tool name,
@@ -22,6 +27,8 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from modelplug.backends.base import Backend, collect_stream, maps_errors
@@ -44,6 +51,40 @@ PROBE_TIMEOUT_S = 2.0
 #: ChatRequest.extra keys that are /api/chat fields; any other extra key is a model option.
 _CHAT_FIELDS = ("keep_alive", "logprobs", "top_logprobs")
 _DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,(?P<data>.*)$", re.DOTALL)
+#: Content parts of an assistant turn only another provider understands (Anthropic's signed
+#: thinking and tool_use blocks, OpenAI's refusal and reasoning parts): left out here, as the
+#: tool calls themselves travel in ``tool_calls`` (a conversation moving to Ollama keeps working).
+_FOREIGN_PARTS = frozenset({"thinking", "redacted_thinking", "tool_use", "refusal", "reasoning"})
+
+#: The HTTP headers of the request being sent (``ChatRequest.headers``: a pool's x-session-id).
+#: The ollama SDK takes headers per client only, so each client's request hook adds these.
+_REQUEST_HEADERS: ContextVar[dict[str, str] | None] = ContextVar("modelplug_ollama_headers",
+                                                                 default=None)
+
+
+class _Done:
+    """An awaitable that is already done: what the hook returns, so that httpx's async client
+    (which awaits request hooks) and its sync one (which ignores what they return) share it."""
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+def _add_headers(request: Any) -> _Done:
+    headers = _REQUEST_HEADERS.get()
+    if headers:
+        request.headers.update(headers)
+    return _Done()
+
+
+@contextmanager
+def _sending(headers: dict[str, str] | None) -> Iterator[None]:
+    """Requests sent inside carry ``headers`` (a stream's request goes out on its first part)."""
+    token = _REQUEST_HEADERS.set(dict(headers) if headers else None)
+    try:
+        yield
+    finally:
+        _REQUEST_HEADERS.reset(token)
 
 
 class OllamaBackend(Backend):
@@ -65,7 +106,8 @@ class OllamaBackend(Backend):
 
     def _client_kwargs(self, timeout: float | None = None) -> dict[str, Any]:
         # host=None lets the SDK use OLLAMA_HOST or its default, as the ollama CLI does.
-        kwargs: dict[str, Any] = {"host": self.settings.get("base_url")}
+        kwargs: dict[str, Any] = {"host": self.settings.get("base_url"),
+                                  "event_hooks": {"request": [_add_headers]}}
         timeout = timeout if timeout is not None else self.settings.get("timeout")
         if timeout is not None:
             kwargs["timeout"] = timeout
@@ -184,19 +226,28 @@ class OllamaBackend(Backend):
     @maps_errors
     def chat(self, request: ChatRequest) -> ChatResponse:
         self.check(request)
-        return self._response(self.client.chat(**self.build_params(request)), request)
+        with _sending(request.headers):
+            answer = self.client.chat(**self.build_params(request))
+        return self._response(answer, request)
 
     @maps_errors
     async def achat(self, request: ChatRequest) -> ChatResponse:
         self.check(request)
-        return self._response(await self.aclient.chat(**self.build_params(request)), request)
+        with _sending(request.headers):
+            answer = await self.aclient.chat(**self.build_params(request))
+        return self._response(answer, request)
 
     @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self.check(request)
         params = self.build_params(request)
         state = _StreamState(request, self.ref.model_id)
-        for part in self.client.chat(**params, stream=True):
+        parts = iter(self.client.chat(**params, stream=True))
+        with _sending(request.headers):  # the request goes out with the first part
+            first = next(parts, None)
+        if first is not None:
+            yield from state.feed(first)
+        for part in parts:
             yield from state.feed(part)
         yield from state.finish()
 
@@ -205,7 +256,13 @@ class OllamaBackend(Backend):
         self.check(request)
         params = self.build_params(request)
         state = _StreamState(request, self.ref.model_id)
-        async for part in await self.aclient.chat(**params, stream=True):
+        with _sending(request.headers):  # the request goes out with the first part
+            parts = aiter(await self.aclient.chat(**params, stream=True))
+            first = await anext(parts, None)
+        if first is not None:
+            for chunk in state.feed(first):
+                yield chunk
+        async for part in parts:
             for chunk in state.feed(part):
                 yield chunk
         for chunk in state.finish():
@@ -435,10 +492,12 @@ def inline_image(url: str) -> str:
     if match:
         return match["data"]
     if url.startswith(("http://", "https://")):
-        raise ValueError(
+        # A capability this provider lacks (not a malformed request): a fallback set moves on
+        # to a candidate that takes image URLs. Never dropped: that would change the question.
+        raise UnsupportedCapabilityError(
             f"Ollama's native API takes inline images only (base64 or a data: URL), not the "
             f"http(s) URL {url[:80]!r}. Download the image and pass it as "
-            "'data:image/png;base64,...'."
+            "'data:image/png;base64,...', or use a provider that fetches image URLs."
         )
     if url.startswith("data:"):
         raise ConfigurationError(
@@ -474,6 +533,8 @@ def convert_messages(messages: list[Message]) -> list[dict[str, Any]]:
                     image = part.get("image_url")
                     images.append(inline_image(image.get("url") if isinstance(image, dict)
                                                else image))
+                elif role == "assistant" and part.get("type") in _FOREIGN_PARTS:
+                    continue
                 else:
                     raise UnsupportedCapabilityError(
                         f"Content part type {part.get('type')!r} is not supported by Ollama's "

@@ -21,6 +21,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from modelplug.backends import tooling
 from modelplug.backends.base import Backend, collect_stream, maps_errors
 from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
 from modelplug.catalog import models_for
@@ -191,6 +192,7 @@ class OpenAICompatBackend(Backend):
             body["stop"] = request.stop
         extra_body: dict[str, Any] = {}
         self._reasoning_switch(request.reasoning, body, extra_body)
+        self._prefill(request, extra_body)
         extra_body.update(self.settings.get("model_kwargs") or {})
         extra_body.update({k: v for k, v in request.extra.items() if k not in _NOT_REQUEST_FIELDS})
         if self.is_o_series:
@@ -202,6 +204,16 @@ class OpenAICompatBackend(Backend):
         if request.headers:
             body["extra_headers"] = dict(request.headers)
         return body
+
+    def _prefill(self, request: ChatRequest, extra_body: dict[str, Any]) -> None:
+        """A conversation ending in an assistant message with text asks for its continuation
+        (a prefill), in the way the row says (``ProviderSpec.prefill``): llama-server reads it
+        so as sent; vLLM and SGLang need ``continue_final_message`` (and no generation prompt)
+        in the body, or they would answer it as a finished turn."""
+        if self.spec.prefill != "continue_final_message":
+            return
+        if tooling.split_prefill(request.messages)[1]:
+            extra_body.update(continue_final_message=True, add_generation_prompt=False)
 
     def _set_tool_choice(self, request: ChatRequest, body: dict[str, Any]) -> None:
         """ChatRequest's tool_choice on the wire: "auto", "none", "required" ("any" is

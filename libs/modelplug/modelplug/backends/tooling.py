@@ -190,6 +190,18 @@ def text_content(content: Any) -> str:
     return content or ""
 
 
+def split_prefill(messages: list[Message]) -> tuple[list[Message], str]:
+    """A conversation ending in an assistant message with text (and no tool calls) is a
+    prefill: the answer continues that text, as Anthropic and llama-server read it (a fallback
+    set resumes a cut stream so). Returns the messages before it and its text ("" and the
+    messages unchanged when it does not end so)."""
+    last = messages[-1] if messages else None
+    if last is None or last.get("role") != "assistant" or last.get("tool_calls"):
+        return messages, ""
+    text = text_content(last.get("content"))
+    return (messages[:-1], text) if isinstance(text, str) and text else (messages, "")
+
+
 def _loads(raw: str) -> Any:
     try:
         return json.loads(raw)

@@ -21,6 +21,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
+    TextBlock,
     ThinkingBlock,
     ToolCallBlock,
 )
@@ -37,12 +38,13 @@ from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools.types import BaseTool
 from llama_index.core.types import Model
-from llama_index.llms.modelplug._convert import to_openai_messages
+from llama_index.llms.modelplug._convert import completion_from_chat, to_openai_messages
 
 from modelplug.catalog import CatalogModel
 from modelplug.errors import StreamInterruptedError, is_retryable
 from modelplug.fallback import (
     Candidate,
+    Continuation,
     FallbackPolicy,
     Needs,
     Outcome,
@@ -129,6 +131,17 @@ def candidate_endpoint(llm: LLM, name: str) -> Endpoint | None:
                      if isinstance(v, str)), None)
     provider, _, model = name.partition(":")
     return Endpoint(provider, base_url, model)
+
+
+def continues_prefill(llm: LLM) -> bool:
+    """Whether a candidate answers a conversation ending in an assistant message by continuing
+    its text (an assistant prefill; ``ProviderSpec.prefill`` of our backends), so it may resume
+    a stream cut after text was sent: a ModelPlug where its row says so, a nested FallbackLLM
+    when every one of its candidates can; another LLM is not assumed to."""
+    if isinstance(llm, FallbackLLM):
+        return all(continues_prefill(m) for m in llm.models)
+    return type(llm).__name__ == "ModelPlug" and bool(
+        getattr(getattr(llm, "backend", None), "continues_prefill", False))
 
 
 def _callbacks(handlers: list[BaseCallbackHandler]) -> CallbackManager:
@@ -259,7 +272,8 @@ class FallbackLLM(FunctionCallingLLM):
 
     # -- the policy -----------------------------------------------------------------------------
 
-    def _candidates(self, reported: bool = True) -> list[Candidate[LLM]]:
+    def _candidates(self, reported: bool = True,
+                    completion: bool = False) -> list[Candidate[LLM]]:
         """The candidates, each set up so that every callback handler sees a call once.
 
         ``reported``: this FallbackLLM reports the call as an LLM event of its own (chat,
@@ -268,6 +282,8 @@ class FallbackLLM(FunctionCallingLLM):
         are the candidate's) each runs with them too. Either way a candidate whose handlers are
         not already so is replaced, for this call only, by a shallow copy with the right ones:
         the caller's object is left as it is, and the copy shares its weights and clients.
+        ``completion``: for a completion stream, where a raw-completion ModelPlug can always
+        continue the text sent.
         """
         mine = self.callback_manager.handlers
         out = []
@@ -279,8 +295,11 @@ class FallbackLLM(FunctionCallingLLM):
                 handlers = theirs + [h for h in mine if h not in theirs]
             if len(handlers) != len(theirs):
                 model = model.model_copy(update={"callback_manager": _callbacks(handlers)})
+            continues = continues_prefill(model) or (
+                completion and bool(getattr(model, "raw_completion", False))
+                and type(model).__name__ == "ModelPlug")
             out.append(Candidate(candidate_name(model), model, candidate_profile(model),
-                                 endpoint))
+                                 endpoint, continues=continues))
         return out
 
     def _session(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> str | None:
@@ -350,32 +369,79 @@ class FallbackLLM(FunctionCallingLLM):
             _ATTEMPTS_KEY: [a.as_dict() for a in outcome.attempts]}
         return response
 
-    def _resumer(self, messages: Sequence[ChatMessage], tools: Any, rest: dict[str, Any],
-                 session: str | None, seen: list[Any], aio: bool = False) -> Any:
+    def _resumer(self, messages: Sequence[ChatMessage], tools: Any,
+                 tool_kwargs: dict[str, Any], rest: dict[str, Any], session: str | None,
+                 seen: list[Any], aio: bool = False) -> Any:
         """The policy's ``resume`` for a chat stream (see ``resume_streams``): the next
-        candidate continues from the text already sent, each of its steps' message carrying
-        the whole answer so far; None where it cannot be spliced."""
-        if not self.resume_streams or tools:
+        candidate continues from the text already sent (with the same tools, if any), each of
+        its steps' message carrying the whole answer so far; it starts afresh where nothing
+        but held tool-call steps was sent; None where it cannot be spliced (thinking sent)."""
+        if not self.resume_streams:
             return None
 
         def resume(exc: BaseException) -> Any:
             last = seen[-1] if seen else None
-            if last is not None and any(isinstance(b, ThinkingBlock)
+            if last is not None and any(isinstance(b, ThinkingBlock | ToolCallBlock)
                                         for b in last.message.blocks):
                 return None
-            text = (last.message.content or "") if last is not None else ""
+            text = _text(last.message) if last is not None else ""
             conversation = [*messages, *([ChatMessage(role=MessageRole.ASSISTANT,
                                                       content=text)] if text else [])]
-            call = self._chat_call(conversation, None, {}, rest, stream=True, aio=aio,
-                                   session=session)
+            call = self._chat_call(conversation, tools, tool_kwargs, rest, stream=True,
+                                   aio=aio, session=session)
             if not aio:
-                return lambda llm: (_prefixed(step, text) for step in call(llm))
+                return Continuation(lambda llm: (_prefixed(step, text) for step in _held(
+                    call(llm))), prefill=bool(text))
 
             async def astart(llm: LLM) -> AsyncIterator[ChatResponse]:
-                async for step in await call(llm):
+                async for step in _aheld(await call(llm)):
                     yield _prefixed(step, text)
 
-            return astart
+            return Continuation(astart, prefill=bool(text))
+
+        return resume
+
+    def _completion_resumer(self, prompt: str, formatted: bool, kwargs: dict[str, Any],
+                            seen: list[Any], aio: bool = False) -> Any:
+        """``resume`` for a completion stream: a raw-completion ModelPlug goes on from the
+        prompt and the text sent (any raw completion can), a chat one from the prompt as a
+        user message and the text as an assistant prefill; each step's ``text`` is the
+        whole answer so far."""
+        if not self.resume_streams:
+            return None
+
+        def resume(exc: BaseException) -> Any:
+            text = (seen[-1].text or "") if seen else ""
+
+            def steps(llm: LLM) -> Any:
+                if getattr(llm, "raw_completion", False):
+                    head = prompt if formatted else llm.completion_to_prompt(prompt)
+                    method = llm.astream_complete if aio else llm.stream_complete
+                    return method(head + text, formatted=True, **kwargs), False
+                conversation = [ChatMessage(role=MessageRole.USER, content=prompt), *(
+                    [ChatMessage(role=MessageRole.ASSISTANT, content=text)] if text else [])]
+                method = llm.astream_chat if aio else llm.stream_chat
+                return method(conversation, **kwargs), True
+
+            def step_of(step: Any, chat: bool) -> CompletionResponse:
+                if chat:
+                    return completion_from_chat(step, text + _text(step.message))
+                step.text = text + (step.text or "")
+                return step
+
+            if not aio:
+                def start(llm: LLM) -> Any:
+                    made, chat = steps(llm)
+                    return (step_of(step, chat) for step in made)
+
+                return Continuation(start, prefill=bool(text))
+
+            async def astart(llm: LLM) -> AsyncIterator[CompletionResponse]:
+                made, chat = steps(llm)
+                async for step in await made:
+                    yield step_of(step, chat)
+
+            return Continuation(astart, prefill=bool(text))
 
         return resume
 
@@ -437,11 +503,12 @@ class FallbackLLM(FunctionCallingLLM):
         session = self._session(messages, rest)
         chosen: list[Outcome[None]] = []
         seen: list[Any] = []
+        call = self._chat_call(messages, tools, tool_kwargs, rest, stream=True, session=session)
         steps = self._policy.stream(
-            self._candidates(), self._chat_call(messages, tools, tool_kwargs, rest, stream=True,
-                                                session=session),
+            self._candidates(), (lambda llm: _held(call(llm))) if self.resume_streams else call,
             needs=self._needs(messages, tools, tool_kwargs), on_select=chosen.append,
-            session=session, resume=self._resumer(messages, tools, rest, session, seen))
+            session=session,
+            resume=self._resumer(messages, tools, tool_kwargs, rest, session, seen))
         return self._tagged_stream(steps, chosen, seen)
 
     @llm_chat_callback()
@@ -453,7 +520,8 @@ class FallbackLLM(FunctionCallingLLM):
                                session=session)
 
         async def start(llm: LLM) -> AsyncIterator[ChatResponse]:
-            async for step in await call(llm):
+            steps = await call(llm)
+            async for step in (_aheld(steps) if self.resume_streams else steps):
                 yield step
 
         chosen: list[Outcome[None]] = []
@@ -461,7 +529,7 @@ class FallbackLLM(FunctionCallingLLM):
         steps = self._policy.astream(
             self._candidates(), start, needs=self._needs(messages, tools, tool_kwargs),
             on_select=chosen.append, session=session,
-            resume=self._resumer(messages, tools, rest, session, seen, aio=True))
+            resume=self._resumer(messages, tools, tool_kwargs, rest, session, seen, aio=True))
         return self._atagged_stream(steps, chosen, seen)
 
     # -- complete -------------------------------------------------------------------------------
@@ -489,11 +557,13 @@ class FallbackLLM(FunctionCallingLLM):
     def stream_complete(self, prompt: str, formatted: bool = False,
                         **kwargs: Any) -> CompletionResponseGen:
         chosen: list[Outcome[None]] = []
+        seen: list[Any] = []
         steps = self._policy.stream(
-            self._candidates(),
+            self._candidates(completion=True),
             lambda llm: llm.stream_complete(prompt, formatted=formatted, **kwargs),
-            needs=self._prompt_needs(prompt), on_select=chosen.append)
-        return self._tagged_stream(steps, chosen)
+            needs=self._prompt_needs(prompt), on_select=chosen.append,
+            resume=self._completion_resumer(prompt, formatted, kwargs, seen))
+        return self._tagged_stream(steps, chosen, seen)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False,
@@ -503,10 +573,12 @@ class FallbackLLM(FunctionCallingLLM):
                 yield step
 
         chosen: list[Outcome[None]] = []
+        seen: list[Any] = []
         steps = self._policy.astream(
-            self._candidates(), start, needs=self._prompt_needs(prompt),
-            on_select=chosen.append)
-        return self._atagged_stream(steps, chosen)
+            self._candidates(completion=True), start, needs=self._prompt_needs(prompt),
+            on_select=chosen.append,
+            resume=self._completion_resumer(prompt, formatted, kwargs, seen, aio=True))
+        return self._atagged_stream(steps, chosen, seen)
 
     # -- tools ----------------------------------------------------------------------------------
 
@@ -594,12 +666,51 @@ class FallbackLLM(FunctionCallingLLM):
         return self._policy.astream(self._candidates(reported=False), start)
 
 
+def _text(message: ChatMessage) -> str:
+    """The text of a message's text blocks (``content`` refuses messages with several
+    blocks, as a step with a tool call has)."""
+    return "".join(b.text for b in message.blocks if isinstance(b, TextBlock))
+
+
 def _prefixed(step: ChatResponse, text: str) -> ChatResponse:
     """A resuming candidate's step, its message holding the whole answer so far (LlamaIndex
     stream steps carry the text to date; ``delta`` stays the step's own)."""
     if text:
-        step.message.content = text + (step.message.content or "")
+        blocks = step.message.blocks
+        first = next((b for b in blocks if isinstance(b, TextBlock)), None)
+        if first is not None:
+            first.text = text + first.text
+        else:
+            blocks.insert(0, TextBlock(text=text))
     return step
+
+
+def _has_call(step: Any) -> bool:
+    message = getattr(step, "message", None)
+    return message is not None and any(isinstance(b, ToolCallBlock) for b in message.blocks)
+
+
+def _held(steps: Any) -> Generator[Any, None, None]:
+    """A candidate's steps, those with a tool call held until its stream ends: a stream cut
+    mid-call sends none of the call, and the next candidate makes it afresh."""
+    held = []
+    for step in steps:
+        if held or _has_call(step):
+            held.append(step)
+        else:
+            yield step
+    yield from held
+
+
+async def _aheld(steps: Any) -> AsyncGenerator[Any, None]:
+    held = []
+    async for step in steps:
+        if held or _has_call(step):
+            held.append(step)
+        else:
+            yield step
+    for step in held:
+        yield step
 
 
 def _answered(response: Any, outcome: Outcome[Any]) -> Any:

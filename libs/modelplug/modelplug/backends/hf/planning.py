@@ -116,9 +116,11 @@ def render(lm: HFModel, messages: list[Message], tools: list[dict[str, Any]] | N
             f"'{ref}' has no image processor, but the request has images. Use a "
             "vision model folder (with preprocessor_config.json)."
         )
+    # A final assistant message with text is a prefill: the answer continues it.
+    messages, prefill = tooling.split_prefill(messages)
     converted = [_hf_message(m, images) for m in messages]
     prompt = owner.apply_chat_template(converted, tools=tools, add_generation_prompt=True,
-                                       tokenize=False, **kwargs)
+                                       tokenize=False, **kwargs) + prefill
     if not images:
         return prompt, None
     pictures = _load_images(messages)
