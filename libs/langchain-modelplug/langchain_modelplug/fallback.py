@@ -36,6 +36,7 @@ from modelplug.catalog import CatalogModel
 from modelplug.errors import StreamInterruptedError, is_retryable
 from modelplug.fallback import (
     Candidate,
+    Continuation,
     FallbackPolicy,
     Needs,
     Outcome,
@@ -91,6 +92,18 @@ def candidate_endpoint(model: BaseChatModel, name: str) -> Endpoint | None:
                      if isinstance(v, str)), None)
     provider, _, model_name = name.partition(":")
     return Endpoint(provider, base_url, model_name)
+
+
+def continues_prefill(model: BaseChatModel) -> bool:
+    """Whether a candidate answers a conversation ending in an AIMessage by continuing its
+    text (an assistant prefill; ``ProviderSpec.prefill`` of our backends), so it may resume a
+    stream cut after text was sent: ours where the row says so, a nested set when every one of
+    its candidates can; another chat model is not assumed to."""
+    if isinstance(model, FallbackChatModel):
+        return all(continues_prefill(m) for m in model.models)
+    backend = getattr(model, "backend", None)
+    return type(model).__module__.startswith("langchain_modelplug") and bool(
+        getattr(backend, "continues_prefill", False))
 
 
 def _events_config(run_manager: Any, manager_class: type) -> RunnableConfig:
@@ -195,22 +208,22 @@ class _Sent:
         return message  # type: ignore[return-value]
 
     def resume(self, starting: Callable[[list[BaseMessage]], Any]) -> Any:
-        """The start of a continuation on the next candidate, or None when it cannot be
+        """The continuation on the next candidates, or None when it cannot be
         spliced: reasoning (thinking) already sent, or a tool call half sent (only when the
         candidate's chunks were not held, see ``_held``). With nothing but held chunks sent,
         the next candidate starts afresh; otherwise it continues the text already sent from
         an assistant prefill."""
         message = self.merged()
         if message is None:
-            return starting(self.messages)
+            return Continuation(starting(self.messages))
         kwargs = message.additional_kwargs
         if message.tool_call_chunks or kwargs.get("reasoning_content") or kwargs.get(
                 "thinking_blocks"):
             return None
         text = message.text if isinstance(message.text, str) else str(message.content)
         if not text:
-            return starting(self.messages)
-        return starting([*self.messages, AIMessage(content=text)])
+            return Continuation(starting(self.messages))
+        return Continuation(starting([*self.messages, AIMessage(content=text)]), prefill=True)
 
     def interrupted(self, exc: Exception) -> Exception:
         """A failover-worthy error after some of the answer was sent, as a
@@ -462,7 +475,8 @@ class FallbackChatModel(BaseChatModel):
                                      endpoint))
             else:
                 out.append(Candidate(names[i], bound or model,
-                                     getattr(model, "profile", None), endpoint))
+                                     getattr(model, "profile", None), endpoint,
+                                     continues=continues_prefill(model)))
         self._candidate_list = out
         return out
 

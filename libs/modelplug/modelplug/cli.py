@@ -1,4 +1,5 @@
-"""The ``modelplug`` command: ``list``, ``run MODEL PROMPT``, ``chat MODEL``, ``serve MODEL``.
+"""The ``modelplug`` command: ``list``, ``run MODEL PROMPT``, ``chat MODEL``, ``serve MODEL``,
+``health MODEL...``.
 
 Installed with ``pip install 'modelplug[cli]'`` (``[serve]`` adds the server's fastapi and
 uvicorn). Importing :mod:`modelplug` does not import this module.
@@ -274,6 +275,50 @@ def _capabilities(p: Profile) -> tuple[bool | None, ...]:
 
 def _context(profile: Profile) -> str:
     return f"{profile.max_input_tokens:,}" if profile.max_input_tokens else ""
+
+
+# -- health --------------------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def health(models: Annotated[list[str], typer.Argument(
+               help="Models to check, each 'provider:model_id' (e.g. 'vllm:Qwen/Qwen3-8B' "
+                    "-s base_url=...).", show_default=False)],
+           timeout: Annotated[float, typer.Option(
+               help="Seconds each networked check may take (no retries).")] = 10.0,
+           as_json: Annotated[bool, typer.Option(
+               "--json", help="Print the health table as JSON (for scripts and logs).")] = False,
+           settings: Settings = None) -> None:
+    """Check each MODEL's endpoint with a one-token request and show the routing health table
+    (modelplug.routing.health_table(): state, failures in a row, cooldown left, last error), as
+    fallback sets and pools route by it. -s settings go to the models that take them (a
+    network setting skips in-process models). Exits 1 when any check failed."""
+    from modelplug.fallback import candidate_settings
+    from modelplug.routing import check, health_table
+
+    # Settings go to the models that take them, as a fallback set's shared settings do.
+    shared = {"timeout": timeout, "max_retries": 0, **parse_settings(settings)}
+    failed: dict[str, str] = {}
+    for model, own in zip(models, candidate_settings(models, shared), strict=True):
+        backend = create_backend(model, **own)
+        error = check(backend)
+        if error is not None:
+            failed[model] = f"{type(error).__name__}: {error}"
+    rows = health_table()
+    if as_json:
+        console.print_json(json.dumps({"endpoints": rows, "failed_checks": failed}))
+    else:
+        table = _table("Routing health", ["endpoint", "state", "in a row", "retry in s",
+                                          "successes", "failures", "last error"], [
+            [r["endpoint"], r["state"], str(r["failures_in_a_row"]), str(r["retry_in_s"]),
+             str(r["successes"]), str(r["failures"]), escape(r["last_error"] or "")]
+            for r in rows])
+        console.print(table)
+        for model, error in failed.items():
+            notes.print(f"[red]{escape(model)}[/red]: {escape(error)}")
+    if failed:
+        raise typer.Exit(1)
 
 
 # -- run and chat ----------------------------------------------------------------------------

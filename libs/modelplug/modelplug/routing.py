@@ -249,6 +249,26 @@ def configure_health(*, threshold: int | None = None, cooldown: float | None = N
     HEALTH.configure(threshold=threshold, cooldown=cooldown, max_cooldown=max_cooldown)
 
 
+def check(backend: Any, health: HealthTable | None = None) -> BaseException | None:
+    """Ask ``backend`` for a one-token answer now and record how it went in ``health`` (the
+    process-wide table by default), as a call of a fallback set would: the error, or None for
+    an answer. ``modelplug health`` runs this for each model it is given."""
+    from modelplug.types import ChatRequest
+
+    table = health if health is not None else HEALTH
+    endpoint = backend_endpoint(backend)
+    if endpoint is None:
+        raise TypeError(f"{backend!r} is no modelplug backend (it has no model reference).")
+    table.start(endpoint)
+    try:
+        backend.chat(ChatRequest([{"role": "user", "content": "ping"}], max_tokens=1))
+    except Exception as exc:
+        table.finish(endpoint, exc)
+        return exc
+    table.finish(endpoint, None)
+    return None
+
+
 def _score(session: str, name: str) -> bytes:
     return hashlib.blake2b(f"{session}\x00{name}".encode(), digest_size=8).digest()
 
@@ -313,6 +333,7 @@ __all__ = [
     "HealthTable",
     "Router",
     "backend_endpoint",
+    "check",
     "configure_health",
     "counts",
     "health_table",

@@ -163,11 +163,16 @@ def create_app(model: ModelLike | Backend | MediaLike | MediaBackend | None = No
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """Liveness, as llama-server has it, with the in-process scheduler's load if any."""
+        """Liveness, as llama-server has it, with the in-process scheduler's load if any, and
+        the process's routing health table (``modelplug.routing.health_table()``: every
+        endpoint a fallback set or pool in this process has called)."""
+        from modelplug.routing import health_table
+
         stats = (backend.serving_stats() if isinstance(backend, Backend) else None) or {}
         closed = bool(stats.get("closed"))
         return JSONResponse({"status": "shutting_down" if closed else "ok", "model": served,
-                             **stats}, status_code=503 if closed else 200)
+                             **stats, "routing": health_table()},
+                            status_code=503 if closed else 200)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
