@@ -88,6 +88,22 @@ def test_stream_yields_deltas_then_usage(client, reference: str) -> None:
     assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
 
 
+def test_usage_is_the_models_own_count_in_openai_format(client, backend) -> None:
+    own = backend.chat(ChatRequest(ASK, **GREEDY)).usage  # the tokenizer's count, in-process
+    completion = client.chat.completions.create(model=SERVED, messages=ASK, **GREEDY)
+    streamed = list(client.chat.completions.create(
+        model=SERVED, messages=ASK, stream=True, stream_options={"include_usage": True},
+        **GREEDY))[-1]
+    for usage in (completion.usage, streamed.usage):
+        assert (usage.prompt_tokens, usage.completion_tokens) == (own.input_tokens,
+                                                                  own.output_tokens)
+        assert usage.total_tokens == own.total_tokens
+        assert usage.prompt_tokens_details.cached_tokens == own.cache_read_tokens
+        assert usage.prompt_tokens_details.audio_tokens == own.audio_input_tokens
+        assert usage.completion_tokens_details.reasoning_tokens == own.reasoning_tokens
+        assert usage.completion_tokens_details.audio_tokens == own.audio_output_tokens
+
+
 def test_stream_wire_format_is_sse_ending_with_done(url: str) -> None:
     body = {"model": SERVED, "messages": ASK, "stream": True, **GREEDY}
     with httpx.stream("POST", f"{url}/chat/completions", json=body,

@@ -185,6 +185,19 @@ def test_openai_usage_details_reach_the_span(spans, openai) -> None:
         assert attrs["server.port"] == int(url.rsplit(":", 1)[1].split("/")[0])
 
 
+def test_audio_tokens_reach_the_span(spans, openai) -> None:
+    fake, url = openai
+    audio = create_backend("openai:gpt-audio;tools", base_url=url, api_key=OPENAI_KEY,
+                           max_retries=0)
+    fake.reply({"content": "hi"}, usage=usage_block(prompt=100, completion=50, audio_in=40,
+                                                    audio_out=30))
+    audio.chat(ChatRequest(messages=ASK))
+    attrs = _one(spans.get_finished_spans(), "chat gpt-audio").attributes
+    assert (attrs["gen_ai.usage.audio.input_tokens"], attrs["gen_ai.usage.audio.output_tokens"]) \
+        == (40, 30)
+    assert (attrs["gen_ai.usage.input_tokens"], attrs["gen_ai.usage.output_tokens"]) == (100, 50)
+
+
 def test_anthropic_cache_reads_and_writes_reach_the_span(spans, anthropic) -> None:
     fake, url = anthropic
     claude = create_backend("anthropic:claude-sonnet-4-6", base_url=url, api_key=ANTHROPIC_KEY,
