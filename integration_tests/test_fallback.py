@@ -627,27 +627,45 @@ def test_one_run_per_call_and_usage_counted_once(local: ChatModelPlug) -> None:
     from langchain_core.callbacks import BaseCallbackHandler, UsageMetadataCallbackHandler
 
     class Recorder(BaseCallbackHandler):
+        """Events of the top-level run; its child runs' events (each candidate's attempt, for
+        tracing) apart, with the candidate's provider."""
+
         def __init__(self) -> None:
             self.events: list[str] = []
+            self.attempts: list[tuple[str, str]] = []
+            self.providers: dict = {}
 
-        def on_chat_model_start(self, serialized, messages, **kwargs):
-            self.events.append("start")
+        def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None,
+                                metadata=None, **kwargs):
+            if parent_run_id is None:
+                self.events.append("start")
+            else:
+                self.providers[run_id] = (metadata or {}).get("ls_provider")
 
-        def on_llm_new_token(self, token, **kwargs):
+        def on_llm_new_token(self, token, *, run_id, parent_run_id=None, **kwargs):
             self.events.append("token")
 
-        def on_llm_end(self, response, **kwargs):
-            self.events.append("end")
+        def on_llm_end(self, response, *, run_id, parent_run_id=None, **kwargs):
+            if parent_run_id is None:
+                self.events.append("end")
+            else:
+                message = response.generations[0][0].message
+                assert not message.usage_metadata  # counted once, on the fallback run
+                self.attempts.append((self.providers[run_id], "end"))
 
-        def on_llm_error(self, error, **kwargs):
-            self.events.append("error")
+        def on_llm_error(self, error, *, run_id, parent_run_id=None, **kwargs):
+            if parent_run_id is None:
+                self.events.append("error")
+            else:
+                self.attempts.append((self.providers[run_id], type(error).__name__))
 
     recorder, usage = Recorder(), UsageMetadataCallbackHandler()
     llm = FallbackChatModel([down(), local])
     message = llm.invoke(QUESTION, config={"callbacks": [recorder, usage]})
-    # The candidates run inside the fallback run: one start, one end; the failed candidate is
-    # in the answer's metadata, not an error event.
+    # The candidates run inside the fallback run: one start, one end, usage counted once; each
+    # candidate's attempt is a child run (for tracing), the failed one ending with its error.
     assert recorder.events == ["start", "end"]
+    assert recorder.attempts == [("vllm", "ProviderUnavailableError"), ("llamacpp", "end")]
     assert usage.usage_metadata == {"smollm2": message.usage_metadata}
 
     recorder = Recorder()
