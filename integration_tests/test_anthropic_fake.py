@@ -209,6 +209,19 @@ def test_tool_choice_on_the_wire(fake, make, choice, wire):
     assert fake.last["tool_choice"] == wire
 
 
+@pytest.mark.parametrize(("choice", "wire"), [
+    (None, {"type": "auto", "disable_parallel_tool_use": True}),
+    ("any", {"type": "any", "disable_parallel_tool_use": True}),
+    ("none", {"type": "none"}),  # Anthropic's "none" takes no such switch
+])
+def test_parallel_tool_calls_false_disables_parallel_tool_use(fake, make, choice, wire):
+    fake.reply([text("ok")])
+    make().bind_tools([GetWeather, GetTime], tool_choice=choice,
+                      parallel_tool_calls=False).invoke("Time in Oslo?")
+    assert fake.last["tool_choice"] == wire
+    assert "parallel_tool_calls" not in fake.last
+
+
 def test_invoke_returns_tool_calls(fake, make):
     fake.reply([text("Checking."),
                 {"type": "tool_use", "id": "toolu_A1", "name": "GetWeather",

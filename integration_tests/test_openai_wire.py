@@ -252,6 +252,29 @@ def test_tool_choice_on_the_wire(fake: FakeOpenAI, choice: str, wire) -> None:
     assert [t["function"]["name"] for t in sent["tools"]] == ["GetWeather", "GetTime"]
 
 
+def test_parallel_tool_calls_is_a_request_field_of_both_adapters(fake: FakeOpenAI) -> None:
+    from llama_index.core.tools import FunctionTool
+    from llama_index.llms.modelplug import ModelPlug
+
+    fake.reply({"content": "ok"})
+    _llm(fake, "openai:gpt-4o").bind_tools([GetWeather], parallel_tool_calls=False).invoke("q")
+    assert fake.requests[-1]["parallel_tool_calls"] is False
+
+    def get_time(city: str) -> str:
+        """Get the local time in a city."""
+        return "12:00"
+
+    llm = ModelPlug(model="openai:gpt-4o", base_url=fake.base_url, api_key=API_KEY)  # type: ignore[attr-defined]
+    for allow in (False, True):  # LlamaIndex's default is one call per answer
+        fake.reply({"content": "ok"})
+        llm.chat_with_tools([FunctionTool.from_defaults(fn=get_time)], user_msg="q",
+                            allow_parallel_tool_calls=allow)
+        assert fake.requests[-1]["parallel_tool_calls"] is allow
+    fake.reply({"content": "ok"})
+    llm.complete("q")  # no tools: no parallel_tool_calls
+    assert "parallel_tool_calls" not in fake.requests[-1]
+
+
 def test_llamaserver_named_tool_choice_is_required_over_that_tool(fake: FakeOpenAI) -> None:
     # llama-server reads tool_choice only as a string; an object would quietly become "auto".
     fake.api_key = "modelplug-local"

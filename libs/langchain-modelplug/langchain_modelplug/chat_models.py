@@ -33,12 +33,9 @@ from langchain_modelplug._convert import (
 from modelplug import ChatRequest
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.backends.structured import check_finished
-from modelplug.types import normalise_tool_choice
+from modelplug.types import normalise_tool_choice, request_fields
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
-#: Per-call keyword arguments that map onto ChatRequest fields.
-_REQUEST_FIELDS = ("tools", "tool_choice", "response_format", "temperature", "top_p",
-                   "max_tokens", "stop", "seed", "reasoning", "headers")
 
 
 class ChatModelPlug(BaseChatModel):
@@ -221,19 +218,16 @@ class ChatModelPlug(BaseChatModel):
     # -- requests -------------------------------------------------------------------------------
 
     def _sampling_params(self) -> dict[str, Any]:
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
-                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed,
-                  "reasoning": self.reasoning}
-        return {k: v for k, v in params.items() if v is not None}
+        return request_fields(self, {})[0]
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None,
                  kwargs: dict[str, Any]) -> ChatRequest:
-        fields = self._sampling_params()
-        fields.update({k: kwargs.pop(k) for k in _REQUEST_FIELDS if k in kwargs})
+        fields, extra = request_fields(self, kwargs)
         if stop is not None:
             fields["stop"] = stop
-        kwargs.pop("stream", None)
-        extra = {k: v for k, v in kwargs.items() if not k.startswith("ls_")}  # tracing keys
+        # LangChain's own keys are no provider fields: the stream flag, and the LangSmith
+        # tracing keys (ls_structured_output_format from with_structured_output, ...).
+        extra = {k: v for k, v in extra.items() if k != "stream" and not k.startswith("ls_")}
         return ChatRequest(messages=to_openai_messages(messages), extra=extra, **fields)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,

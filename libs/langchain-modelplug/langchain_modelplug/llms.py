@@ -14,9 +14,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 from modelplug import CompletionRequest, UnsupportedCapabilityError
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.errors import amend_message
-from modelplug.types import ChatChunk, ChatResponse, Usage
-
-_REQUEST_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+from modelplug.types import ChatChunk, ChatResponse, Usage, request_fields
 
 
 @contextlib.contextmanager
@@ -158,17 +156,14 @@ class ModelPlugLLM(BaseLLM):
     # -- requests -------------------------------------------------------------------------------
 
     def _sampling_params(self) -> dict[str, Any]:
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
-                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed}
-        return {k: v for k, v in params.items() if v is not None}
+        return request_fields(self, {}, completion=True)[0]
 
     def _request(self, prompt: str, stop: list[str] | None,
                  kwargs: dict[str, Any]) -> CompletionRequest:
-        fields = self._sampling_params()
-        fields.update({k: kwargs[k] for k in _REQUEST_FIELDS if k in kwargs})
+        fields, extra = request_fields(self, kwargs, completion=True)
         if stop is not None:
             fields["stop"] = stop
-        extra = {k: v for k, v in kwargs.items() if k not in _REQUEST_FIELDS and k != "stream"}
+        extra.pop("stream", None)
         return CompletionRequest(prompt=prompt, extra=extra, **fields)
 
     @staticmethod

@@ -88,6 +88,10 @@ class ChatRequest:
     tools: list[dict[str, Any]] | None = None
     #: "auto", "none", "required" (any tool), or a tool name to force.
     tool_choice: ToolChoice = None
+    #: False: at most one tool call per answer. Sent where the API has the switch (OpenAI's
+    #: ``parallel_tool_calls``, Anthropic's ``disable_parallel_tool_use``); in-process models make
+    #: one call per turn anyway; None: the provider's default.
+    parallel_tool_calls: bool | None = None
     #: {"type": "json_object"} or {"type": "json_schema", "json_schema": {name, schema, strict}}.
     response_format: dict[str, Any] | None = None
     temperature: float | None = None
@@ -118,6 +122,40 @@ class ChatRequest:
         if rf.get("type") == "json_schema":
             return rf.get("json_schema", {}).get("schema")
         return None
+
+
+#: The sampling fields of both requests, which an adapter object also holds for every call.
+SAMPLING_FIELDS = ("temperature", "max_tokens", "top_p", "stop", "seed")
+#: The :class:`ChatRequest` fields a framework call may set by keyword argument.
+REQUEST_FIELDS = frozenset({*SAMPLING_FIELDS, "reasoning", "tools", "tool_choice",
+                            "parallel_tool_calls", "response_format", "headers"})
+
+
+def request_fields(model: Any, kwargs: dict[str, Any], *, completion: bool = False,
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The request fields of one call through an adapter, and the rest: the one way both
+    adapters (LangChain's and LlamaIndex's) build a :class:`ChatRequest` (or, ``completion``,
+    a :class:`CompletionRequest`).
+
+    The fields are ``model``'s own settings (its attributes named in :data:`SAMPLING_FIELDS`,
+    and ``reasoning`` for chat) that are set (not None), overridden by the call's keyword
+    arguments naming a field of the request; every other keyword argument is returned apart,
+    for the request's ``extra`` (provider fields). ``kwargs`` is left as it was.
+    """
+    own = SAMPLING_FIELDS if completion else (*SAMPLING_FIELDS, "reasoning")
+    per_call = SAMPLING_FIELDS if completion else REQUEST_FIELDS
+    fields = {}
+    for name in own:
+        value = getattr(model, name)
+        if value is not None:
+            fields[name] = value
+    extra = {}
+    for key, value in kwargs.items():
+        if key in per_call:
+            fields[key] = value
+        else:
+            extra[key] = value
+    return fields, extra
 
 
 @dataclass

@@ -246,6 +246,8 @@ class AnthropicBackend(Backend):
             params["tool_choice"] = {"type": "tool", "name": JSON_TOOL_NAME}
         elif request.tools:
             choice = convert_tool_choice(request.tool_choice, tools)
+            if request.parallel_tool_calls is False and (choice or {}).get("type") != "none":
+                choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
             if choice is not None:
                 params["tool_choice"] = choice
         if tools:

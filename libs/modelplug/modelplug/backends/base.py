@@ -100,8 +100,8 @@ class Backend:
         if kind != "text" and profile.structured_output is False:
             raise UnsupportedCapabilityError(
                 f"Model '{self.ref}' cannot honour response_format {kind!r}. Use a model with "
-                "structured output, or ask for the shape as a forced tool call "
-                "(with_structured_output(..., method='function_calling'))."
+                "structured output, or ask for the shape as a forced tool call (one tool whose "
+                "parameters are the schema, tool_choice naming it)."
             )
         if self.spec.in_process:  # their grammar refuses what it cannot enforce, before loading
             from modelplug.backends import structured

@@ -50,9 +50,6 @@ LOCAL_PLACEHOLDER_KEY = "modelplug-local"
 #: max_completion_tokens instead of max_tokens and only the default temperature (1).
 _O_SERIES = re.compile(r"^o\d")
 
-#: Fields LangChain may leave in per-call kwargs for its own tracing; never request fields.
-_NOT_REQUEST_FIELDS = frozenset({"ls_structured_output_format"})
-
 #: Servers that read ``tool_choice`` only as a string ("auto", "none", "required"): llama-server
 #: takes an object ``{"type": "function", ...}`` as the wrong type and falls back to "auto" with
 #: only a log line. There a named choice is sent as "required" over just the named tool.
@@ -184,7 +181,7 @@ class OpenAICompatBackend(Backend):
             self._set_tool_choice(request, body)
         if request.response_format is not None:
             body["response_format"] = request.response_format
-        for name in ("temperature", "top_p", "max_tokens", "seed"):
+        for name in ("temperature", "top_p", "max_tokens", "seed", "parallel_tool_calls"):
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
@@ -194,7 +191,7 @@ class OpenAICompatBackend(Backend):
         self._reasoning_switch(request.reasoning, body, extra_body)
         self._prefill(request, extra_body)
         extra_body.update(self.settings.get("model_kwargs") or {})
-        extra_body.update({k: v for k, v in request.extra.items() if k not in _NOT_REQUEST_FIELDS})
+        extra_body.update(request.extra)
         if self.is_o_series:
             if "max_tokens" in body:
                 body["max_completion_tokens"] = body.pop("max_tokens")
@@ -241,9 +238,8 @@ class OpenAICompatBackend(Backend):
             return  # a local server may embed with any model it serves
         if info.kind == "embedding":
             raise UnsupportedCapabilityError(
-                f"'{self.ref}' is an embedding model and has no chat. Use it with "
-                "ModelPlugEmbeddings (LangChain) or ModelPlugEmbedding (LlamaIndex), or chat with "
-                f"a chat model of {self.spec.key!r}.")
+                f"'{self.ref}' is an embedding model and has no chat. Use it for embeddings, "
+                f"or chat with a chat model of {self.spec.key!r}.")
         embedders = [m.key for m in models_for(self.spec.key) if m.kind == "embedding"]
         raise UnsupportedCapabilityError(
             f"'{self.ref}' is a chat model and has no embeddings. Use an embedding model: "

@@ -38,18 +38,14 @@ from llama_index.llms.modelplug._convert import (
 from modelplug import ChatRequest, CompletionRequest
 from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.backends.structured import check_finished
-from modelplug.types import normalise_tool_choice
+from modelplug.types import normalise_tool_choice, request_fields
 
 if TYPE_CHECKING:
     from llama_index.core.program.utils import FlexibleModel
     from llama_index.core.tools.types import BaseTool
 
-#: Per-call keyword arguments that map onto ChatRequest fields.
-_REQUEST_FIELDS = ("tools", "tool_choice", "response_format", "temperature", "top_p",
-                   "max_tokens", "stop", "seed", "reasoning", "headers")
 #: Per-call keyword arguments LlamaIndex passes that are not request fields.
 _DROPPED = ("formatted", "strict", "tool_required")
-_OPENAI_COMPAT = "modelplug.backends.openai_compat:"
 
 
 class ModelPlug(FunctionCallingLLM):
@@ -207,45 +203,31 @@ class ModelPlug(FunctionCallingLLM):
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _sampling(self) -> dict[str, Any]:
-        params = {"temperature": self.temperature, "max_tokens": self.max_tokens,
-                  "top_p": self.top_p, "stop": self.stop, "seed": self.seed,
-                  "reasoning": self.reasoning}
-        return {k: v for k, v in params.items() if v is not None}
-
     def _request(self, messages: Sequence[ChatMessage],
                  kwargs: dict[str, Any]) -> tuple[ChatRequest, bool]:
         """The neutral request, and whether only one tool call may come back."""
-        kwargs = dict(kwargs)  # the caller's dict stays as it was
-        fields = self._sampling()
-        fields.update({k: kwargs.pop(k) for k in _REQUEST_FIELDS if k in kwargs})
-        required = bool(kwargs.get("tool_required"))
+        fields, extra = request_fields(self, kwargs)  # the caller's dict stays as it was
+        required = bool(extra.get("tool_required"))
         for name in _DROPPED:
-            kwargs.pop(name, None)
-        tools = fields.get("tools")
+            extra.pop(name, None)
+        tools = fields.pop("tools", None)
+        choice = fields.pop("tool_choice", None)
         if tools:
             fields["tools"] = [_openai_tool(t) for t in tools]
-            choice = fields.get("tool_choice")
             if choice is None and required:
                 choice = "required"
             fields["tool_choice"] = normalise_tool_choice(choice, fields["tools"])
         else:
-            fields.pop("tools", None)
-            fields.pop("tool_choice", None)
-        single = kwargs.pop("parallel_tool_calls", None) is False and bool(tools)
-        if single and self._backend.spec.backend.startswith(_OPENAI_COMPAT):
-            kwargs["parallel_tool_calls"] = False
-        return ChatRequest(messages=to_openai_messages(messages), extra=kwargs, **fields), single
+            fields.pop("parallel_tool_calls", None)
+        single = fields.get("parallel_tool_calls") is False
+        return ChatRequest(messages=to_openai_messages(messages), extra=extra, **fields), single
 
     def _completion_request(self, prompt: str, formatted: bool,
                             kwargs: dict[str, Any]) -> CompletionRequest:
-        fields = {k: v for k, v in self._sampling().items() if k != "reasoning"}
-        kwargs = dict(kwargs)
-        fields.update({k: kwargs.pop(k) for k in ("temperature", "top_p", "max_tokens", "stop",
-                                                  "seed") if k in kwargs})
+        fields, extra = request_fields(self, kwargs, completion=True)
         if not formatted:
             prompt = self.completion_to_prompt(prompt)
-        return CompletionRequest(prompt=prompt, extra=kwargs, **fields)
+        return CompletionRequest(prompt=prompt, extra=extra, **fields)
 
     @property
     def _provider(self) -> str:

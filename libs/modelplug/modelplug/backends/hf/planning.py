@@ -104,8 +104,8 @@ def render(lm: HFModel, messages: list[Message], tools: list[dict[str, Any]] | N
     owner = lm.processor if lm.processor is not None else lm.tokenizer
     if not getattr(owner, "chat_template", None):
         raise ConfigurationError(
-            f"'{ref}' has no chat template. Use a chat/instruct model, or raw "
-            "completion (ModelPlugLLM) for a base model."
+            f"'{ref}' has no chat template. Use a chat/instruct model, or raw text "
+            "completion (the prompt as written, no template) for a base model."
         )
     kwargs: dict[str, Any] = {}
     if request.reasoning is not None:  # the Qwen3-style switch; other templates ignore it
