@@ -419,3 +419,32 @@ def test_openinference_llama_index_nests_modelplug_spans(provider) -> None:
         response.raw["usage"]["completion_tokens"]
     assert _tree(finished)["ModelPlug.chat"] == ["chat smollm2"]
     assert _one(finished, "chat smollm2").attributes["gen_ai.provider.name"] == "llamacpp"
+
+
+def test_openinference_llama_index_shows_each_fallback_attempt(provider) -> None:
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.modelplug import FallbackLLM, ModelPlug
+    from openinference.instrumentation.llama_index import LlamaIndexInstrumentor
+
+    tracer_provider, exporter = provider
+    exporter.clear()
+    instrumentor = LlamaIndexInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider)
+    try:
+        dead = ModelPlug(model="vllm:dead", base_url=_dead_url(), max_retries=0, timeout=5)
+        local = ModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=4)
+        response = FallbackLLM([dead, local], health=False).chat(
+            [ChatMessage(role="user", content="Hi")])
+    finally:
+        instrumentor.uninstrument()
+    finished = exporter.get_finished_spans()
+    run = _one(finished, "FallbackLLM.chat")
+    attempts = sorted((s for s in finished if s.name == "ModelPlug.chat"),
+                      key=lambda s: s.start_time)
+    assert [s.parent.span_id for s in attempts] == [run.context.span_id] * 2
+    failed, answered = attempts
+    assert failed.attributes["llm.model_name"] == "vllm:dead"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert answered.attributes["llm.model_name"] == "llamacpp:smollm2"
+    assert answered.attributes["llm.token_count.completion"] == \
+        response.raw["usage"]["completion_tokens"]
