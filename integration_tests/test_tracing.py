@@ -128,6 +128,20 @@ def test_chat_spans_on_the_real_local_model(spans, smollm2) -> None:
         assert span.status.status_code is StatusCode.UNSET
 
 
+def test_a_batch_is_one_span_per_request(spans, smollm2) -> None:
+    requests = [ChatRequest(messages=[{"role": "user", "content": q}], max_tokens=n,
+                            temperature=0)
+                for q, n in (("Say hi.", 2), ("Name a colour, then a fruit.", 5))]
+    answers = smollm2.batch(requests)  # one batched generation in-process
+    answers += asyncio.run(smollm2.abatch(requests))
+    finished = spans.get_finished_spans()
+    assert [s.name for s in finished] == ["chat smollm2"] * 4  # the inner calls not again
+    for span, answer in zip(finished, answers, strict=True):
+        assert span.attributes["gen_ai.usage.input_tokens"] == answer.usage.input_tokens
+        assert span.attributes["gen_ai.usage.output_tokens"] == answer.usage.output_tokens
+    assert [s.attributes["gen_ai.request.max_tokens"] for s in finished] == [2, 5, 2, 5]
+
+
 def test_a_stream_closed_early_ends_its_span_without_error(spans, smollm2) -> None:
     stream = smollm2.stream(ChatRequest(messages=ASK, max_tokens=16, temperature=0))
     next(stream)

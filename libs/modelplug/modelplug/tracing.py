@@ -49,6 +49,7 @@ TRACED_METHODS = {
     "complete": "text_completion", "acomplete": "text_completion",
     "stream_complete": "text_completion", "astream_complete": "text_completion",
     "embed": "embeddings", "aembed": "embeddings",
+    "batch": "chat", "abatch": "chat",  # one span per request, as long as the batch
 }
 _STREAMS = frozenset({"stream", "astream", "stream_complete", "astream_complete"})
 
@@ -223,7 +224,61 @@ def _start(backend: Any, method: str, args: tuple[Any, ...]) -> _CallSpan | None
     return None if tracer_ is None else _CallSpan(tracer_, backend, method, args)
 
 
+def _traced_batch(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A batch (an in-process backend's one batched generation, or the default loop) as one
+    ``chat`` span per request, each ending with its own answer."""
+    def begin(backend: Any, requests: Any) -> list[_CallSpan] | None:
+        if _active.get() is backend:
+            return None
+        tracer_ = tracer()
+        return None if tracer_ is None else [_CallSpan(tracer_, backend, "chat", (r,))
+                                             for r in requests]
+
+    def end(calls: list[_CallSpan], results: Any, exc: BaseException | None) -> None:
+        for i, call in enumerate(calls):
+            if exc is None and i < len(results):
+                call.answered(results[i])
+            call.end(exc)
+
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def abatch(self: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
+            calls = begin(self, requests)
+            if calls is None:
+                return await method(self, requests, *args, **kwargs)
+            token = _active.set(self)
+            try:
+                results = await method(self, requests, *args, **kwargs)
+            except BaseException as exc:
+                end(calls, None, exc)
+                raise
+            finally:
+                _active.reset(token)
+            end(calls, results, None)
+            return results
+        return abatch
+
+    @functools.wraps(method)
+    def batch(self: Any, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        calls = begin(self, requests)
+        if calls is None:
+            return method(self, requests, *args, **kwargs)
+        token = _active.set(self)
+        try:
+            results = method(self, requests, *args, **kwargs)
+        except BaseException as exc:
+            end(calls, None, exc)
+            raise
+        finally:
+            _active.reset(token)
+        end(calls, results, None)
+        return results
+    return batch
+
+
 def _traced(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    if name in ("batch", "abatch"):
+        return _traced_batch(method)
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
         async def agen(self: Any, *args: Any, **kwargs: Any) -> Any:
