@@ -30,11 +30,14 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import logging
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
+
+logger = logging.getLogger("modelplug.tracing")
 
 __all__ = ["PROVIDER_NAMES", "TRACED_METHODS", "configure", "fallback_trace", "instrument",
            "provider_name", "traced_run", "tracer"]
@@ -190,6 +193,12 @@ class _CallSpan:
         self.last: dict[str, Any] = {}
 
     def chunk(self, chunk: Any) -> None:
+        try:
+            self._chunk(chunk)
+        except Exception:  # tracing never fails a call
+            logger.debug("modelplug could not read a chunk for its span", exc_info=True)
+
+    def _chunk(self, chunk: Any) -> None:
         if self.first:
             self.first = False
             self.span.set_attribute("gen_ai.response.time_to_first_chunk",
@@ -197,6 +206,12 @@ class _CallSpan:
         self.last.update(_response_attributes(chunk))
 
     def answered(self, result: Any) -> None:
+        try:
+            self._answered(result)
+        except Exception:  # tracing never fails a call
+            logger.debug("modelplug could not read an answer for its span", exc_info=True)
+
+    def _answered(self, result: Any) -> None:
         if isinstance(result, list):  # embeddings
             if result and isinstance(result[0], list):
                 self.span.set_attribute("gen_ai.embeddings.dimension.count", len(result[0]))
@@ -221,7 +236,13 @@ def _start(backend: Any, method: str, args: tuple[Any, ...]) -> _CallSpan | None
     if _active.get() is backend:
         return None
     tracer_ = tracer()
-    return None if tracer_ is None else _CallSpan(tracer_, backend, method, args)
+    if tracer_ is None:
+        return None
+    try:
+        return _CallSpan(tracer_, backend, method, args)
+    except Exception:  # tracing never fails a call: it runs untraced
+        logger.debug("modelplug could not start a span for %s", method, exc_info=True)
+        return None
 
 
 def _traced_batch(method: Callable[..., Any]) -> Callable[..., Any]:
