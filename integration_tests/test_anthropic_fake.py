@@ -4,6 +4,7 @@ fields, streamed tool_use). Every test checks what the SDK put on the wire and w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
@@ -134,6 +135,16 @@ async def test_ainvoke_and_astream(fake, make):
     assert full.content == "streamed async hello"
     assert full.usage_metadata["output_tokens"] == 4
     assert fake.requests[-1]["stream"] is True and "stream" not in fake.requests[-2]
+
+
+def test_one_model_from_two_event_loops(fake, make):
+    # An async connection pool belongs to the loop that opened it: each loop gets its own client.
+    llm = make()
+    for answer in ("first loop", "second loop"):
+        fake.reply([text(answer)])
+        assert asyncio.run(llm.ainvoke("hi")).content == answer
+    fake.reply([text("streamed in a third")])
+    assert asyncio.run(_afold(llm.astream("hi"))).content == "streamed in a third"
 
 
 def test_max_tokens_stop_reason_is_length(fake, make):

@@ -169,7 +169,7 @@ CASES: dict[str, tuple[Callable[[Path], Any], type[BaseException], str]] = {
                            r"For example: ChatModelPlug\(model='openai:gpt-4o', api_key=\.\.\.\)"),
     "missing anthropic key": (lambda _: ChatModelPlug(model="anthropic:claude-sonnet-4-6"),
                               ConfigurationError,
-                              r"No API key for 'anthropic:claude-sonnet-4-6': set the "
+                              r"'anthropic' needs an API key and none was found: set the "
                               r"ANTHROPIC_API_KEY environment variable"),
     "fallback without candidates": (lambda _: FallbackChatModel([]), ValueError,
                                     r"needs at least one candidate"),

@@ -4,6 +4,7 @@ Every test checks what the SDK put on the wire and what came back."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import pytest
@@ -130,6 +131,16 @@ async def test_ainvoke_and_astream(fake, make):
     assert full.additional_kwargs["reasoning_content"] == "say hi"
     assert full.usage_metadata["output_tokens"] == 4
     assert fake.last_chat["think"] is True and fake.last_chat["stream"] is True
+
+
+def test_one_model_from_two_event_loops(fake, make):
+    # An async connection pool belongs to the loop that opened it: each loop gets its own client.
+    llm = make()
+    for answer in ("first loop", "second loop"):
+        fake.reply(answer)
+        assert asyncio.run(llm.ainvoke("hi")).content == answer
+    fake.reply("streamed in a third")
+    assert asyncio.run(_afold(llm.astream("hi"))).content == "streamed in a third"
 
 
 # -- thinking -----------------------------------------------------------------------------------

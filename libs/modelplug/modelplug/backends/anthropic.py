@@ -30,12 +30,12 @@ with the two cache counts in their own fields.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from modelplug.backends.base import Backend, maps_errors
+from modelplug.backends.base import maps_errors
+from modelplug.backends.networked import NetworkedBackend
 from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabilityError
 from modelplug.profile import Profile
 from modelplug.types import (
@@ -72,29 +72,16 @@ STOP_REASONS = {
 _DATA_URL = re.compile(r"^data:(?P<media>[\w/+.-]+);base64,(?P<data>.*)$", re.DOTALL)
 
 
-class AnthropicBackend(Backend):
+class AnthropicBackend(NetworkedBackend):
     """Claude models through ``anthropic.Anthropic`` / ``anthropic.AsyncAnthropic``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Fail at construction, before any request: a missing key or a bad budget.
-        self._api_key = self._find_api_key()
+        self._api_key = self.require_api_key()
         self._thinking_budget = self._checked_budget()
-        self._client: Any = None
-        self._aclient: Any = None
 
     # -- configuration --------------------------------------------------------------------------
-
-    def _find_api_key(self) -> Any:
-        key = self.settings.get("api_key")
-        if key is not None:
-            return key
-        env = self.spec.api_key_env or "ANTHROPIC_API_KEY"
-        if os.environ.get(env):
-            return os.environ[env]
-        raise ConfigurationError(
-            f"No API key for '{self.ref}': set the {env} environment variable or pass the "
-            "setting api_key.", setting="api_key")
 
     def _checked_budget(self) -> int | None:
         budget = self.settings.get("thinking_budget")
@@ -124,31 +111,14 @@ class AnthropicBackend(Backend):
     def secrets(self) -> list[Any]:
         return [self._api_key]
 
-    def _client_kwargs(self) -> dict[str, Any]:
-        key = self._api_key
-        # SecretStr is unwrapped here only, straight into the SDK client.
-        key = key.get_secret_value() if hasattr(key, "get_secret_value") else key
-        kwargs: dict[str, Any] = {"api_key": key}
+    def new_client(self, is_async: bool) -> Any:
+        import anthropic
+
+        kwargs: dict[str, Any] = {"api_key": self.secret_value(self._api_key)}
         for name in ("base_url", "timeout", "max_retries", "default_headers"):
             if self.settings.get(name) is not None:
                 kwargs[name] = self.settings[name]
-        return kwargs
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import anthropic
-
-            self._client = anthropic.Anthropic(**self._client_kwargs())
-        return self._client
-
-    @property
-    def aclient(self) -> Any:
-        if self._aclient is None:
-            import anthropic
-
-            self._aclient = anthropic.AsyncAnthropic(**self._client_kwargs())
-        return self._aclient
+        return (anthropic.AsyncAnthropic if is_async else anthropic.Anthropic)(**kwargs)
 
     def profile(self) -> Profile:
         known = self.ref.info is not None

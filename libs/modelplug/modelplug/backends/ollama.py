@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from modelplug.backends.base import Backend, collect_stream, maps_errors
+from modelplug.backends.base import collect_stream, maps_errors
+from modelplug.backends.networked import NetworkedBackend
 from modelplug.errors import ConfigurationError, ModelNotFoundError, UnsupportedCapabilityError
 from modelplug.profile import Profile
 from modelplug.types import (
@@ -87,7 +88,7 @@ def _sending(headers: dict[str, str] | None) -> Iterator[None]:
         _REQUEST_HEADERS.reset(token)
 
 
-class OllamaBackend(Backend):
+class OllamaBackend(NetworkedBackend):
     """Models served by Ollama, through ``ollama.Client`` / ``ollama.AsyncClient``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -98,8 +99,6 @@ class OllamaBackend(Backend):
                 f"model_keep_alive_seconds must be a number of seconds (negative keeps the model "
                 f"loaded indefinitely, 0 unloads it at once); got {keep!r}."
             )
-        self._client: Any = None
-        self._aclient: Any = None
         self._shown: dict[str, Any] | None = None
 
     # -- clients --------------------------------------------------------------------------------
@@ -115,21 +114,10 @@ class OllamaBackend(Backend):
             kwargs["headers"] = dict(self.settings["default_headers"])
         return kwargs
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import ollama
+    def new_client(self, is_async: bool) -> Any:
+        import ollama
 
-            self._client = ollama.Client(**self._client_kwargs())
-        return self._client
-
-    @property
-    def aclient(self) -> Any:
-        if self._aclient is None:
-            import ollama
-
-            self._aclient = ollama.AsyncClient(**self._client_kwargs())
-        return self._aclient
+        return (ollama.AsyncClient if is_async else ollama.Client)(**self._client_kwargs())
 
     # -- profile --------------------------------------------------------------------------------
 

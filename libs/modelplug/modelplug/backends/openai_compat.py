@@ -13,19 +13,16 @@ llama-server's ``/props`` tells, before the first request, whether its template 
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import threading
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from modelplug.backends import tooling
-from modelplug.backends.base import Backend, collect_stream, maps_errors
+from modelplug.backends.base import collect_stream, maps_errors
+from modelplug.backends.networked import NetworkedBackend
 from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
 from modelplug.catalog import models_for
-from modelplug.errors import ConfigurationError, RefusalError, UnsupportedCapabilityError
+from modelplug.errors import RefusalError, UnsupportedCapabilityError
 from modelplug.profile import Profile
 from modelplug.types import (
     THINKING_BLOCKS,
@@ -61,20 +58,14 @@ _PROPS_SERVERS = frozenset({"llamaserver"})
 PROBE_TIMEOUT_S = 2.0
 
 
-class OpenAICompatBackend(Backend):
+class OpenAICompatBackend(NetworkedBackend):
     """Chat and embeddings over ``/v1/chat/completions`` and ``/v1/embeddings``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
-        self._client: Any = None
-        # One async client per event loop: an async connection pool belongs to the loop that
-        # opened it, and reusing it from another loop fails.
-        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
         self._props: dict[str, Any] | None = None  # llama-server's /props, once probed
-        self._check_api_key()  # a missing key fails here, before any request
+        if self.spec.kind == "cloud":  # local servers take no key
+            self.require_api_key()  # a missing key fails here, before any request
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -86,25 +77,9 @@ class OpenAICompatBackend(Backend):
     def is_o_series(self) -> bool:
         return self.spec.key == "openai" and bool(_O_SERIES.match(self.ref.model_id))
 
-    def _check_api_key(self) -> None:
-        if self.settings.get("api_key") is not None or self.spec.kind != "cloud":
-            return
-        env = self.spec.api_key_env
-        if env is None or not os.environ.get(env):
-            where = f"set the {env} environment variable or pass" if env else "pass"
-            raise ConfigurationError(
-                f"Provider {self.spec.key!r} needs an API key and none was found: {where} "
-                "the setting api_key.", setting="api_key")
-
     def _api_key(self) -> str:
-        key = self.settings.get("api_key")
-        if key is not None:
-            # SecretStr stays wrapped until the client is built.
-            return key.get_secret_value() if hasattr(key, "get_secret_value") else str(key)
-        env = self.spec.api_key_env
-        if env and os.environ.get(env):
-            return os.environ[env]
-        return LOCAL_PLACEHOLDER_KEY
+        key = self.api_key()
+        return LOCAL_PLACEHOLDER_KEY if key is None else str(self.secret_value(key))
 
     def secrets(self) -> list[Any]:
         key = self._api_key()
@@ -117,28 +92,10 @@ class OpenAICompatBackend(Backend):
                 kwargs[name] = self.settings[name]
         return kwargs
 
-    @property
-    def client(self) -> Any:
-        """The sync ``openai.OpenAI`` client, built on first use."""
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import openai
-
-                    self._client = openai.OpenAI(**self._client_kwargs())
-        return self._client
-
-    @property
-    def aclient(self) -> Any:
-        """The ``openai.AsyncOpenAI`` client of the running event loop, built on first use."""
+    def new_client(self, is_async: bool) -> Any:
         import openai
 
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            client = self._aclients.get(loop)
-            if client is None:
-                client = self._aclients[loop] = openai.AsyncOpenAI(**self._client_kwargs())
-        return client
+        return (openai.AsyncOpenAI if is_async else openai.OpenAI)(**self._client_kwargs())
 
     # -- what the model can do -------------------------------------------------------------------
 
