@@ -4,8 +4,10 @@ spread and stability."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from modelplug.errors import BadRequestError, ProviderTimeoutError, RateLimitError
@@ -218,3 +220,37 @@ def test_continue_final_message_goes_exactly_to_the_rows_that_need_it(
         assert flags == ({"continue_final_message": True, "add_generation_prompt": False}
                          if wanted else {})
         assert backend.continues_prefill == (backend.spec.prefill is not None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prefill=st.text(min_size=1, max_size=8), answer=st.text(max_size=8),
+       echoed=st.booleans(), cuts=st.lists(st.integers(0, 16), max_size=4))
+@example(prefill="abc", answer="ab", echoed=False, cuts=[1])  # began like the prefill
+@example(prefill="abc", answer="", echoed=True, cuts=[1])  # the repeat, and nothing new
+def test_an_echoed_prefill_is_stripped_from_the_answer_however_it_is_chunked(
+        prefill: str, answer: str, echoed: bool, cuts: list) -> None:
+    """llama-server repeats the prefill at the start of its answer (row prefill_echo): the
+    stream and the whole answer carry only what follows it, and a server that does not repeat
+    it loses nothing."""
+    from types import SimpleNamespace
+
+    from modelplug.backends.openai_compat import _StreamFolder
+
+    sent = (prefill + answer) if echoed else answer
+    if not echoed and answer.startswith(prefill):
+        return  # indistinguishable from a repeat; the backend takes it for one
+
+    def fold(sent: str, prefill: str) -> str:
+        bounds = sorted({0, len(sent), *(c for c in cuts if c <= len(sent))})
+        folder = _StreamFolder("m", False, prefill)
+        text = ""
+        for a, b in itertools.pairwise(bounds):
+            delta = SimpleNamespace(content=sent[a:b], tool_calls=None, refusal=None,
+                                    model_extra={})
+            event = SimpleNamespace(model="m", id="x", usage=None, choices=[
+                SimpleNamespace(index=0, delta=delta, finish_reason=None)])
+            text += "".join(c.text for c in folder.feed(event))
+        return text + folder.final().text
+
+    # As if the server had sent the answer alone (the text folding is otherwise unchanged).
+    assert fold(sent, prefill) == fold(answer, "")

@@ -86,6 +86,9 @@ class ProviderSpec:
     #: ``continue_final_message: true, add_generation_prompt: false``), or None (unknown, or
     #: the provider answers it as a finished turn: it cannot continue a cut stream).
     prefill: PrefillMode | None = None
+    #: Whether the answer to a prefill may start by repeating it (llama-server: its chat parser
+    #: reads the prefill and the output as one message); the backend strips the repeat.
+    prefill_echo: bool = False
 
     @property
     def in_process(self) -> bool:
@@ -127,7 +130,7 @@ def _importable(name: str) -> bool:
 def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
             kind: Kind = "local-server", closed_catalog: bool = False,
             structured_output: bool | None = None,
-            prefill: PrefillMode | None = None) -> ProviderSpec:
+            prefill: PrefillMode | None = None, prefill_echo: bool = False) -> ProviderSpec:
     """One OpenAI-compatible endpoint: pure configuration over the openai SDK."""
     return ProviderSpec(
         key=key,
@@ -141,6 +144,7 @@ def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
         description=description,
         structured_output=structured_output,
         prefill=prefill,
+        prefill_echo=prefill_echo,
     )
 
 
@@ -181,7 +185,7 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
     _compat("vllm", "http://localhost:8000/v1", None, "vLLM server", structured_output=True,
             prefill="continue_final_message"),
     _compat("llamaserver", "http://localhost:8080/v1", None, "llama.cpp llama-server",
-            prefill="native"),
+            prefill="native", prefill_echo=True),
     _compat("sglang", "http://localhost:30000/v1", None, "SGLang server",
             prefill="continue_final_message"),
     # OpenAI-compatible clouds: configuration only, free-form model ids.

@@ -169,6 +169,11 @@ class OpenAICompatBackend(NetworkedBackend):
         if tooling.split_prefill(request.messages)[1]:
             extra_body.update(continue_final_message=True, add_generation_prompt=False)
 
+    def _echoed(self, request: ChatRequest) -> str:
+        """The prefill this row's server may repeat at the start of its answer
+        (``ProviderSpec.prefill_echo``), to be stripped from it; "" for none."""
+        return tooling.split_prefill(request.messages)[1] if self.spec.prefill_echo else ""
+
     def _set_tool_choice(self, request: ChatRequest, body: dict[str, Any]) -> None:
         """ChatRequest's tool_choice on the wire: "auto", "none", "required" ("any" is
         LangChain's and Anthropic's name for it) or one named tool."""
@@ -255,7 +260,8 @@ class OpenAICompatBackend(NetworkedBackend):
     @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         body = self._body(request)
-        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request))
+        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request),
+                               self._echoed(request))
         events = self.client.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         with events:
@@ -266,7 +272,8 @@ class OpenAICompatBackend(NetworkedBackend):
     @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request)
-        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request))
+        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request),
+                               self._echoed(request))
         events = await self.aclient.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         async with events:
@@ -282,7 +289,11 @@ class OpenAICompatBackend(NetworkedBackend):
         fields = _reasoning_field(message)
         # As _StreamFolder decides: a reasoning field means the server split the thinking out.
         implicit = self._starts_in_thinking(request) and not fields
-        text, reasoning = split_think_tags(message.content or "", implicit_open=implicit)
+        content = message.content or ""
+        echoed = self._echoed(request)
+        if echoed and content.startswith(echoed):  # the answer repeats its prefill
+            content = content[len(echoed):]
+        text, reasoning = split_think_tags(content, implicit_open=implicit)
         tool_calls = [
             ToolCall.parse(call.id, call.function.name, call.function.arguments)
             for call in (message.tool_calls or []) if getattr(call, "function", None) is not None
@@ -363,9 +374,12 @@ class OpenAICompatBackend(NetworkedBackend):
 class _StreamFolder:
     """ChatCompletionChunk events -> ChatChunks; finish reason and usage go on the last chunk."""
 
-    def __init__(self, model: str, implicit_think: bool) -> None:
+    def __init__(self, model: str, implicit_think: bool, echoed: str = "") -> None:
         self.model = model
         self.splitter = ThinkTagSplitter(implicit_open=implicit_think)
+        #: A prefill the server may repeat first (see OpenAICompatBackend._echoed): text is
+        #: held while it still matches it, and the repeat dropped.
+        self.echoed, self.held = echoed, ""
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.id = ""
@@ -383,7 +397,8 @@ class _StreamFolder:
             field = _reasoning_field(delta) if delta else ""
             if field:  # the server splits reasoning out: the text does not start inside it
                 self.splitter.settle_as_text()
-            text, reasoning = self.splitter.feed(delta.content or "") if delta else ("", "")
+            text, reasoning = self.splitter.feed(self._unechoed(delta.content or "")) \
+                if delta else ("", "")
             reasoning = field + reasoning
             calls = [
                 ToolCallDelta(index=call.index, id=call.id,
@@ -397,8 +412,28 @@ class _StreamFolder:
                 yield ChatChunk(text=text, reasoning=reasoning, tool_calls=calls,
                                 model=self.model)
 
+    def _unechoed(self, content: str) -> str:
+        """``content`` less the echoed prefill at the start of the answer (held while it may
+        still be part of it); any other text as it comes."""
+        if not self.echoed:
+            return content
+        self.held += content
+        if self.echoed.startswith(self.held):
+            if len(self.held) < len(self.echoed):
+                return ""  # so far, all of it could be the repeat
+            self.echoed = self.held = ""  # exactly the prefill: nothing new yet
+            return ""
+        text = self.held.removeprefix(self.echoed)  # the repeat dropped, or none came
+        self.echoed = self.held = ""
+        return text
+
     def final(self) -> ChatChunk:
-        text, reasoning = self.splitter.flush()
+        # Text still held was no repeat (a server repeats the whole prefill at once): a short
+        # answer that only began like the prefill.
+        held, self.held, self.echoed = self.held, "", ""
+        text, reasoning = self.splitter.feed(held) if held else ("", "")
+        tail, tail_reasoning = self.splitter.flush()
+        text, reasoning = text + tail, reasoning + tail_reasoning
         # A server that never names a finish reason ended the stream normally (errors raise).
         return ChatChunk(text=text, reasoning=reasoning, usage=self.usage,
                          finish_reason=self.finish_reason or "stop", model=self.model,
