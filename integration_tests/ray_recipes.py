@@ -54,34 +54,3 @@ def llamaindex_app() -> Any:
                 "sources": [n.node.get_content() for n in response.source_nodes]}
 
     return app
-
-
-class ImageRequest(BaseModel):
-    prompt: str
-    n: int = 1
-    size: str = "32x32"
-    seed: int | None = None
-
-
-def image_app(model: str) -> Any:
-    """Image generation (a diffusers pipeline, in-process) behind ``POST
-    /v1/images/generations`` in OpenAI's request and ``b64_json`` answer shapes."""
-    import base64
-    import time
-
-    from fastapi import FastAPI
-
-    from langchain_modelplug import ImageModelPlug
-
-    draw = ImageModelPlug(model=model, num_inference_steps=2, format="bytes")
-    app = FastAPI()
-
-    @app.post("/v1/images/generations")
-    async def generate(body: ImageRequest) -> dict[str, Any]:
-        width, height = (int(v) for v in body.size.split("x"))
-        images = await draw.ainvoke({"prompt": body.prompt, "num_images": body.n,
-                                     "width": width, "height": height, "seed": body.seed})
-        return {"created": int(time.time()),
-                "data": [{"b64_json": base64.b64encode(png).decode()} for png in images]}
-
-    return app

@@ -75,6 +75,9 @@ def test_deploy_failure_leads_with_the_replicas_error() -> None:
     assert message.splitlines()[0] == ("The replicas of 'm' failed to start: modelplug.errors."
                                        "ModelNotFoundError: model_path '/x.gguf' does not exist.")
     assert status.strip() in message
+    assert deploy_failure("m", status, "llamacpp:smollm2").startswith(
+        "The replicas of 'm' serving llamacpp:smollm2 failed to start: modelplug.errors."
+        "ModelNotFoundError: model_path '/x.gguf' does not exist.")
 
 
 @pytest.mark.parametrize(("args", "named"), [
@@ -91,3 +94,37 @@ def test_cli_ray_options_are_checked_before_anything_starts(args, named) -> None
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert named in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("model", "kwargs", "named"), [
+    ("hf:some/pipeline", {"modality": "image", "n_threads": 1}, "n_threads"),
+    ("hf:some/pipeline", {"modality": "video"}, "'video'"),
+    (None, {"modality": "audio"}, "no local default"),
+    (None, {"modality": "image", "app_factory": lambda: None}, "either a model"),
+])
+def test_media_model_mistakes_are_refused_before_ray_is_needed(monkeypatch, model, kwargs,
+                                                               named) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigurationError, match=named):
+        ray_app(model, **kwargs)
+
+
+def test_media_generation_defaults_pass_the_checks(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # so the checks passed if Ray is what's missing
+    with pytest.raises(MissingDependencyError):
+        ray_app("hf:some/pipeline", modality="image", num_inference_steps=2,
+                torch_dtype="float32")
+    with pytest.raises(MissingDependencyError):
+        ray_app("hf:some/musicgen", modality="audio", duration_s=2.0)
+
+
+def test_cli_ray_without_ray_names_the_extra(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from modelplug.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = CliRunner().invoke(app, ["serve", "llamacpp:smollm2", "--ray"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "pip install 'modelplug[ray]'" in " ".join(result.output.split())

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible server, or any ASGI app (LangServe's ``add_routes``, a LlamaIndex query
-engine behind FastAPI), as Ray Serve replicas: ``modelplug serve MODEL --ray``.
+"""The OpenAI-compatible server (a chat, image or audio model), or any ASGI app (LangServe's
+``add_routes``, a LlamaIndex query engine behind FastAPI), as Ray Serve replicas: ``modelplug
+serve MODEL --ray``.
 
 Ray Serve is the engine: it places replicas on the cluster's CPUs and GPUs, routes each HTTP
 request to the least busy replica, autoscales and restarts replicas that die. Each replica
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from modelplug.errors import ConfigurationError, MissingDependencyError, ModelPlugError
+from modelplug.media import MediaLike
 from modelplug.spec import ModelLike
 
 #: The response header naming the replica that answered.
@@ -47,7 +49,8 @@ def import_serve() -> Any:
     return serve
 
 
-def ray_app(model: ModelLike | None = None, *, app_factory: Callable[[], Any] | None = None,
+def ray_app(model: ModelLike | MediaLike | None = None, *,
+            app_factory: Callable[[], Any] | None = None, modality: str = "chat",
             num_replicas: int | None = None, autoscaling_config: dict[str, Any] | None = None,
             ray_actor_options: dict[str, Any] | None = None,
             deployment_options: dict[str, Any] | None = None, name: str = DEFAULT_APP_NAME,
@@ -59,9 +62,12 @@ def ray_app(model: ModelLike | None = None, *, app_factory: Callable[[], Any] | 
     it builds load there).
 
     ``settings`` are the provider's settings (``model_path=``, ``n_threads=``, ...), as for
-    :func:`modelplug.server.create_app`. Each replica loads the model when it starts, so one
-    that cannot load fails the deployment (see :func:`serve_on_ray`) instead of its first
-    request. ``api_key`` defaults to ``$MODELPLUG_SERVE_API_KEY`` where this is called.
+    :func:`modelplug.server.create_app`; ``modality="image"`` or ``"audio"`` serves an image or
+    audio model (``"hf:<diffusers folder>"``) at ``/v1/images/generations`` or
+    ``/v1/audio/speech``, its settings holding generation defaults too. Each replica loads the
+    model when it starts, so one that cannot load fails the deployment (see
+    :func:`serve_on_ray`) instead of its first request. ``api_key`` defaults to
+    ``$MODELPLUG_SERVE_API_KEY`` where this is called.
 
     Serve's own options: ``num_replicas`` (default 1) or ``autoscaling_config`` (e.g.
     ``{"min_replicas": 1, "max_replicas": 4}``), ``ray_actor_options`` per replica (e.g.
@@ -69,10 +75,11 @@ def ray_app(model: ModelLike | None = None, *, app_factory: Callable[[], Any] | 
     ``deployment_options`` (``max_ongoing_requests``, ``health_check_period_s``, ...).
     """
     if app_factory is not None and (model is not None or settings or api_key is not None
-                                    or max_request_bytes is not None):
+                                    or max_request_bytes is not None or modality != "chat"):
         raise ConfigurationError(
-            "ray_app() takes either a model (with its settings, api_key, max_request_bytes) or "
-            "app_factory=, not both: the factory's app builds its own models.")
+            "ray_app() takes either a model (with its modality, settings, api_key, "
+            "max_request_bytes) or app_factory=, not both: the factory's app builds its own "
+            "models.")
     if app_factory is not None and not callable(app_factory):
         raise ConfigurationError(f"app_factory must be a function returning an ASGI app (e.g. a "
                                  f"FastAPI app); got {app_factory!r}.")
@@ -83,21 +90,16 @@ def ray_app(model: ModelLike | None = None, *, app_factory: Callable[[], Any] | 
     if num_replicas is not None and (isinstance(num_replicas, bool)
                                      or not isinstance(num_replicas, int) or num_replicas < 1):
         raise ConfigurationError(f"num_replicas must be a positive int; got {num_replicas!r}.")
-    if app_factory is None and model is not None:
-        # A wrong model string or setting fails here, not as replicas that never start (the
-        # file, weights and local default are the replicas' business: they may be elsewhere).
-        from modelplug.local import resolve_model
-        from modelplug.registry import check_kwargs
-
-        check_kwargs(resolve_model(model).spec, {k: v for k, v in settings.items()
-                                                 if v is not None})
+    if app_factory is None:
+        check_model(model, modality, settings)
     serve = import_serve()
     if app_factory is None:
         from modelplug.server import DEFAULT_MAX_REQUEST_BYTES, resolve_key
 
         # Resolved here: the replicas run in other processes, maybe on other machines.
         app_factory = OpenAIApp(model, resolve_key(api_key), DEFAULT_MAX_REQUEST_BYTES
-                                if max_request_bytes is None else max_request_bytes, settings)
+                                if max_request_bytes is None else max_request_bytes, settings,
+                                modality)
     options: dict[str, Any] = dict(deployment_options or {})
     options["name"] = name
     if num_replicas is not None:
@@ -114,25 +116,49 @@ def ray_app(model: ModelLike | None = None, *, app_factory: Callable[[], Any] | 
     return serve.deployment(serve.ingress(build)(), **options).bind()
 
 
+def check_model(model: Any, modality: str, settings: dict[str, Any]) -> None:
+    """A wrong model string, modality or setting fails where :func:`ray_app` is called, not as
+    replicas that never start (the file, weights and local default are the replicas' business:
+    they may be on other machines)."""
+    from modelplug.registry import check_kwargs
+    from modelplug.server import media_modality
+
+    kind = media_modality(model, modality)
+    given = {k: v for k, v in settings.items() if v is not None}
+    if kind is None:
+        if model is not None:
+            from modelplug.local import resolve_model
+
+            check_kwargs(resolve_model(model).spec, given)
+        return
+    from modelplug.media import resolve_media_model, split_generation_kwargs
+
+    provider = split_generation_kwargs(kind, model, given)[1]  # type: ignore[arg-type]
+    check_kwargs(resolve_media_model(kind, model).spec, provider,  # type: ignore[arg-type]
+                 standard=())
+
+
 class OpenAIApp:
     """What a replica of the OpenAI-compatible server runs: the backend, loaded now, behind
     :func:`modelplug.server.create_app`. A class, not a closure, so it pickles by reference."""
 
-    def __init__(self, model: ModelLike | None, api_key: str, max_request_bytes: int,
-                 settings: dict[str, Any]) -> None:
-        self.model, self.api_key = model, api_key
+    def __init__(self, model: ModelLike | MediaLike | None, api_key: str,
+                 max_request_bytes: int, settings: dict[str, Any],
+                 modality: str = "chat") -> None:
+        self.model, self.api_key, self.modality = model, api_key, modality
         self.max_request_bytes, self.settings = max_request_bytes, settings
 
     def __repr__(self) -> str:  # the key stays out of Ray's logs and error messages
-        return f"OpenAIApp({self.model!r}, settings={self.settings!r})"
+        return (f"OpenAIApp({self.model!r}, modality={self.modality!r}, "
+                f"settings={self.settings!r})")
 
     def __call__(self) -> Any:
-        from modelplug.backends import create_backend
         from modelplug.server import create_app
 
-        backend = create_backend(self.model, **self.settings)
-        backend.load()
-        return create_app(backend, api_key=self.api_key, max_request_bytes=self.max_request_bytes)
+        app = create_app(self.model, api_key=self.api_key, modality=self.modality,
+                         max_request_bytes=self.max_request_bytes, **self.settings)
+        app.state.backend.load()
+        return app
 
 
 class ReplicaApp:
@@ -171,7 +197,8 @@ class ReplicaHeader:
         await self.app(scope, receive, send_named)
 
 
-def serve_on_ray(model: ModelLike | None = None, *, address: str | None = None,
+def serve_on_ray(model: ModelLike | MediaLike | None = None, *, modality: str = "chat",
+                 address: str | None = None,
                  host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                  insecure_no_api_key: bool = False, blocking: bool = True,
                  name: str = DEFAULT_APP_NAME, route_prefix: str = "/",
@@ -200,7 +227,8 @@ def serve_on_ray(model: ModelLike | None = None, *, address: str | None = None,
 
     check_bind(host, resolve_key(api_key), insecure_no_api_key)
     serve = import_serve()
-    application = ray_app(model, num_replicas=num_replicas, autoscaling_config=autoscaling_config,
+    application = ray_app(model, modality=modality, num_replicas=num_replicas,
+                          autoscaling_config=autoscaling_config,
                           ray_actor_options=ray_actor_options,
                           deployment_options=deployment_options, name=name, api_key=api_key,
                           max_request_bytes=max_request_bytes, **settings)
@@ -210,7 +238,7 @@ def serve_on_ray(model: ModelLike | None = None, *, address: str | None = None,
     serve.run_many([serve.RunTarget(application, name=name, route_prefix=route_prefix)],
                    wait_for_ingress_deployment_creation=False,
                    wait_for_applications_running=False)
-    wait_until_running(serve, name, start_timeout_s)
+    wait_until_running(serve, name, start_timeout_s, None if model is None else str(model))
     url = f"{serve_root(host, port)}{route_prefix.rstrip('/')}"
     if not blocking:
         return url
@@ -262,8 +290,9 @@ def connect(address: str | None, init_options: dict[str, Any] | None = None) -> 
             from exc
 
 
-def wait_until_running(serve: Any, name: str, timeout_s: float) -> None:
-    """Wait for application ``name`` to run; if it fails or times out, remove it and raise."""
+def wait_until_running(serve: Any, name: str, timeout_s: float, model: str | None = None) -> None:
+    """Wait for application ``name`` (serving ``model``) to run; if it fails or times out,
+    remove it and raise."""
     from ray.serve.schema import ApplicationStatus
 
     deadline = time.monotonic() + timeout_s
@@ -284,19 +313,19 @@ def wait_until_running(serve: Any, name: str, timeout_s: float) -> None:
 
                 report = (f"not running after {timeout_s:g} s; the cluster's free resources: "
                           f"{ray.available_resources()} (compare ray_actor_options). {report}")
-            raise DeploymentFailedError(deploy_failure(name, report.strip()))
+            raise DeploymentFailedError(deploy_failure(name, report.strip(), model))
         time.sleep(0.5)
 
 
-def deploy_failure(name: str, status: str) -> str:
-    """Serve's DEPLOY_FAILED message, led by the replica's own error (the traceback's last
-    ``Type: message`` line)."""
+def deploy_failure(name: str, status: str, model: str | None = None) -> str:
+    """Serve's DEPLOY_FAILED message, led by the model and the replica's own error (the
+    traceback's last ``Type: message`` line)."""
     lines = [line.strip() for line in status.splitlines()]
     cause = next((line for line in reversed(lines) if ":" in line
                   and line.split(":", 1)[0].rsplit(".", 1)[-1].split("(")[0].endswith(
                       ("Error", "Exception"))), None)
-    lead = f"The replicas of {name!r} failed to start: {cause}" if cause else \
-        f"The replicas of {name!r} failed to start."
+    what = f"The replicas of {name!r}" + (f" serving {model}" if model else "")
+    lead = f"{what} failed to start: {cause}" if cause else f"{what} failed to start."
     return f"{lead}\n\nRay Serve reported: {status}"
 
 
