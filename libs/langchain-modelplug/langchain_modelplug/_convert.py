@@ -94,30 +94,45 @@ def _cost(usage: Usage | None, provider: str, model: str) -> dict[str, Any]:
     return {} if usage is None else {"cost": cost_of(usage, provider, model).as_dict()}
 
 
+# The two builders below pass a message only the fields that are set: each keyword given costs
+# pydantic validation (a few microseconds), and a stream builds one chunk per token. The others
+# keep the message's defaults, which are the same empty values.
+
+
 def to_ai_message(response: ChatResponse, provider: str) -> AIMessage:
-    good = [c for c in response.tool_calls if c.error is None]
-    bad = [c for c in response.tool_calls if c.error is not None]
+    fields: dict[str, Any] = {}
+    if response.tool_calls:
+        fields["tool_calls"] = [tool_call(name=c.name, args=c.arguments, id=c.id)
+                                for c in response.tool_calls if c.error is None]
+        fields["invalid_tool_calls"] = [
+            invalid_tool_call(name=c.name, args=c.raw_arguments, id=c.id, error=c.error)
+            for c in response.tool_calls if c.error is not None]
+    if response.reasoning or response.thinking_blocks:
+        fields["additional_kwargs"] = _extra(response.reasoning, response.thinking_blocks)
+    if response.usage is not None:
+        fields["usage_metadata"] = usage_metadata(response.usage)
     return AIMessage(
         content=response.text,
-        tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in good],
-        invalid_tool_calls=[invalid_tool_call(name=c.name, args=c.raw_arguments, id=c.id,
-                                              error=c.error) for c in bad],
-        additional_kwargs=_extra(response.reasoning, response.thinking_blocks),
-        usage_metadata=usage_metadata(response.usage),
         response_metadata={**_response_metadata(response.model, response.finish_reason, provider),
                            **_cost(response.usage, provider, response.model)},
+        **fields,
     )
 
 
 def to_ai_chunk(chunk: ChatChunk, provider: str) -> AIMessageChunk:
-    last = chunk.finish_reason is not None
-    return AIMessageChunk(
-        content=chunk.text,
-        tool_call_chunks=[tool_call_chunk(name=d.name, args=d.arguments or None, id=d.id,
-                                          index=d.index) for d in chunk.tool_calls],
-        additional_kwargs=_extra(chunk.reasoning, chunk.thinking_blocks),
-        usage_metadata=usage_metadata(chunk.usage),
-        response_metadata={**(_response_metadata(chunk.model, chunk.finish_reason, provider)
-                              if last else {}), **_cost(chunk.usage, provider, chunk.model)},
-        chunk_position="last" if last else None,
-    )
+    fields: dict[str, Any] = {}
+    if chunk.tool_calls:
+        fields["tool_call_chunks"] = [
+            tool_call_chunk(name=d.name, args=d.arguments or None, id=d.id, index=d.index)
+            for d in chunk.tool_calls]
+    if chunk.reasoning or chunk.thinking_blocks:
+        fields["additional_kwargs"] = _extra(chunk.reasoning, chunk.thinking_blocks)
+    if chunk.usage is not None:
+        fields["usage_metadata"] = usage_metadata(chunk.usage)
+        fields["response_metadata"] = _cost(chunk.usage, provider, chunk.model)
+    if chunk.finish_reason is not None:
+        fields["response_metadata"] = {
+            **_response_metadata(chunk.model, chunk.finish_reason, provider),
+            **fields.get("response_metadata", {})}
+        fields["chunk_position"] = "last"
+    return AIMessageChunk(content=chunk.text, **fields)
