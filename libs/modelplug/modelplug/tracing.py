@@ -58,6 +58,7 @@ _STREAMS = frozenset({"stream", "astream", "stream_complete", "astream_complete"
 
 _trace: Any = None  # the opentelemetry.trace module, False when absent
 _provider: Any = None  # a provider given to configure(), else the global one
+_tracer: tuple[Any, Any] | None = None  # (provider, its tracer for modelplug)
 _enabled = os.environ.get("MODELPLUG_OTEL", "").lower() not in ("0", "false", "off", "no")
 #: The backend whose traced call is running in this context: its inner calls (a default achat
 #: running chat in a thread, complete folding stream_complete) are part of that one span.
@@ -91,8 +92,12 @@ def tracer() -> Any:
     provider = _provider if _provider is not None else _trace.get_tracer_provider()
     if isinstance(provider, _trace.ProxyTracerProvider | _trace.NoOpTracerProvider):
         return None
-    from modelplug import __version__
-    return provider.get_tracer("modelplug", __version__)
+    global _tracer
+    cached = _tracer
+    if cached is None or cached[0] is not provider:
+        from modelplug import __version__
+        cached = _tracer = (provider, provider.get_tracer("modelplug", __version__))
+    return cached[1]
 
 
 def provider_name(provider: str) -> str:
