@@ -306,8 +306,9 @@ def main() -> None:
         table.check(f"{mode}: ours - (floor + core), the adapter's own conversion",
                     f"{own:+.3f} ms", "<= +0.1 ms", own <= 0.1)
     table.note("core backend: modelplug's OpenAICompatBackend called with a ChatRequest, no "
-               "LangChain: ours - raw splits into (core - raw), modelplug's own conversion, and "
-               "(ours - core), LangChain's BaseChatModel run machinery that ChatOpenAI pays too.")
+               "LangChain: ours - raw splits into (core - raw), the core backend's own work, and "
+               "(ours - core), LangChain's BaseChatModel run machinery that ChatOpenAI pays too "
+               "plus the adapter's conversion (ours - (floor + core)).")
     table.note("LangChain floor: a BaseChatModel with no I/O answering the same tokens (same "
                "chunks when streaming): what LangChain's run machinery (callback managers, run "
                "ids, message/chunk objects, chunk merging) costs per call by itself.")
