@@ -29,6 +29,8 @@ from llama_index.embeddings.modelplug import ModelPlugEmbedding
 from llama_index.llms.modelplug import FallbackLLM, ModelPlug
 from pydantic import BaseModel
 
+from modelplug.errors import UnsupportedCapabilityError
+
 BACKENDS = ["llamacpp", "llamaserver"]
 CASTLE = "The secret password of the blue castle is marmalade."
 DOCS = [
@@ -38,12 +40,13 @@ DOCS = [
 ]
 QUESTION = "What is the secret password of the blue castle?"
 PARIS = "What is the capital of France? Answer in one sentence."
-#: llama-server (the llama.cpp that llama-cpp-python 0.3.36 vendors) answers SmolLM2 in plain
-#: text whatever the tools: the model's chat template declares no tool support, the server then
-#: neither renders the tools nor constrains the output for tool_choice="required", and it rejects
-#: an object tool_choice ("Wrong type supplied for parameter 'tool_choice'" in its log).
+#: llama-server (the llama.cpp that llama-cpp-python 0.3.36 vendors) would answer SmolLM2 in plain
+#: text whatever the tools: the model's chat template renders no tool calls. Its /props says so,
+#: and the backend refuses a tool request up front (UnsupportedCapabilityError, before sending).
 NO_SERVER_TOOLS = pytest.mark.xfail(
-    strict=True, reason="llama-server ignores tools for SmolLM2 (its template has no tools)")
+    strict=True, raises=UnsupportedCapabilityError,
+    reason="llama-server's /props says SmolLM2's template renders no tool calls, so the backend "
+           "refuses the tool request before sending it")
 
 
 class City(BaseModel):
@@ -330,11 +333,7 @@ def test_fallback_raises_permanent_errors_and_reports_exhaustion(fallback: Fallb
 def test_fallback_raises_caller_errors_without_trying_the_next_candidate(dead_url: str) -> None:
     from llama_index.core.llms import ChatMessage
 
-    from modelplug.errors import (
-        ConfigurationError,
-        FallbackExhaustedError,
-        UnsupportedCapabilityError,
-    )
+    from modelplug.errors import ConfigurationError, FallbackExhaustedError
 
     calls: list[str] = []
 

@@ -89,8 +89,8 @@ CONFIGS: dict[str, tuple[Callable[[pytest.FixtureRequest], ModelPlug], dict[str,
     "llamaserver": (_llamaserver, {
         "tools": "llama-server (llama.cpp vendored by llama-cpp-python 0.3.36) builds its "
                  "tool-call grammar and parser only for chat templates that render tool calls; "
-                 "SmolLM2-135M's renders none, so even tool_choice='required' (how a named "
-                 "choice is sent to llama-server) comes back as plain text",
+                 "SmolLM2-135M's renders none, its /props says so, and the backend refuses a "
+                 "tool request before sending it (UnsupportedCapabilityError)",
     }),
 }
 
@@ -107,12 +107,14 @@ def llm(config: str, request: pytest.FixtureRequest) -> ModelPlug:
 
 @pytest.fixture
 def needs(config: str, request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """Mark the test as an expected (strict) failure where the configuration lacks a feature."""
+    """Mark the test as an expected (strict) failure where the configuration lacks a feature:
+    the backend refuses the request up front (UnsupportedCapabilityError)."""
 
     def need(feature: str) -> None:
         reason = CONFIGS[config][1].get(feature)
         if reason:
-            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+            request.applymarker(pytest.mark.xfail(strict=True, reason=reason,
+                                                  raises=UnsupportedCapabilityError))
 
     return need
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 from fakes.server import free_port
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
+from tiny_limits import IN_PROCESS_REFUSED, SCHEMA_TYPES
 
 from langchain_modelplug import ChatModelPlug, FallbackChatModel
-
-IN_PROCESS_REFUSED = ("timeout", "max_retries", "api_key")
+from modelplug import OutputTruncatedError
 
 
 class TestFallbackChatModelIntegration(ChatModelIntegrationTests):
@@ -53,36 +54,38 @@ class TestFallbackChatModelIntegration(ChatModelIntegrationTests):
     def supports_json_mode(self) -> bool:
         return True
 
-    # -- limits of SmolLM2-135M (ChatModelPlug on the same model does the same) ---------------
+    # -- limits of SmolLM2-135M -----------------------------------------------------------------
+    # FallbackChatModel.with_structured_output defaults to a forced tool call (the method every
+    # tool-calling candidate shares), where ChatModelPlug defaults to json_schema: under the
+    # tool call's grammar the 135M model loops inside the Joke's strings in every variant,
+    # typeddict and pydantic v1 included (which pass for ChatModelPlug's json_schema default in
+    # test_standard_llamacpp.py). The cut answer is an OutputTruncatedError naming max_tokens.
 
-    _REPEATS = ("SmolLM2-135M repeats itself inside the JSON it is constrained to ('a cat is a cat, "
-                "a cat is ...') until max_tokens, so the object never closes")
+    _REPEATS = ("FallbackChatModel's default structured output is a forced tool call, and "
+                "SmolLM2-135M repeats itself inside its arguments ('a cat is a cat, a cat is "
+                "...') until max_tokens=100, so the object never closes: OutputTruncatedError")
 
-    @pytest.mark.xfail(reason=_REPEATS, strict=False)
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    @pytest.mark.xfail(reason=_REPEATS, raises=OutputTruncatedError, strict=True)
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
     def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
         super().test_structured_output(model, schema_type)
 
-    @pytest.mark.xfail(reason=_REPEATS, strict=False)
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    @pytest.mark.xfail(reason=_REPEATS, raises=OutputTruncatedError, strict=True)
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
     async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
         await super().test_structured_output_async(model, schema_type)
 
-    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    @pytest.mark.xfail(reason=_REPEATS, raises=OutputTruncatedError, strict=True)
     def test_structured_output_pydantic_2_v1(self, model: BaseChatModel) -> None:
         super().test_structured_output_pydantic_2_v1(model)
 
-    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    @pytest.mark.xfail(reason=_REPEATS, raises=OutputTruncatedError, strict=True)
     def test_structured_output_optional_param(self, model: BaseChatModel) -> None:
         super().test_structured_output_optional_param(model)
 
-    @pytest.mark.xfail(reason=_REPEATS, strict=False)
+    @pytest.mark.xfail(reason="JSON mode constrains to a JSON object, not to the Joke's keys: the "
+                       "135M model closes the object without a 'punchline', so the Joke does "
+                       "not validate (as for ChatModelPlug in test_standard_llamacpp.py)",
+                       raises=OutputParserException, strict=True)
     def test_json_mode(self, model: BaseChatModel) -> None:
         super().test_json_mode(model)
-
-    @pytest.mark.xfail(reason="with tool_choice unforced, SmolLM2-135M answers the weather "
-                       "question in text instead of calling get_weather (forced, it calls it: "
-                       "test_fallback.py::test_create_agent_with_tools)", strict=False)
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_agent_loop(self, model: BaseChatModel) -> None:
-        super().test_agent_loop(model)

@@ -12,7 +12,7 @@ import pytest
 from hf_model import smollm2_hf_dir
 from langchain_core.exceptions import OutputParserException
 from langchain_tests.integration_tests import ChatModelIntegrationTests
-from tiny_limits import IN_PROCESS_REFUSED, fails_for, tiny_limit
+from tiny_limits import IN_PROCESS_REFUSED, SCHEMA_TYPES
 
 from langchain_modelplug import ChatModelPlug
 from modelplug import OutputTruncatedError
@@ -61,29 +61,19 @@ class TestChatModelPlugHFIntegration(ChatModelIntegrationTests):
     def has_tool_calling(self) -> bool:
         return True
 
-    @pytest.mark.xfail(reason="With tool_choice auto the 135M model often answers in prose "
-                       "({'response': ...}) instead of calling get_weather; forced calls work "
-                       "(test_tool_choice, test_hf_chat.py).")
-    def test_agent_loop(self, model: Any) -> None:
-        super().test_agent_loop(model)
-
     # The 135M model repeats a phrase inside the JSON string until max_tokens cuts it, in every
     # Joke variant (greedy, compact JSON): the cut answer is an OutputTruncatedError. Structured
     # output on tasks the model can finish: test_structured_paths.py, test_hf_chat.py.
 
-    @tiny_limit(_LOOPS)
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    @pytest.mark.xfail(reason=_LOOPS, raises=OutputTruncatedError, strict=True)
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
     def test_structured_output(self, model: Any, schema_type: str) -> None:
-        with fails_for(schema_type, ("pydantic", "typeddict", "json_schema"), _LOOPS,
-                       raises=OutputTruncatedError):
-            super().test_structured_output(model, schema_type)
+        super().test_structured_output(model, schema_type)
 
-    @tiny_limit(_LOOPS)
-    @pytest.mark.parametrize("schema_type", ["pydantic", "typeddict", "json_schema"])
+    @pytest.mark.xfail(reason=_LOOPS, raises=OutputTruncatedError, strict=True)
+    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
     async def test_structured_output_async(self, model: Any, schema_type: str) -> None:
-        with fails_for(schema_type, ("pydantic", "typeddict", "json_schema"), _LOOPS,
-                       raises=OutputTruncatedError):
-            await super().test_structured_output_async(model, schema_type)
+        await super().test_structured_output_async(model, schema_type)
 
     @pytest.mark.xfail(reason=_LOOPS, raises=OutputTruncatedError, strict=True)
     def test_structured_output_pydantic_2_v1(self, model: Any) -> None:

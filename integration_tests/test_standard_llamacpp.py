@@ -10,7 +10,7 @@ import pytest
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
-from tiny_limits import IN_PROCESS_REFUSED, fails_for, tiny_limit
+from tiny_limits import IN_PROCESS_REFUSED, overridden, schema_types
 
 from langchain_modelplug import ChatModelPlug
 from modelplug import OutputTruncatedError
@@ -23,9 +23,8 @@ TINY_JOKE = ("SmolLM2-135M cannot write the suite's Joke: under the JSON-schema 
 
 
 # The pydantic and json_schema Jokes loop (greedy, compact JSON); the typeddict one finishes,
-# and must (it reports as XPASS under the one mark, but would fail as a failure).
-JOKE_FAILS_FOR = ("pydantic", "json_schema")
-SCHEMA_TYPES = ["pydantic", "typeddict", "json_schema"]
+# and must.
+JOKE_SCHEMA_TYPES = schema_types(("pydantic", "json_schema"), TINY_JOKE, OutputTruncatedError)
 
 
 class TestChatModelPlugLlamaCppIntegration(ChatModelIntegrationTests):
@@ -45,17 +44,15 @@ class TestChatModelPlugLlamaCppIntegration(ChatModelIntegrationTests):
         return {k: v for k, v in params.items() if k not in IN_PROCESS_REFUSED}
 
     # Overrides keep the base signatures (and parametrizations): pytest fills fixtures by name.
-    @tiny_limit(TINY_JOKE + " (pydantic and json_schema; typeddict must pass)")
-    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    @overridden(TINY_JOKE + " (pydantic and json_schema; typeddict must pass)")
+    @pytest.mark.parametrize("schema_type", JOKE_SCHEMA_TYPES)
     def test_structured_output(self, model: BaseChatModel, schema_type: str) -> None:
-        with fails_for(schema_type, JOKE_FAILS_FOR, TINY_JOKE, raises=OutputTruncatedError):
-            super().test_structured_output(model, schema_type)
+        super().test_structured_output(model, schema_type)
 
-    @tiny_limit(TINY_JOKE + " (pydantic and json_schema; typeddict must pass)")
-    @pytest.mark.parametrize("schema_type", SCHEMA_TYPES)
+    @overridden(TINY_JOKE + " (pydantic and json_schema; typeddict must pass)")
+    @pytest.mark.parametrize("schema_type", JOKE_SCHEMA_TYPES)
     async def test_structured_output_async(self, model: BaseChatModel, schema_type: str) -> None:
-        with fails_for(schema_type, JOKE_FAILS_FOR, TINY_JOKE, raises=OutputTruncatedError):
-            await super().test_structured_output_async(model, schema_type)
+        await super().test_structured_output_async(model, schema_type)
 
     @pytest.mark.xfail(reason=TINY_JOKE + " With punchline optional, it used to pass on the "
                        "partial Joke the cut answer parsed into.", raises=OutputTruncatedError,
