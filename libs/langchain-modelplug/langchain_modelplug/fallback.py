@@ -377,6 +377,11 @@ class FallbackChatModel(BaseChatModel):
     _bound: list[Runnable | bool | None] | None = PrivateAttr(default=None)
     _tools: list[dict[str, Any]] | None = PrivateAttr(default=None)
     _tool_choice: Any = PrivateAttr(default=None)
+    #: Each candidate's LangSmith params, per stop list (see _get_ls_params).
+    _own_ls_params: dict[tuple[str, ...], list[dict[str, Any]]] = PrivateAttr(
+        default_factory=dict)
+    #: Whether any candidate could be skipped for what a request needs (see _needs).
+    _may_skip: bool = PrivateAttr(default=True)
 
     def __init__(self, models: Sequence[str | BaseChatModel] | None = None, **kwargs: Any) -> None:
         if models is None:
@@ -445,7 +450,10 @@ class FallbackChatModel(BaseChatModel):
         # every candidate has the same one (as the shared kwargs give the string-built ones).
         params = LangSmithParams(ls_provider="fallback", ls_model_name=", ".join(self.names),
                                  ls_model_type="chat")
-        own = [_ls_params(m, stop) for m in self.models]
+        key = tuple(stop or ())
+        own = self._own_ls_params.get(key)
+        if own is None:  # the candidates never change: asked once per stop list
+            own = self._own_ls_params[key] = [_ls_params(m, stop) for m in self.models]
         for key, ls_key in (("temperature", "ls_temperature"), ("max_tokens", "ls_max_tokens")):
             values = {p.get(ls_key) for p in own}
             value = kwargs.get(key)
@@ -478,6 +486,7 @@ class FallbackChatModel(BaseChatModel):
                                      getattr(model, "profile", None), endpoint,
                                      continues=continues_prefill(model)))
         self._candidate_list = out
+        self._may_skip = any(Needs.may_skip(c.profile) for c in out)
         return out
 
     def _session(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> str | None:
@@ -506,6 +515,10 @@ class FallbackChatModel(BaseChatModel):
         return kwargs
 
     def _needs(self, messages: list[BaseMessage], kwargs: dict[str, Any]) -> Needs | None:
+        """What the request needs, or None when no candidate could be skipped for a need (then
+        nothing needs working out: a pool of like replicas pays nothing for it)."""
+        if not self._may_skip:
+            return None
         tools = kwargs.get("tools") or self._tools
         choice = kwargs.get("tool_choice", self._tool_choice)
         return request_needs(messages, tools, choice)
@@ -555,11 +568,13 @@ class FallbackChatModel(BaseChatModel):
             await adispatch_custom_event(ATTEMPT_EVENT, attempt.as_dict(), config=config)
 
     def _result(self, outcome: Outcome[ChatResult]) -> ChatResult:
+        """The candidate's result, its messages naming the fallback run (updated in place: the
+        result and its messages were made for this call)."""
         meta = self._fallback_metadata(outcome)
-        generations = [ChatGeneration(
-            message=g.message.model_copy(
-                update={"response_metadata": {**g.message.response_metadata, **meta}}),
-            generation_info=g.generation_info) for g in outcome.value.generations]
+        generations = outcome.value.generations
+        for generation in generations:
+            generation.message.response_metadata = {**generation.message.response_metadata,
+                                                    **meta}
         return ChatResult(generations=generations, llm_output={
             **(outcome.value.llm_output or {}), **_attempts.answered_by(outcome.value)})
 
