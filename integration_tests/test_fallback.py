@@ -27,6 +27,7 @@ from modelplug import (
     BadRequestError,
     ConfigurationError,
     FallbackExhaustedError,
+    OutputTruncatedError,
     ProviderUnavailableError,
     RateLimitError,
     UnsupportedCapabilityError,
@@ -601,6 +602,21 @@ def test_with_structured_output_on_every_candidate(method: str | None) -> None:
     answer = structured.invoke("The capital of France is Paris. Fill in the fields.")
     assert isinstance(answer, Capital)
     assert answer.city and answer.country
+
+
+def test_a_cut_forced_tool_answer_is_an_error_naming_max_tokens() -> None:
+    """function_calling through a set raises OutputTruncatedError naming the answering
+    candidate's max_tokens, as ChatModelPlug does, where it parsed into None before."""
+    llm = FallbackChatModel([down(), "llamacpp:smollm2"], temperature=0, max_tokens=5)
+    ask = "Extract the person: Alice is 30 years old."
+    for method in (None, "function_calling"):
+        with pytest.raises(OutputTruncatedError, match="max_tokens=5"):
+            llm.with_structured_output(Capital, method=method).invoke(ask)
+    with pytest.raises(OutputTruncatedError, match="max_tokens=5"):
+        list(llm.with_structured_output(Capital).stream(ask))
+    raw = llm.with_structured_output(Capital, include_raw=True).invoke(ask)
+    assert raw["parsed"] is None and isinstance(raw["parsing_error"], OutputTruncatedError)
+    assert raw["raw"].response_metadata["fallback_model"] == "llamacpp:smollm2"
 
 
 def test_profile_and_ls_params_describe_the_set(local: ChatModelPlug) -> None:

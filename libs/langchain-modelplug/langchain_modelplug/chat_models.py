@@ -350,14 +350,8 @@ class ChatModelPlug(BaseChatModel):
                 f"Unknown structured output method {method!r}. Use 'json_schema', "
                 "'function_calling' or 'json_mode'."
             )
-        finished = _finished_answers(self.max_tokens)
-        if not include_raw:
-            return llm | finished | parser
-        parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | finished | parser,
-                                            parsing_error=lambda _: None)
-        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
-        return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback],
-                                                            exception_key="parsing_error")
+        return structured_runnable(llm, parser, include_raw=include_raw,
+                                   max_tokens=self.max_tokens)
 
     # -- batched generation for in-process backends (hf: one left-padded generate) -------------
     # LangChain's default batch() runs invoke() per input in a thread pool; an in-process model
@@ -502,29 +496,49 @@ class ChatModelPlug(BaseChatModel):
         return self._batch_result(outputs, return_exceptions)
 
 
-def _finished_answers(max_tokens: int | None) -> Runnable:
+def structured_runnable(llm: Runnable, parser: Runnable, *, include_raw: bool,
+                        max_tokens: int | Callable[[BaseMessage], int | None] | None) -> Runnable:
+    """``llm`` answering into ``parser``, as ``with_structured_output`` returns it (with
+    ``include_raw``: the raw message, the parsed answer and any parsing error), never passing a
+    cut answer on as parsed (see :func:`_finished_answers`; ``max_tokens``: the budget, or how
+    to read it from the answer's first message)."""
+    finished = _finished_answers(max_tokens)
+    if not include_raw:
+        return llm | finished | parser
+    parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | finished | parser,
+                                        parsing_error=lambda _: None)
+    fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+    return RunnableMap(raw=llm) | parsed.with_fallbacks([fallback],
+                                                        exception_key="parsing_error")
+
+
+def _finished_answers(max_tokens: int | Callable[[BaseMessage], int | None] | None) -> Runnable:
     """Passes a structured call's answer (message or stream of chunks) on to its parser, but
     raises :class:`~modelplug.OutputTruncatedError` (naming max_tokens) when the output budget
     cut it: LangChain's JSON parsers accept partial JSON and would hand back an incomplete
     object as if it were the answer. A stream still yields the partial chunks before that."""
 
-    def seen(chunk: BaseMessage, text: list[str]) -> None:
+    def seen(chunk: BaseMessage, text: list[str], budget: list[int | None]) -> None:
+        if not budget:  # a fallback set names the candidate that answered on its first chunk
+            budget.append(max_tokens(chunk) if callable(max_tokens) else max_tokens)
         text.append(chunk.content if isinstance(chunk.content, str) else "")
         for call in getattr(chunk, "tool_call_chunks", None) or []:
             text.append(call.get("args") or "")
         check_finished("".join(text), (chunk.response_metadata or {}).get("finish_reason"),
-                       max_tokens)
+                       budget[0])
 
     def transform(chunks: Iterator[BaseMessage]) -> Iterator[BaseMessage]:
         text: list[str] = []
+        budget: list[int | None] = []
         for chunk in chunks:
-            seen(chunk, text)
+            seen(chunk, text, budget)
             yield chunk
 
     async def atransform(chunks: AsyncIterator[BaseMessage]) -> AsyncIterator[BaseMessage]:
         text: list[str] = []
+        budget: list[int | None] = []
         async for chunk in chunks:
-            seen(chunk, text)
+            seen(chunk, text, budget)
             yield chunk
 
     return RunnableGenerator(transform, atransform, name="check_finished")

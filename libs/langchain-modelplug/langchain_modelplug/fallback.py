@@ -840,7 +840,7 @@ class FallbackChatModel(BaseChatModel):
         one's error is raised, the others' noted on it.
         """
         if method in (None, "function_calling") and not kwargs:
-            return super().with_structured_output(schema, include_raw=include_raw)
+            return self._forced_tool_output(schema, include_raw)
         options = {**({"method": method} if method else {}), **kwargs}
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
         structured = self._each_candidate(
@@ -853,6 +853,41 @@ class FallbackChatModel(BaseChatModel):
                          self.models, self.names, structured, self._endpoints, strict=True)
                      if runnable is not None]
         return FallbackRunnable(runnables, self._policy)
+
+    def _forced_tool_output(self, schema: dict[str, Any] | type | None,
+                            include_raw: bool) -> Runnable:
+        """``with_structured_output`` by a forced tool call, as BaseChatModel builds it, but an
+        answer cut by its candidate's max_tokens raises OutputTruncatedError (naming it), as a
+        single ChatModelPlug's does, instead of parsing into None or a partial object."""
+        from langchain_core.output_parsers.openai_tools import (
+            JsonOutputKeyToolsParser,
+            PydanticToolsParser,
+        )
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        from langchain_modelplug.chat_models import structured_runnable
+
+        if schema is None:
+            raise ValueError("schema is required for method='function_calling'.")
+        llm = self.bind_tools([schema], tool_choice="any", ls_structured_output_format={
+            "kwargs": {"method": "function_calling"}, "schema": schema})
+        parser: Runnable
+        if isinstance(schema, type) and is_basemodel_subclass(schema):
+            parser = PydanticToolsParser(tools=[schema], first_tool_only=True)
+        else:
+            parser = JsonOutputKeyToolsParser(
+                key_name=convert_to_openai_tool(schema)["function"]["name"], first_tool_only=True)
+        return structured_runnable(llm, parser, include_raw=include_raw,
+                                   max_tokens=self._budget_of)
+
+    def _budget_of(self, message: BaseMessage) -> int | None:
+        """The max_tokens of the candidate that answered ``message`` (named in its metadata)."""
+        name = (message.response_metadata or {}).get("fallback_model")
+        for model, candidate in zip(self.models, self.names, strict=True):
+            if candidate == name:
+                budget = _ls_params(model).get("ls_max_tokens")
+                return budget if isinstance(budget, int) else None
+        return None
 
     def _each_candidate(self, make: Callable[[BaseChatModel], Runnable], what: str,
                         fix: str) -> list[Runnable | None]:
