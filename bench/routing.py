@@ -7,7 +7,8 @@
    cooldown), FallbackChatModel(health=False) (every call waits for the timeout again, as before
    health memory) and LangChain's ``primary.with_fallbacks([fallback])``.
 2. A pool's own cost per call: FallbackChatModel over 3 replicas with strategy="round_robin"
-   minus one ChatModelPlug calling one replica directly (invoke; target <= 0.2 ms).
+   minus one ChatModelPlug calling one replica directly (invoke; target <= 0.2 ms); and the same
+   with the pool's 3 members on one server (the client's cost without the spread over servers).
 3. Throughput under 64 concurrent clients (ainvoke): a 3-replica pool (round_robin and
    least_outstanding) vs one replica, each replica of bounded capacity (4 slots, 50 ms an
    answer, as a small llama-server -np 4 would be).
@@ -137,6 +138,17 @@ def main() -> None:
         table.row("invoke per call: 3-replica round_robin pool vs one replica directly",
                   f"{pool_ms:.3f} ms", f"{direct_ms:.3f} ms", f"{added:+.3f} ms")
         table.check("pool overhead per call", f"{added:+.3f} ms", "<= +0.2 ms", added <= 0.2)
+        # The same pool's members all on one server: the client's own cost alone, without
+        # the spread over three server processes (which on 2 cores is not free either).
+        same = FallbackChatModel([model(url) for _ in replicas], strategy="round_robin",
+                                 health=HealthTable())
+        per_call_ms(same, 20)
+        samples = interleaved({"same": lambda: per_call_ms(same, calls),
+                               "direct": lambda: per_call_ms(direct, calls)}, args.rounds)
+        same_ms, direct_ms = median(samples["same"]), median(samples["direct"])
+        print("pool overhead, one server", round(same_ms, 3), round(direct_ms, 3), flush=True)
+        table.row("invoke per call: 3-member round_robin pool, all on one server, vs directly",
+                  f"{same_ms:.3f} ms", f"{direct_ms:.3f} ms", f"{same_ms - direct_ms:+.3f} ms")
 
     # 3. Throughput of bounded replicas under 64 concurrent clients.
     total = 240 if args.quick else 960
