@@ -16,6 +16,12 @@ And the converse, without the model: every valid instance hypothesis draws for a
 format-free) schema, written as the grammar writes JSON, is accepted by the grammar,
 so the mask never forbids a valid answer.
 
+And for thinking models (reason, then constrain), without the model: any reasoning that does
+not close itself, then the closing tag, up to two newlines and a valid answer, is admitted by
+the reasoning grammar (the model writes the opening tag, or the template already did); and
+reasoning that runs past its budget is closed by the constraint, which then allows only the
+closing tag's tokens, with the tags as text (SmolLM2) or as special tokens of the vocabulary.
+
 The normal run is a small fixed sample (``derandomize``). ``make conformance`` runs a few
 hundred random schemas (MODELPLUG_CONFORMANCE_EXAMPLES) and writes the counts to
 MODELPLUG_CONFORMANCE_REPORT.
@@ -347,3 +353,94 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return []
+
+
+# -- reason, then constrain --------------------------------------------------------------------
+
+#: Reasoning text: any assigned characters, newlines included, never the closing tag itself.
+reasonings = st.text(st.characters(exclude_categories=("Cn", "Cs")), max_size=40).filter(
+    lambda t: structured.CLOSE_TAG not in t)
+
+
+@settings(max_examples=max(50, EXAMPLES), deadline=None, derandomize=not FULL, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture,
+                                 HealthCheck.filter_too_much])
+@given(data=st.data(), schema=schemas().filter(
+    lambda s: not refused_keyword(s) and '"format"' not in json.dumps(s)),
+    reasoning=reasonings, opened=st.booleans(), gap=st.sampled_from(["", "\n", "\n\n"]))
+def test_reasoning_then_every_valid_answer_is_admitted(vocabulary: Any, data: Any,
+                                                       schema: dict[str, Any], reasoning: str,
+                                                       opened: bool, gap: str) -> None:
+    import llguidance
+
+    instance = data.draw(instances(schema, schema), label="instance")
+    assume(jsonschema.Draft202012Validator(schema).is_valid(instance))
+    assume(not any(s.endswith("\n") for s in _strings(instance)))
+    answer = written(instance, structured.closed(schema), structured.closed(schema))
+    text = ("" if opened else structured.OPEN_TAG) + reasoning + structured.CLOSE_TAG + gap + \
+        answer
+    grammar = structured.compile_grammar(schema, structured.Reasoning(opened, budget=10_000))
+    matcher = llguidance.LLMatcher(vocabulary, grammar, log_level=0)
+    tokens = vocabulary.tokenize_str(text)
+    taken = matcher.try_consume_tokens(tokens)
+    assert taken == len(tokens) and matcher.is_accepting(), \
+        f"the reasoning grammar refused a valid answer at token {taken}: {text!r} for {schema}"
+
+
+@pytest.fixture(scope="module")
+def special_vocabulary(smollm2_hf_path: Path) -> Any:
+    """llguidance's view of SmolLM2's tokenizer with ``<think>`` and ``</think>`` added as
+    special tokens, as thinking models' vocabularies may have them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": [structured.OPEN_TAG,
+                                                                structured.CLOSE_TAG]})
+    return structured.hf_tokenizer(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
+
+
+BOUNDED = {"type": "object", "required": ["n"], "properties": {
+    "n": {"type": "integer", "minimum": 1, "maximum": 9}}}
+
+
+@settings(max_examples=max(30, EXAMPLES), deadline=None, derandomize=not FULL, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.sampled_from(["a", " think", " about", " it", "\n", " 42", "<", "/"]),
+                      min_size=1, max_size=30),
+       budget=st.integers(1, 12), opened=st.booleans(), special=st.booleans())
+def test_reasoning_past_its_budget_is_closed(vocabulary: Any, special_vocabulary: Any,
+                                             words: list[str], budget: int, opened: bool,
+                                             special: bool) -> None:
+    """Reasoning tokens are taken until the budget is spent; then the only tokens allowed are
+    the closing tag's, one by one, and the answer follows under the schema."""
+    vocab = special_vocabulary if special else vocabulary
+    assert structured.special_tags(vocab) is special
+    reasoning = structured.Reasoning(opened, budget=budget, special=special)
+    constraint = structured.Constraint(
+        vocab, structured.compile_grammar(BOUNDED, reasoning), vocab.vocab_size, reasoning)
+    opening = [] if opened else vocab.tokenize_str(structured.OPEN_TAG, parse_special=special)
+    for token in opening:
+        assert constraint.allowed()[token]
+        constraint.consume(token)
+    taken = 0
+    for token in vocab.tokenize_str("".join(words)):
+        if taken == budget:
+            break
+        assert constraint.allowed()[token]
+        constraint.consume(token)
+        taken += 1
+    closing = vocab.tokenize_str(structured.CLOSE_TAG, parse_special=special)
+    if taken < budget:  # it closes itself within the budget
+        assert all(constraint.allowed()[t] for t in closing[:1])
+    else:
+        for token in closing:
+            allowed = constraint.allowed().nonzero()[0].tolist()
+            assert allowed == [token], "past its budget only the closing tag is allowed"
+            constraint.consume(token)
+        assert constraint.thinking is None
+    if taken == budget:
+        for token in vocab.tokenize_str('{"n": 7}'):
+            assert constraint.allowed()[token]
+            constraint.consume(token)
+        assert constraint.matcher.is_accepting()

@@ -8,6 +8,11 @@ function_calling, json_mode, include_raw), LlamaIndex ``structured_predict`` /
 call, and ``modelplug serve``'s ``response_format``; every answer is valid for the schema, and the
 json_schema paths, which send the same request, give the same answer. Also the issue's examples
 (Alice is 30) and the budget's end raised as OutputTruncatedError instead of a partial object.
+
+Reason, then constrain: no thinking model exists offline, so SmolLM2 is made to think with a
+chat template whose generation prompt opens ``<think>`` (as DeepSeek-R1's does), or with the
+``;thinking`` flag (the model opens the tag itself, as Qwen3 does); its reasoning runs free up to
+``thinking_budget`` tokens and only the answer after ``</think>`` is constrained.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from llama_index.llms.modelplug import ModelPlug
 from pydantic import BaseModel, Field
 
 from langchain_modelplug import ChatModelPlug
-from modelplug import ChatRequest, OutputTruncatedError, UnsupportedSchemaError
+from modelplug import ChatRequest, OutputTruncatedError, UnsupportedSchemaError, create_backend
+from modelplug.backends import structured
+from modelplug.profile import read_gguf_info
 from modelplug.server import create_app
 
 ASK = "Alice is 30 years old and lives in Paris. She is an admin, code AB, tags: x."
@@ -153,12 +160,40 @@ def test_the_server_response_format_gives_the_same_answer(chat: ChatModelPlug) -
     assert served == json.loads(direct.text)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_server_refuses_an_unenforceable_schema_with_a_400(chat: ChatModelPlug,
+                                                                stream: bool) -> None:
+    """The schema is checked before anything is generated or sent: a 400 naming the keyword,
+    streamed or not (never a 200 whose stream then fails)."""
+    schema = {"type": "object", "properties": {"ids": {
+        "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}
+    server = LoopbackServer(create_app(chat.backend, api_key="")).start()
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="served", messages=[{"role": "user", "content": ASK}], stream=stream,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "Ids", "schema": schema}})
+    finally:
+        server.stop()
+    error = caught.value.body
+    assert caught.value.status_code == 400 and error["type"] == "invalid_request_error"
+    assert "uniqueItems" in error["message"] and error["code"] == "UnsupportedSchemaError"
+
+
 def test_the_issue_examples_answer_alice_30(chat: ChatModelPlug, llm: ModelPlug) -> None:
     from_llama_index = llm.structured_predict(
         Person, PromptTemplate("Extract the person: {text}"), text="Alice is 30 years old.")
     from_langchain = chat.with_structured_output(Person, method="json_schema").invoke(
         "Extract the person: Alice is 30 years old.")
     assert from_llama_index == from_langchain == Person(name="Alice", age=30)
+
+
+def test_a_model_that_does_not_think_answers_at_once(chat: ChatModelPlug) -> None:
+    raw = chat.with_structured_output(Person, method="json_schema", include_raw=True).invoke(
+        "Extract the person: Alice is 30 years old.")["raw"]
+    assert raw.content.startswith("{") and "reasoning_content" not in raw.additional_kwargs
 
 
 def test_an_integer_bound_holds(chat: ChatModelPlug) -> None:
@@ -205,3 +240,74 @@ def test_a_named_chat_format_is_constrained_by_the_same_grammar() -> None:
     answer = chat.with_structured_output(schema, method="json_schema").invoke(
         "Extract the person: Alice is 30 years old.")
     assert answer["name"] == "Alice" and 1 <= answer["age"] <= 9
+
+
+# -- reason, then constrain ---------------------------------------------------------------------
+
+#: Reasoning tokens before the answer (small: the test model never closes its thinking itself).
+BUDGET = 24
+EXTRACT = "Extract the person: Alice is 30 years old."
+
+
+@pytest.fixture(scope="module")
+def thinking_template(smollm2_path: Path) -> str:
+    """SmolLM2's own chat template, its generation prompt opening ``<think>``."""
+    own = read_gguf_info(smollm2_path).chat_template
+    opened = own.replace("'<|im_start|>assistant\n' }}", "'<|im_start|>assistant\n<think>\n' }}")
+    assert opened != own
+    return opened
+
+
+def _within_budget(usage: Any, schema: dict[str, Any], opened: bool = True) -> None:
+    """Reasoning and answer took no more than the reasoning budget, the tags and the answer."""
+    reasoning = structured.Reasoning(opened=opened, budget=BUDGET)
+    assert usage <= BUDGET + reasoning.overhead + structured.output_bound(schema)
+
+
+def test_a_thinking_model_reasons_then_answers_in_the_schema(
+        model_string: str, thinking_template: str) -> None:
+    chat = ChatModelPlug(model=model_string, temperature=0, chat_template=thinking_template,
+                         thinking_budget=BUDGET)
+    schema = {"title": "P", "type": "object", "required": ["name", "age"], "properties": {
+        "name": {"type": "string", "maxLength": 20},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150}}}
+    result = chat.with_structured_output(schema, method="json_schema", include_raw=True).invoke(
+        EXTRACT)
+    raw = result["raw"]
+    assert result["parsing_error"] is None and result["parsed"] == {"name": "Alice", "age": 30}
+    assert raw.additional_kwargs["reasoning_content"].strip()
+    assert "</think>" not in raw.content and raw.content.startswith("{")
+    _within_budget(raw.usage_metadata["output_tokens"], schema)
+
+    streamed = list(chat.with_structured_output(schema, method="json_schema").stream(EXTRACT))
+    assert streamed[-1] == {"name": "Alice", "age": 30}
+    tool = chat.with_structured_output(schema, method="function_calling", include_raw=True) \
+        .invoke(EXTRACT)
+    assert tool["raw"].additional_kwargs["reasoning_content"].strip()
+    jsonschema.validate(tool["parsed"], schema)
+
+    llm = ModelPlug(model=model_string, temperature=0, chat_template=thinking_template,
+                    thinking_budget=BUDGET)
+    assert llm.structured_predict(Person, PromptTemplate("Extract the person: {text}"),
+                                  text="Alice is 30 years old.") == Person(name="Alice", age=30)
+
+
+def test_a_thinking_model_that_opens_its_own_tag(model_string: str) -> None:
+    """The ``;thinking`` flag: the grammar writes ``<think>`` first, as Qwen3 does itself."""
+    backend = create_backend(f"{model_string};tools,thinking", thinking_budget=BUDGET)
+    schema = {"type": "object", "required": ["age"], "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 150}}}
+    response = backend.chat(ChatRequest(
+        [{"role": "user", "content": EXTRACT}], temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "A", "schema": schema}}))
+    assert response.reasoning.strip() and response.finish_reason == "stop"
+    jsonschema.validate(json.loads(response.text), schema)
+    _within_budget(response.usage.output_tokens, schema, opened=False)
+
+
+def test_reasoning_false_answers_at_once(model_string: str, thinking_template: str) -> None:
+    chat = ChatModelPlug(model=model_string, temperature=0, chat_template=thinking_template,
+                         reasoning=False)
+    raw = chat.with_structured_output(Person, method="json_schema", include_raw=True).invoke(
+        EXTRACT)["raw"]
+    assert raw.content.startswith("{") and "reasoning_content" not in raw.additional_kwargs

@@ -1,10 +1,17 @@
-"""The <think> tag splitter: reasoning out of the answer, whole or streamed in any pieces."""
+"""The <think> tag splitter: reasoning out of the answer, whole or streamed in any pieces; and
+where a thinking model's constrained answer starts, with its reasoning budget."""
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelplug.backends import structured
 from modelplug.backends.reasoning import ThinkTagSplitter, split_think_tags
+from modelplug.errors import ConfigurationError
 
 ANSWER = "<think>\nThe user asks 2+2. That is 4.\n</think>\n\nThe answer is 4."
 
@@ -103,3 +110,75 @@ def test_unclosed_thinking_is_reasoning() -> None:
 def test_stray_closing_tag_is_dropped_from_streamed_text() -> None:
     text, reasoning, _ = _stream(["Answer", "</think>", " more"])
     assert (text, reasoning) == ("Answer more", "")
+
+
+# -- reason, then constrain: where a constrained answer's reasoning starts, and its budget ------
+
+QWEN3_LIKE = "{% if enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+PLAIN = "{{ '<|im_start|>assistant\n' }}"
+BOUNDED = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1,
+                                                  "maximum": 9}}, "required": ["n"]}
+
+
+def _request(reasoning: bool | None = None) -> SimpleNamespace:
+    return SimpleNamespace(reasoning=reasoning)
+
+
+def test_a_template_that_opened_think_starts_the_answer_inside_it() -> None:
+    start = structured.reasoning_start(_request(), "<|im_start|>assistant\n<think>\n",
+                                       template=PLAIN, thinking=None, budget=40)
+    assert start == structured.Reasoning(opened=True, budget=40)
+
+
+def test_a_thinking_model_opens_its_own_tag() -> None:
+    for template, thinking in ((QWEN3_LIKE, None), (PLAIN, True)):
+        start = structured.reasoning_start(_request(), "<|im_start|>assistant\n",
+                                           template=template, thinking=thinking)
+        assert start == structured.Reasoning(opened=False)
+
+
+def test_no_reasoning_for_models_that_do_not_think_or_when_it_is_switched_off() -> None:
+    prompt = "<|im_start|>assistant\n"
+    assert structured.reasoning_start(_request(), prompt, template=PLAIN, thinking=None) is None
+    assert structured.reasoning_start(_request(False), prompt + "<think>\n", template=QWEN3_LIKE,
+                                      thinking=True) is None
+    # Qwen3's enable_thinking=False: the template closed an empty block in the prompt
+    assert structured.reasoning_start(_request(), prompt + "<think>\n\n</think>\n\n",
+                                      template=QWEN3_LIKE, thinking=True) is None
+
+
+@given(budget=st.integers(1, 10_000), max_tokens=st.integers(1, 10_000),
+       opened=st.booleans())
+def test_reasoning_fitted_to_max_tokens_leaves_room_for_a_bounded_answer(
+        budget: int, max_tokens: int, opened: bool) -> None:
+    fitted = structured.within(structured.Reasoning(opened, budget), BOUNDED, max_tokens)
+    assert 1 <= fitted.budget <= budget
+    room = max_tokens - structured.output_bound(BOUNDED) - fitted.overhead
+    assert fitted.budget == budget or fitted.budget == max(1, room)
+    if room >= 1:  # reasoning and the longest answer fit the request's budget together
+        assert fitted.budget + fitted.overhead + structured.output_bound(BOUNDED) <= max_tokens
+
+
+@given(budget=st.integers(1, 10_000), max_tokens=st.integers(4 * 17, 10_000))
+def test_reasoning_takes_at_most_half_of_max_tokens_when_the_answer_is_unbounded(
+        budget: int, max_tokens: int) -> None:
+    fitted = structured.within(structured.Reasoning(True, budget), {"type": "object"},
+                               max_tokens)
+    assert fitted.budget + fitted.overhead <= max_tokens // 2 or fitted.budget == budget
+
+
+def test_the_default_budget_adds_the_reasonings_own() -> None:
+    reasoning = structured.Reasoning(opened=False, budget=100)
+    bound = structured.output_bound(BOUNDED)
+    assert structured.default_budget(BOUNDED, None, 512) == bound
+    assert structured.default_budget(BOUNDED, reasoning, 512) == bound + 100 + \
+        len("<think>") + len("</think>") + 2
+    assert structured.default_budget({"type": "object"}, reasoning, 512) == 512 + \
+        reasoning.budget + reasoning.overhead
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "256", True])
+def test_a_bad_thinking_budget_is_refused_naming_it(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match=f"thinking_budget.*{bad!r}"):
+        structured.thinking_budget({"thinking_budget": bad})
+    assert structured.thinking_budget({}) == structured.DEFAULT_THINKING_BUDGET

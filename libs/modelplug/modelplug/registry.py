@@ -38,10 +38,12 @@ NETWORK_KWARGS = frozenset({"api_key", "base_url", "timeout", "max_retries", "de
                             "model_kwargs"})
 LLAMACPP_KWARGS = frozenset({"model_path", "n_ctx", "n_gpu_layers", "n_threads", "n_batch",
                              "chat_format", "chat_handler", "verbose", "model_kwargs",
-                             "n_parallel", "max_queue", "queue_timeout"})
+                             "n_parallel", "max_queue", "queue_timeout", "chat_template",
+                             "thinking_budget"})
 HF_KWARGS = frozenset({"model_kwargs", "device", "torch_dtype", "allow_download",
                        "trust_remote_code", "tool_call_format", "max_batch", "kv_cache_tokens",
-                       "max_queue", "queue_timeout", "continuous_batching", "progress"})
+                       "max_queue", "queue_timeout", "continuous_batching", "progress",
+                       "chat_template", "thinking_budget"})
 
 #: Why an in-process row refuses the network settings (the row's ``refused`` field).
 IN_PROCESS_REFUSED = {
@@ -89,6 +91,16 @@ class ProviderSpec:
     #: Whether the answer to a prefill may start by repeating it (llama-server: its chat parser
     #: reads the prefill and the output as one message); the backend strips the repeat.
     prefill_echo: bool = False
+    #: OpenAI-compatible rows: whether the server reads a ``tool_choice`` naming one tool (an
+    #: object). False (llama-server, which takes the object as the wrong type and falls back to
+    #: "auto" with only a log line): a named choice is sent as "required" over just that tool.
+    named_tool_choice: bool = True
+    #: OpenAI-compatible rows: whether the server says at ``GET /props`` (beside ``/v1``) what
+    #: the loaded model and its chat template can do (llama-server), asked once before the first
+    #: request; elsewhere the catalog and ``;flags`` decide.
+    props_probe: bool = False
+    #: OpenAI-compatible rows: whether the endpoint has raw text completion (``/v1/completions``).
+    has_completions: bool = True
 
     @property
     def in_process(self) -> bool:
@@ -130,8 +142,10 @@ def _importable(name: str) -> bool:
 def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
             kind: Kind = "local-server", closed_catalog: bool = False,
             structured_output: bool | None = None,
-            prefill: PrefillMode | None = None, prefill_echo: bool = False) -> ProviderSpec:
-    """One OpenAI-compatible endpoint: pure configuration over the openai SDK."""
+            prefill: PrefillMode | None = None, prefill_echo: bool = False,
+            **quirks: Any) -> ProviderSpec:
+    """One OpenAI-compatible endpoint: pure configuration over the openai SDK (``quirks``: the
+    row's other fields, e.g. ``named_tool_choice=False``)."""
     return ProviderSpec(
         key=key,
         backend="modelplug.backends.openai_compat:OpenAICompatBackend",
@@ -145,6 +159,7 @@ def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
         structured_output=structured_output,
         prefill=prefill,
         prefill_echo=prefill_echo,
+        **quirks,
     )
 
 
@@ -177,7 +192,7 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
             kind="cloud", closed_catalog=True, structured_output=True),
     _compat("gemini", "https://generativelanguage.googleapis.com/v1beta/openai/", "GOOGLE_API_KEY",
             "Google Gemini through its OpenAI-compatible endpoint", kind="cloud",
-            closed_catalog=True, structured_output=True),
+            closed_catalog=True, structured_output=True, has_completions=False),
     _compat("lmstudio", "http://localhost:1234/v1", None, "LM Studio server"),
     _compat("ollama-openai", "http://localhost:11434/v1", None,
             "Ollama through its OpenAI-compatible API (supports max_retries)"),
@@ -185,7 +200,7 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
     _compat("vllm", "http://localhost:8000/v1", None, "vLLM server", structured_output=True,
             prefill="continue_final_message"),
     _compat("llamaserver", "http://localhost:8080/v1", None, "llama.cpp llama-server",
-            prefill="native", prefill_echo=True),
+            prefill="native", prefill_echo=True, named_tool_choice=False, props_probe=True),
     _compat("sglang", "http://localhost:30000/v1", None, "SGLang server",
             prefill="continue_final_message"),
     # OpenAI-compatible clouds: configuration only, free-form model ids.

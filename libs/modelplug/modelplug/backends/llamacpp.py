@@ -52,6 +52,15 @@ class LlamaCppBackend(Backend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.n_ctx  # noqa: B018  fail fast: missing or corrupt file, bad n_ctx (header only)
+        structured.thinking_budget(self.settings)
+        if self.settings.get("chat_template") is not None and self._delegates:
+            raise ConfigurationError(
+                "chat_template= and chat_format=/chat_handler= each set how the prompt is "
+                "written; pass one of them.")
+        if not isinstance(self.settings.get("chat_template") or "", str):
+            raise ConfigurationError(
+                f"chat_template must be a Jinja chat template (a str); got "
+                f"{self.settings['chat_template']!r}.")
 
     # -- locating and loading ------------------------------------------------------------------
 
@@ -186,6 +195,8 @@ class LlamaCppBackend(Backend):
             tool_call_streaming=tools,
             structured_output=True,
             image_inputs="chat_handler" in self.settings,
+            reasoning_output=True if structured.OPEN_TAG in (
+                self.settings.get("chat_template") or self._gguf().chat_template or "") else None,
         )
 
     # -- calls --------------------------------------------------------------------------------
@@ -284,20 +295,43 @@ class LlamaCppBackend(Backend):
 
     def _chat_job(self, loaded: LoadedModel, request: ChatRequest,
                   sampling: dict[str, Any]) -> Any:
+        from modelplug.backends.reasoning import ThinkTagSplitter
+
         llm = loaded.model
-        tokens = self._chat_tokens(llm, request, with_tools=tooling.constrained(request))
+        tokens, prompt = self._chat_tokens(llm, request, with_tools=tooling.constrained(request))
         schema = structured.answer_schema(request)
-        constraint = None if schema is None else self._constraint(loaded, schema)
-        return self._job(llm, tokens, request, constraint, sampling, schema)
+        template = self._template()
+        reasoning = constraint = None
+        if schema is not None:
+            reasoning = structured.reasoning_start(
+                request, prompt, template=template, thinking=self.ref.thinking,
+                budget=structured.thinking_budget(self.settings))
+            if reasoning is not None:
+                reasoning = structured.within(reasoning, schema, request.max_tokens, special=(
+                    structured.special_tags(self._lltokenizer(loaded))))
+            constraint = self._constraint(loaded, schema, reasoning)
+        think = reasoning is not None if schema is not None else (
+            structured.OPEN_TAG in template or bool(self.ref.thinking))
+        job = self._job(llm, tokens, request, constraint, sampling, schema, reasoning)
+        if think:  # reasoning goes to its own channel (a template may have opened the tag)
+            job.splitter = ThinkTagSplitter(
+                implicit_open=prompt.rstrip().endswith(structured.OPEN_TAG))
+            job.special = reasoning is not None and reasoning.special
+        return job
 
     @staticmethod
-    def _constraint(loaded: LoadedModel, schema: dict[str, Any]) -> structured.Constraint:
-        """The request's grammar state over the model's vocabulary (one tokenizer view per
-        loaded model)."""
-        tokenizer = loaded.companion("lltokenizer",
-                                     lambda: structured.llamacpp_tokenizer(loaded.model))
-        return structured.Constraint(tokenizer, structured.compile_schema(schema),
-                                     loaded.model.n_vocab())
+    def _lltokenizer(loaded: LoadedModel) -> Any:
+        """llguidance's view of the model's vocabulary (one per loaded model)."""
+        return loaded.companion("lltokenizer",
+                                lambda: structured.llamacpp_tokenizer(loaded.model))
+
+    @classmethod
+    def _constraint(cls, loaded: LoadedModel, schema: dict[str, Any],
+                    reasoning: structured.Reasoning | None = None) -> structured.Constraint:
+        """The request's grammar state over the model's vocabulary."""
+        return structured.Constraint(cls._lltokenizer(loaded),
+                                     structured.compile_grammar(schema, reasoning),
+                                     loaded.model.n_vocab(), reasoning)
 
     def _completion_job(self, llm: Any, request: CompletionRequest,
                         sampling: dict[str, Any]) -> Any:
@@ -306,27 +340,30 @@ class LlamaCppBackend(Backend):
 
     def _job(self, llm: Any, tokens: list[int], request: ChatRequest | CompletionRequest,
              constraint: structured.Constraint | None, sampling: dict[str, Any],
-             schema: dict[str, Any] | None = None) -> Any:
+             schema: dict[str, Any] | None = None,
+             reasoning: structured.Reasoning | None = None) -> Any:
         from modelplug.backends.llamacpp_engine import LlamaJob
 
-        return LlamaJob(tokens=tokens, max_new=self._max_new(tokens, request, schema),
+        return LlamaJob(tokens=tokens, max_new=self._max_new(tokens, request, schema, reasoning),
                         sampler=_sampler(llm, constraint, request.seed, sampling),
                         stops=request.stop or [], model=self.ref.model_id,
                         constraint=constraint)
 
     def _max_new(self, prompt_tokens: list[int], request: ChatRequest | CompletionRequest,
-                 schema: dict[str, Any] | None = None) -> int:
+                 schema: dict[str, Any] | None = None,
+                 reasoning: structured.Reasoning | None = None) -> int:
         """The request's output budget (:data:`DEFAULT_MAX_TOKENS` when it sets none: GGUF
         metadata names no budget), within the context window (a prompt that fills the window is
         a ContextOverflowError, raised before anything is queued). A structured answer whose
-        schema bounds its length defaults to that bound instead, so it always finishes."""
+        schema bounds its length defaults to that bound instead (plus the reasoning's budget),
+        so it always finishes."""
         n_ctx = self.n_ctx  # what was asked for: llama.cpp may pad its own context size up
         if len(prompt_tokens) >= n_ctx:
             raise ContextOverflowError(
                 f"The prompt has {len(prompt_tokens)} tokens but the context window of "
                 f"'{self.ref}' is {n_ctx}. Shorten the conversation or load with a larger n_ctx.",
                 provider=self.spec.key)
-        default = structured.output_bound(schema) or DEFAULT_MAX_TOKENS
+        default = structured.default_budget(schema, reasoning, DEFAULT_MAX_TOKENS)
         return min(request.max_tokens or default, n_ctx - len(prompt_tokens))
 
     def embed(self, texts: list[str]) -> list[list[float]]:
@@ -379,20 +416,27 @@ class LlamaCppBackend(Backend):
         yield ChatChunk(text=tail, finish_reason=finish, model=self.ref.model_id,
                         usage=Usage(input_tokens=len(prompt_tokens), output_tokens=n_out))
 
-    def _chat_tokens(self, llm: Any, request: ChatRequest, with_tools: bool) -> list[int]:
-        """The conversation rendered with the GGUF's chat template, tokenized.
+    def _template(self) -> str:
+        """The chat template: the ``chat_template`` setting, else the GGUF's own."""
+        template = self.settings.get("chat_template") or self._gguf().chat_template
+        if not template:
+            raise ConfigurationError(
+                f"{self.model_path.name} has no chat template in its GGUF metadata. Pass "
+                "chat_template= (a Jinja template) or chat_format= (e.g. 'chatml'), or use a "
+                "chat model's GGUF."
+            )
+        return template
+
+    def _chat_tokens(self, llm: Any, request: ChatRequest,
+                     with_tools: bool) -> tuple[list[int], str]:
+        """The conversation rendered with the chat template, tokenized, and the rendered text.
 
         ``with_tools``: the request's tools take part (passed to a template that knows tools,
         else described in the system message).
         """
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        template = self._gguf().chat_template
-        if not template:
-            raise ConfigurationError(
-                f"{self.model_path.name} has no chat template in its GGUF metadata. Pass "
-                "chat_format= (e.g. 'chatml') or use a chat model's GGUF."
-            )
+        template = self._template()
         model = llm._model
         formatter = Jinja2ChatFormatter(
             template=template,
@@ -406,8 +450,9 @@ class LlamaCppBackend(Backend):
                     for m in structured.instructed(request, tooling.template_messages(
                         conversation, template, prompt))]
         rendered = formatter(messages=messages, tools=request.tools if native else None)
-        return llm.tokenize((rendered.prompt + prefill).encode("utf-8"),
-                            add_bos=not rendered.added_special, special=True)
+        prompt = rendered.prompt + prefill
+        return llm.tokenize(prompt.encode("utf-8"), add_bos=not rendered.added_special,
+                            special=True), prompt
 
     def _delegate_stream(self, loaded: LoadedModel, request: ChatRequest,
                          sampling: dict[str, Any]) -> Iterator[ChatChunk]:
@@ -560,7 +605,7 @@ def _tool_chunk(raw: ChatResponse) -> ChatChunk:
     """A constrained turn's whole output as one chunk: a tool call or a plain answer."""
     text, calls = tooling.parse_output(raw.text)
     return ChatChunk(
-        text=text,
+        text=text, reasoning=raw.reasoning,
         tool_calls=[ToolCallDelta(index=i, id=c.id, name=c.name, arguments=c.raw_arguments)
                     for i, c in enumerate(calls)],
         usage=raw.usage, model=raw.model,

@@ -49,6 +49,10 @@ class LlamaJob:
     #: The request's grammar state (structured output, tool turns): its mask is in the sampler
     #: chain; each sampled token advances it.
     constraint: Any = None
+    #: A thinking model's ``<think>`` splitter: reasoning goes to its own channel.
+    splitter: Any = None
+    #: Whether special tokens are written out as text (a model whose think tags are special).
+    special: bool = False
 
 
 @dataclass
@@ -201,10 +205,11 @@ class LlamaEngine:
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
             return self._finish(ticket, run, "stop")
         run.n_out += 1
-        piece = run.decoder.decode(self.llm.detokenize([token], special=False))
+        piece = run.decoder.decode(self.llm.detokenize([token], special=job.special))
         text, hit = run.scanner.feed(piece)
-        if text:
-            ticket.put(ChatChunk(text=text))
+        chunk = _chunk(job, text)
+        if chunk is not None:
+            ticket.put(chunk)
         if hit:
             return self._finish(ticket, run, "stop")
         if run.n_out >= job.max_new:
@@ -215,10 +220,23 @@ class LlamaEngine:
     def _finish(self, ticket: Ticket, run: _Run, reason: str) -> bool:
         job: LlamaJob = ticket.job
         tail = "" if run.scanner.hit else run.scanner.flush(run.decoder.decode(b"", final=True))
-        ticket.finish(ChatChunk(text=tail, finish_reason=reason, model=job.model,
+        last = _chunk(job, tail) or ChatChunk()
+        if job.splitter is not None:
+            text, reasoning = job.splitter.flush()
+            last.text, last.reasoning = last.text + text, last.reasoning + reasoning
+        ticket.finish(ChatChunk(text=last.text, reasoning=last.reasoning, finish_reason=reason,
+                                model=job.model,
                                 usage=Usage(input_tokens=run.prompt_len, output_tokens=run.n_out,
                                             cache_read_tokens=run.reused)))
         return True
+
+
+def _chunk(job: LlamaJob, text: str) -> ChatChunk | None:
+    """The chunk for new answer text (think tags split out), or None when nothing shows yet."""
+    reasoning = ""
+    if job.splitter is not None:
+        text, reasoning = job.splitter.feed(text)
+    return ChatChunk(text=text, reasoning=reasoning) if text or reasoning else None
 
 
 def _cores() -> int:

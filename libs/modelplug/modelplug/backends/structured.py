@@ -25,18 +25,30 @@ Other parts of the path that live here, shared by both backends:
   is the default budget of a structured call (it then always finishes);
 - :func:`check_finished`: a constrained answer cut by the budget raises
   :class:`~modelplug.errors.OutputTruncatedError` (naming max_tokens) in the adapters, instead
-  of an incomplete object passing as an answer.
+  of an incomplete object passing as an answer;
+- reason, then constrain: for a model that thinks (``<think>`` tags), :func:`reasoning_start`
+  says how its answer begins and :func:`compile_grammar` lets the reasoning run free inside the
+  tags, up to a budget of tokens (``thinking_budget``), and constrains only the answer after
+  them, so structured output does not switch thinking off (llama.cpp #15247 is that failure).
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import re
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
-from modelplug.errors import MissingDependencyError, OutputTruncatedError, UnsupportedSchemaError
+from modelplug.backends.reasoning import CLOSE_TAG, OPEN_TAG
+from modelplug.errors import (
+    ConfigurationError,
+    MissingDependencyError,
+    OutputTruncatedError,
+    UnsupportedSchemaError,
+)
 
 #: Separators of the generated JSON: one space after each, as ``json.dumps`` writes them.
 ITEM_SEPARATOR, KEY_SEPARATOR = ", ", ": "
@@ -47,6 +59,12 @@ _SCHEMA_KEYS = ("items", "additionalProperties", "not", "if", "then", "else", "c
                 "propertyNames", "unevaluatedProperties", "unevaluatedItems")
 _LIST_KEYS = ("anyOf", "oneOf", "prefixItems")
 _MAP_KEYS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+#: Tokens a thinking model may reason for before a constrained answer, unless the model's setting
+#: ``thinking_budget`` says otherwise.
+DEFAULT_THINKING_BUDGET = 256
+#: Most newlines between the closing ``</think>`` and the answer (models write one or two).
+_GAP = 2
 
 _compiled: dict[str, str] = {}
 _compiled_lock = threading.Lock()
@@ -86,19 +104,109 @@ def closed(schema: Any) -> Any:
     return out
 
 
+@dataclass(frozen=True)
+class Reasoning:
+    """How a thinking model's constrained answer begins: reasoning inside ``<think>`` tags,
+    free text of at most ``budget`` tokens, then the answer under the grammar."""
+
+    #: The prompt already opened the tag (a template ending in ``<think>``); else the model
+    #: writes it, as the grammar's first token.
+    opened: bool
+    budget: int = DEFAULT_THINKING_BUDGET
+    #: The tags are special tokens of the model's vocabulary (llguidance's ``<think>`` syntax),
+    #: not text.
+    special: bool = False
+
+    @property
+    def overhead(self) -> int:
+        """The most tokens past ``budget`` that the tags and the gap before the answer take
+        (every token writes at least a byte)."""
+        return (0 if self.opened else len(OPEN_TAG)) + len(CLOSE_TAG) + _GAP
+
+
+def thinking_budget(settings: dict[str, Any]) -> int:
+    """The model's ``thinking_budget`` setting (tokens of reasoning before a constrained answer),
+    checked; :data:`DEFAULT_THINKING_BUDGET` when it is not given."""
+    value = settings.get("thinking_budget")
+    if value is None:
+        return DEFAULT_THINKING_BUDGET
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(
+            f"thinking_budget must be a positive int (the most tokens a thinking model reasons "
+            f"for before a structured answer); got {value!r}. Pass e.g. thinking_budget=512.")
+    return value
+
+
+def reasoning_start(request: Any, prompt: str, *, template: str, thinking: bool | None,
+                    budget: int = DEFAULT_THINKING_BUDGET) -> Reasoning | None:
+    """Whether a chat request's constrained answer is preceded by reasoning, and how it starts.
+
+    ``prompt``: the rendered prompt; ``template``: the chat template; ``thinking``: the model is
+    known to think (catalog, ``;thinking`` flag). None (no reasoning: the grammar starts at the
+    answer) for a model that does not think, for ``reasoning=False``, and where the template
+    already closed an empty ``<think></think>`` (Qwen3's ``enable_thinking=False``).
+    """
+    if request.reasoning is False:
+        return None
+    tail = prompt.rstrip()
+    if tail.endswith(OPEN_TAG):
+        return Reasoning(opened=True, budget=budget)
+    if tail.endswith(CLOSE_TAG):
+        return None
+    if thinking or OPEN_TAG in template:
+        return Reasoning(opened=False, budget=budget)
+    return None
+
+
+def within(reasoning: Reasoning, schema: dict[str, Any] | None, max_tokens: int | None, *,
+           special: bool = False) -> Reasoning:
+    """``reasoning`` fitted to a request's ``max_tokens`` (reasoning and answer together): the
+    reasoning leaves room for the longest answer the schema admits, or for half the budget when
+    the schema does not bound it. ``special``: the model's tags are special tokens."""
+    budget = reasoning.budget
+    if max_tokens:
+        bound = output_bound(schema)
+        room = (max_tokens - bound if bound is not None else max_tokens // 2) - reasoning.overhead
+        budget = max(1, min(budget, room))
+    return Reasoning(opened=reasoning.opened, budget=budget, special=special)
+
+
+def default_budget(schema: dict[str, Any] | None, reasoning: Reasoning | None,
+                   default: int) -> int:
+    """The output budget of a structured call that sets no max_tokens: the schema's bound
+    (:func:`output_bound`; ``default`` when it has none), plus the reasoning's own."""
+    answer = output_bound(schema) or default
+    return answer + (0 if reasoning is None else reasoning.budget + reasoning.overhead)
+
+
+def special_tags(tokenizer: Any) -> bool:
+    """Whether ``<think>`` is one special token of an llguidance tokenizer (then the grammar
+    names it as a token: special tokens never match text)."""
+    ids = tokenizer.tokenize_str(OPEN_TAG, parse_special=True)
+    return len(ids) == 1 and bool(tokenizer.is_special_token(ids[0]))
+
+
 def compile_schema(schema: dict[str, Any] | None) -> str:
     """The llguidance grammar for ``schema`` (None: any JSON object), checked and cached.
 
     A schema the engine cannot enforce exactly (an unknown keyword, a bad pattern, a ``$ref``
     outside the document) is an :class:`UnsupportedSchemaError` naming the problem.
     """
+    return compile_grammar(schema)
+
+
+def compile_grammar(schema: dict[str, Any] | None, reasoning: Reasoning | None = None) -> str:
+    """:func:`compile_schema`'s grammar, preceded for a thinking model by its reasoning: any
+    text (newlines too) inside the think tags, at most ``reasoning.budget`` tokens, then up to
+    two newlines and the answer under the schema. Checked and cached."""
     if schema is None:
         schema = ANY_OBJECT
     if not isinstance(schema, dict):
         raise UnsupportedSchemaError(
             f"The JSON schema must be an object (a dict); got {schema!r}. Pass e.g. "
             "{'type': 'object', 'properties': {...}, 'required': [...]}.", keyword=None)
-    key = json.dumps(schema, sort_keys=True)
+    key = json.dumps([schema, None if reasoning is None else
+                      [reasoning.opened, reasoning.budget, reasoning.special]], sort_keys=True)
     with _compiled_lock:
         found = _compiled.get(key)
     if found is not None:
@@ -114,8 +222,40 @@ def compile_schema(schema: dict[str, Any] | None) -> str:
     is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error or messages:  # a warning means some constraint would not be enforced
         raise _refusal("; ".join(messages))
+    if reasoning is not None:
+        grammar = _reasoning_grammar(llg, {**closed(schema), "x-guidance": options}, reasoning)
     with _compiled_lock:
         _compiled[key] = grammar
+    return grammar
+
+
+def _reasoning_grammar(llg: Any, schema: dict[str, Any], reasoning: Reasoning) -> str:
+    """The lark grammar of reasoning, then the answer (the schema already checked alone).
+
+    The reasoning is any text up to the first closing tag (a lazy lexeme), or, where the tags
+    are special tokens, any text (which cannot contain them) and then the tag. Its budget is
+    kept by :class:`Constraint`, which writes the closing tag once the budget is spent:
+    llguidance's own ``max_tokens`` attribute ends a lazy lexeme without its closing tag, and
+    a greedy one cannot end on a tag that its text could continue.
+    """
+    if reasoning.special:
+        think, close_tag = "think: /(?s:.*)/", CLOSE_TAG
+    else:
+        closing = re.escape(CLOSE_TAG).replace("/", "\\/")
+        think, close_tag = f"think[lazy]: /(?s:.*){closing}/", ""
+    open_tag = "" if reasoning.opened else OPEN_TAG if reasoning.special else json.dumps(OPEN_TAG)
+    lark = "\n".join([
+        f"start: {open_tag} think {close_tag} answer",
+        think,
+        "answer: GAP? json",
+        f"GAP: /\\n{{1,{_GAP}}}/",
+        f"json: %json {json.dumps(schema)}",
+    ])
+    grammar = llg.LLMatcher.grammar_from_lark(lark)
+    if not reasoning.special:  # special tokens are checked against a vocabulary (Constraint)
+        is_error, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar)
+        if is_error or messages:
+            raise _refusal("; ".join(messages))
     return grammar
 
 
@@ -132,9 +272,15 @@ def _refusal(detail: str) -> UnsupportedSchemaError:
 
 
 class Constraint:
-    """One request's grammar state: the tokens allowed next, and the tokens it has taken."""
+    """One request's grammar state: the tokens allowed next, and the tokens it has taken.
 
-    def __init__(self, tokenizer: Any, grammar: str, n_vocab: int) -> None:
+    With ``reasoning`` it also keeps the reasoning's budget: once the reasoning has taken
+    ``reasoning.budget`` tokens without closing, the only tokens allowed are those of the
+    closing tag, one by one (the grammar admits the tag at any point of the reasoning).
+    """
+
+    def __init__(self, tokenizer: Any, grammar: str, n_vocab: int,
+                 reasoning: Reasoning | None = None) -> None:
         import numpy as np
 
         llg = _llguidance()
@@ -143,6 +289,18 @@ class Constraint:
             raise _refusal(self.matcher.get_error())
         self.n_vocab = n_vocab
         self.words = np.zeros((n_vocab + 31) // 32, dtype=np.int32)
+        self.tokenizer = tokenizer
+        #: Reasoning tokens left before the closing tag is forced (None: not reasoning); the
+        #: opening tag the model writes is not reasoning.
+        self.thinking: int | None = None if reasoning is None else reasoning.budget + (
+            0 if reasoning.opened else len(tokenizer.tokenize_str(
+                OPEN_TAG, parse_special=reasoning.special)))
+        #: The closing tag's tokens still to write, once forced.
+        self.forced: list[int] = []
+        self._recent = b""
+        self._special = reasoning is not None and reasoning.special
+        self._closing = [] if reasoning is None else tokenizer.tokenize_str(
+            CLOSE_TAG, parse_special=self._special)
 
     def allowed(self) -> Any:
         """A bool array over the vocabulary: True where the grammar allows the token next."""
@@ -155,11 +313,36 @@ class Constraint:
     def fill(self, pointer: int) -> None:
         """Write the allowed-token bitmask (32 tokens per int32, little-endian bit order) at
         ``pointer``: ``(n_vocab + 31) // 32`` words."""
-        self.matcher.unsafe_compute_mask_ptr(pointer, self.words.size * 4)
+        size = self.words.size * 4
+        if not self.forced:
+            self.matcher.unsafe_compute_mask_ptr(pointer, size)
+            return
+        ctypes.memset(pointer, 0, size)
+        token = self.forced[0]
+        word = ctypes.c_uint32.from_address(pointer + 4 * (token // 32))
+        word.value = 1 << (token % 32)
 
     def consume(self, token: int) -> bool:
         """Advance past a sampled token (always one the mask allowed, or the end token)."""
+        if self.thinking is not None:
+            self._count(token)
         return bool(self.matcher.consume_token(token))
+
+    def _count(self, token: int) -> None:
+        """Keep the reasoning's budget: the tag closes it; past the budget, force the tag."""
+        if self.forced:
+            self.forced.pop(0)
+            if not self.forced:
+                self.thinking = None
+            return
+        tail = self._recent + self.tokenizer.decode_bytes([token])
+        self._recent = tail[-len(CLOSE_TAG) * 2:]
+        if (token in self._closing) if self._special else CLOSE_TAG.encode() in tail:
+            self.thinking = None
+            return
+        self.thinking -= 1  # type: ignore[operator]
+        if self.thinking <= 0:
+            self.forced = list(self._closing)
 
 
 def llamacpp_tokenizer(llm: Any) -> Any:
@@ -369,18 +552,26 @@ def check_finished(text: str, finish_reason: str | None, max_tokens: int | None 
 
 __all__ = [
     "ANY_OBJECT",
+    "DEFAULT_THINKING_BUDGET",
     "Constraint",
+    "Reasoning",
     "answer_schema",
     "apply_torch_bitmask",
     "check_finished",
     "closed",
+    "compile_grammar",
     "compile_schema",
+    "default_budget",
     "hf_tokenizer",
     "instructed",
     "llamacpp_tokenizer",
     "mask_llamacpp_candidates",
     "mask_numpy_logits",
     "output_bound",
+    "reasoning_start",
     "schema_prompt",
+    "special_tags",
+    "thinking_budget",
     "torch_bitmask",
+    "within",
 ]

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from modelplug import weights
-from modelplug.backends import tooling
+from modelplug.backends import structured, tooling
 from modelplug.backends.base import Backend, iterate_in_thread
 from modelplug.backends.hf import generation
 from modelplug.backends.hf.batching import (
@@ -357,7 +357,9 @@ class HFBackend(HFLoading, Backend):
     def _plan(self, lm: HFModel, request: ChatRequest) -> Plan:
         return plan_chat(lm, request, template=self.chat_template(),
                          tool_format=self.tool_call_format(), thinking=bool(self.ref.thinking),
-                         ref=self.ref, provider=self.spec.key)
+                         ref=self.ref, provider=self.spec.key,
+                         thinking_budget=structured.thinking_budget(self.settings),
+                         chat_template=self.settings.get("chat_template"))
 
     def _budget(self, lm: HFModel, request: ChatRequest | CompletionRequest,
                 ids: list[int]) -> Plan:

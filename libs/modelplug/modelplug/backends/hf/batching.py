@@ -162,7 +162,7 @@ def make_job(lm: HFModel, plan: Plan, *, whole: bool, model: str) -> CBJob:
 
         job.generator = torch.Generator(device=lm.device).manual_seed(plan.request.seed)
     if plan.grammar is not None:
-        job.matcher = lm.constraint(plan.grammar)
+        job.matcher = lm.constraint(plan.grammar, plan.reasoning)
     job.reader = TextReader(lm, plan, split=not whole)
     return job
 

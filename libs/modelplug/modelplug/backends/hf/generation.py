@@ -84,10 +84,11 @@ class RowStops:
 class GrammarMask:
     """The grammar's token mask per constrained row (rows with no grammar generate freely)."""
 
-    def __init__(self, lm: HFModel, grammars: list[Any], stops: RowStops) -> None:
+    def __init__(self, lm: HFModel, plans: list[Plan], stops: RowStops) -> None:
         self.stops = stops
-        self.matchers = [lm.constraint(g) if g is not None else None for g in grammars]
-        self.bitmask = structured.torch_bitmask(len(grammars), lm.vocab_size)
+        self.matchers = [lm.constraint(p.grammar, p.reasoning) if p.grammar is not None
+                         else None for p in plans]
+        self.bitmask = structured.torch_bitmask(len(plans), lm.vocab_size)
         self.started = False
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -178,7 +179,7 @@ def generate(lm: HFModel, plans: list[Plan], streamer: Any = None,
     stops = RowStops(lm, plans, width, cancel, [p.skip_special for p in plans])
     kwargs: dict[str, Any] = {"stopping_criteria": [stops]}
     if any(p.grammar is not None for p in plans):
-        kwargs["logits_processor"] = [GrammarMask(lm, [p.grammar for p in plans], stops)]
+        kwargs["logits_processor"] = [GrammarMask(lm, plans, stops)]
     extra = plans[0].extra_inputs
     if extra:
         kwargs.update({k: v.to(lm.device) if hasattr(v, "to") else v
@@ -209,10 +210,10 @@ def finish(lm: HFModel, plan: Plan, ids: list[int], reason: str, model: str) -> 
             text = text[:text.index(stop)]
     response = ChatResponse(usage=Usage(input_tokens=len(plan.ids), output_tokens=len(ids)),
                             finish_reason=reason, model=model)
+    if plan.think:
+        text, response.reasoning = split_think_tags(text)
     if plan.mode == "tools":
         text, response.tool_calls = tooling.parse_output(text)
-    elif plan.think:
-        text, response.reasoning = split_think_tags(text)
     if plan.mode == "native":
         text, response.tool_calls = parse_tool_calls(text, plan.tool_format)
     response.text = text

@@ -63,13 +63,19 @@ class HFModel:
     def device(self) -> Any:
         return self.model.device
 
-    def constraint(self, grammar: str) -> structured.Constraint:
-        """A request's grammar state (``grammar``: :func:`structured.compile_schema`'s)."""
+    def lltokenizer(self) -> Any:
+        """llguidance's view of the tokenizer (built once)."""
         with self._grammar_lock:
             if self._lltokenizer is None:
                 self._lltokenizer = structured.hf_tokenizer(self.tokenizer, self.vocab_size,
                                                             sorted(self.eos_ids))
-        return structured.Constraint(self._lltokenizer, grammar, self.vocab_size)
+        return self._lltokenizer
+
+    def constraint(self, grammar: str,
+                   reasoning: structured.Reasoning | None = None) -> structured.Constraint:
+        """A request's grammar state (``grammar``: :func:`structured.compile_grammar`'s, for
+        ``reasoning`` when the answer is preceded by reasoning)."""
+        return structured.Constraint(self.lltokenizer(), grammar, self.vocab_size, reasoning)
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         with self.text_lock:
@@ -150,6 +156,11 @@ class HFLoading:
                 f"device={device!r} is not a device. Use 'cpu', 'cuda', 'cuda:N', 'mps', or "
                 "leave it out to pick CUDA, then MPS, then CPU."
             )
+        if not isinstance(s.get("chat_template") or "", str):
+            raise ConfigurationError(
+                f"chat_template must be a Jinja chat template (a str); got "
+                f"{s['chat_template']!r}.")
+        structured.thinking_budget(s)
         model_kwargs = s.get("model_kwargs") or {}
         if not isinstance(model_kwargs, dict):
             raise ConfigurationError(
@@ -222,7 +233,10 @@ class HFLoading:
             return {}
 
     def chat_template(self) -> str:
-        """The chat template(s) as text, read from the files (no tokenizer load)."""
+        """The chat template(s) as text: the ``chat_template`` setting, else read from the
+        files (no tokenizer load)."""
+        if self.settings.get("chat_template"):
+            return self.settings["chat_template"]
         parts = []
         template = self._read_json("tokenizer_config.json").get("chat_template")
         if isinstance(template, str):

@@ -33,6 +33,8 @@ class Plan:
     #: "text", "json" (response_format), "tools" (constrained JSON) or "native" (model format).
     mode: str = "text"
     grammar: Any = None
+    #: A thinking model's reasoning before its constrained answer (see structured.Reasoning).
+    reasoning: Any = None
     tool_format: str | None = None
     think: bool = False
     implicit_open: bool = False
@@ -43,8 +45,9 @@ class Plan:
 
     @property
     def skip_special(self) -> bool:
-        # Mistral's [TOOL_CALLS] is a control token: keep special tokens to see it.
-        return self.tool_format != "BRACKETED"
+        # Mistral's [TOOL_CALLS] is a control token, and think tags may be: keep them to see.
+        return self.tool_format != "BRACKETED" and not (
+            self.reasoning is not None and self.reasoning.special)
 
     def sampling_key(self) -> tuple:
         r = self.request
@@ -53,45 +56,62 @@ class Plan:
 
 
 def plan_chat(lm: HFModel, request: ChatRequest, *, template: str, tool_format: str | None,
-              thinking: bool, ref: Any, provider: str) -> Plan:
+              thinking: bool, ref: Any, provider: str, thinking_budget: int = 0,
+              chat_template: str | None = None) -> Plan:
     """A chat request, ready to generate. ``template``: the chat template(s) as text;
-    ``tool_format``: the model's own tool-call format (None: none known)."""
+    ``tool_format``: the model's own tool-call format (None: none known); ``thinking_budget``:
+    tokens a thinking model may reason for before a constrained answer; ``chat_template``: a
+    template given in place of the model's own."""
     template_tools = tooling.template_knows_tools(template)
     fmt = tool_format
-    mode, grammar, schema = "text", None, structured.answer_schema(request)
+    mode, schema = "text", structured.answer_schema(request)
     if tooling.constrained(request) and fmt and template_tools \
             and request.tool_choice in (None, "auto"):
         mode, schema = "native", None  # the model decides, in its own format
     elif schema is not None:
         mode = "tools" if tooling.constrained(request) else "json"
-        grammar = structured.compile_schema(schema)
+        structured.compile_schema(schema)  # refused before the prompt is rendered
     with_tools = mode in ("native", "tools")
     tools = request.tools if with_tools and template_tools else None
     described = tooling.tools_prompt(request) if with_tools and not template_tools else None
     messages = structured.instructed(
         request, tooling.template_messages(request.messages, template, described))
-    prompt, extra = render(lm, messages, tools, request, ref)
+    prompt, extra = render(lm, messages, tools, request, ref, chat_template)
     ids = lm.encode(prompt) if extra is None else extra.pop("input_ids")[0].tolist()
-    plan = budget(lm, request, ids, ref=ref, provider=provider, schema=schema)
-    plan.mode, plan.grammar, plan.extra_inputs = mode, grammar, extra
+    reasoning = None
+    if schema is not None:
+        reasoning = structured.reasoning_start(
+            request, prompt, template=template, thinking=thinking,
+            budget=thinking_budget or structured.DEFAULT_THINKING_BUDGET)
+        if reasoning is not None:
+            reasoning = structured.within(reasoning, schema, request.max_tokens,
+                                          special=structured.special_tags(lm.lltokenizer()))
+    plan = budget(lm, request, ids, ref=ref, provider=provider, schema=schema,
+                  reasoning=reasoning)
+    plan.mode, plan.extra_inputs, plan.reasoning = mode, extra, reasoning
+    if schema is not None:
+        plan.grammar = structured.compile_grammar(schema, reasoning)
     plan.tool_format = fmt if mode == "native" else None
     if mode in ("text", "native"):
-        plan.think = "<think>" in template or thinking
-        plan.implicit_open = prompt.rstrip().endswith("<think>")
+        plan.think = structured.OPEN_TAG in template or thinking
+    else:
+        plan.think = reasoning is not None
+    plan.implicit_open = prompt.rstrip().endswith(structured.OPEN_TAG)
     return plan
 
 
 def budget(lm: HFModel, request: ChatRequest | CompletionRequest, ids: list[int], *,
-           ref: Any, provider: str, schema: dict[str, Any] | None = None) -> Plan:
+           ref: Any, provider: str, schema: dict[str, Any] | None = None,
+           reasoning: Any = None) -> Plan:
     """The plan for prompt ``ids``: its token budget (the model's default when the request sets
-    none; for a structured answer whose schema bounds its length, that bound, so it always
-    finishes) within the context window."""
+    none; for a structured answer whose schema bounds its length, that bound plus the
+    reasoning's, so it always finishes) within the context window."""
     if len(ids) >= lm.context:
         raise ContextOverflowError(
             f"The prompt has {len(ids)} tokens but the context window of '{ref}' is "
             f"{lm.context}. Shorten the conversation.", provider=provider)
     room = lm.context - len(ids)
-    default = structured.output_bound(schema) or lm.default_max_tokens
+    default = structured.default_budget(schema, reasoning, lm.default_max_tokens)
     max_new = min(request.max_tokens or default, room)
     return Plan(request=request, ids=ids, max_new=max(1, max_new),
                 stops=[s for s in request.stop or [] if s],
@@ -99,15 +119,17 @@ def budget(lm: HFModel, request: ChatRequest | CompletionRequest, ids: list[int]
 
 
 def render(lm: HFModel, messages: list[Message], tools: list[dict[str, Any]] | None,
-           request: ChatRequest, ref: Any) -> tuple[str, dict[str, Any] | None]:
-    """The prompt text, and the processor's inputs when the request carries images."""
+           request: ChatRequest, ref: Any,
+           template: str | None = None) -> tuple[str, dict[str, Any] | None]:
+    """The prompt text, and the processor's inputs when the request carries images.
+    ``template``: a chat template that replaces the model's own (the chat_template setting)."""
     owner = lm.processor if lm.processor is not None else lm.tokenizer
     if not getattr(owner, "chat_template", None):
         raise ConfigurationError(
             f"'{ref}' has no chat template. Use a chat/instruct model, or raw text "
             "completion (the prompt as written, no template) for a base model."
         )
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if template is None else {"chat_template": template}
     if request.reasoning is not None:  # the Qwen3-style switch; other templates ignore it
         kwargs["enable_thinking"] = request.reasoning
     images = request.has_images and lm.processor is not None
