@@ -298,7 +298,7 @@ class LlamaCppBackend(Backend):
         from modelplug.backends.reasoning import ThinkTagSplitter
 
         llm = loaded.model
-        tokens, prompt = self._chat_tokens(llm, request, with_tools=tooling.constrained(request))
+        tokens, prompt = self._chat_prompt(llm, request, with_tools=tooling.constrained(request))
         schema = structured.answer_schema(request)
         template = self._template()
         reasoning = constraint = None
@@ -427,7 +427,11 @@ class LlamaCppBackend(Backend):
             )
         return template
 
-    def _chat_tokens(self, llm: Any, request: ChatRequest,
+    def _chat_tokens(self, llm: Any, request: ChatRequest, with_tools: bool) -> list[int]:
+        """The conversation rendered with the chat template, tokenized."""
+        return self._chat_prompt(llm, request, with_tools)[0]
+
+    def _chat_prompt(self, llm: Any, request: ChatRequest,
                      with_tools: bool) -> tuple[list[int], str]:
         """The conversation rendered with the chat template, tokenized, and the rendered text.
 
