@@ -33,7 +33,13 @@ from llama_index.llms.modelplug import ModelPlug
 from pydantic import BaseModel, Field
 
 from langchain_modelplug import ChatModelPlug
-from modelplug import ChatRequest, OutputTruncatedError, UnsupportedSchemaError, create_backend
+from modelplug import (
+    ChatRequest,
+    ConfigurationError,
+    OutputTruncatedError,
+    UnsupportedSchemaError,
+    create_backend,
+)
 from modelplug.backends import structured
 from modelplug.profile import read_gguf_info
 from modelplug.server import create_app
@@ -311,3 +317,13 @@ def test_reasoning_false_answers_at_once(model_string: str, thinking_template: s
     raw = chat.with_structured_output(Person, method="json_schema", include_raw=True).invoke(
         EXTRACT)["raw"]
     assert raw.content.startswith("{") and "reasoning_content" not in raw.additional_kwargs
+
+
+def test_bad_reasoning_settings_are_refused_naming_them(model_string: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"thinking_budget.*got 0"):
+        ChatModelPlug(model=model_string, thinking_budget=0)
+    with pytest.raises(ConfigurationError, match="chat_template must be a Jinja"):
+        ChatModelPlug(model=model_string, chat_template=["not", "a", "template"])
+    if model_string.startswith("llamacpp"):
+        with pytest.raises(ConfigurationError, match="pass one of them"):
+            ChatModelPlug(model=model_string, chat_template="{{ x }}", chat_format="chatml")
