@@ -52,6 +52,21 @@ def test_compatible_clouds_are_data_rows() -> None:
         assert spec.base_url.startswith("https://")
 
 
+def test_a_row_without_completions_refuses_them_before_any_request() -> None:
+    # has_completions=False (Gemini's OpenAI-compatible endpoint): refused offline, by the row.
+    from modelplug import CompletionRequest, UnsupportedCapabilityError
+
+    backend = create_backend("gemini:gemini-2.5-flash", api_key="test-key")
+    with pytest.raises(UnsupportedCapabilityError, match=r"has no /completions endpoint; use "
+                                                         r"chat completion for 'gemini:' models"):
+        backend.complete(CompletionRequest(prompt="x"))
+    backend.settings.update(base_url="http://127.0.0.1:9/v1", max_retries=0)  # nothing listens
+    spec = ProviderSpec(**{**vars(backend.spec), "has_completions": True})
+    with pytest.raises(Exception) as info:
+        type(backend)(backend.ref, spec, backend.settings).complete(CompletionRequest(prompt="x"))
+    assert not isinstance(info.value, UnsupportedCapabilityError)  # the row decides, not the key
+
+
 def test_in_process_providers_reject_timeout_and_max_retries() -> None:
     for name in ("timeout", "max_retries"):
         with pytest.raises(TypeError) as err:

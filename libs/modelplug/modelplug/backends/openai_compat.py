@@ -47,14 +47,6 @@ LOCAL_PLACEHOLDER_KEY = "modelplug-local"
 #: max_completion_tokens instead of max_tokens and only the default temperature (1).
 _O_SERIES = re.compile(r"^o\d")
 
-#: Servers that read ``tool_choice`` only as a string ("auto", "none", "required"): llama-server
-#: takes an object ``{"type": "function", ...}`` as the wrong type and falls back to "auto" with
-#: only a log line. There a named choice is sent as "required" over just the named tool.
-_NO_NAMED_TOOL_CHOICE = frozenset({"llamaserver"})
-
-#: Servers that say at ``GET /props`` (beside ``/v1``) what the loaded model and its chat
-#: template can do; the others publish nothing, so the catalog and ``;flags`` decide there.
-_PROPS_SERVERS = frozenset({"llamaserver"})
 PROBE_TIMEOUT_S = 2.0
 
 
@@ -103,7 +95,7 @@ class OpenAICompatBackend(NetworkedBackend):
         """llama-server's ``/props``, asked once before the first request of a model string
         without ``;flags``: whether its chat template renders tool calls (without, the server
         ignores tools and answers in text), image input, the context size. Unreachable: {}."""
-        if self.spec.key not in _PROPS_SERVERS or self._props is not None or (
+        if not self.spec.props_probe or self._props is not None or (
                 self.ref.tools is not None):
             return
         import httpx
@@ -180,7 +172,7 @@ class OpenAICompatBackend(NetworkedBackend):
         choice = normalise_tool_choice(request.tool_choice, request.tools)
         if choice in TOOL_CHOICE_MODES:
             body["tool_choice"] = choice
-        elif self.spec.key not in _NO_NAMED_TOOL_CHOICE:
+        elif self.spec.named_tool_choice:
             body["tool_choice"] = {"type": "function", "function": {"name": choice}}
         else:
             body["tools"] = [t for t in request.tools or [] if tool_name(t) == choice]
@@ -312,10 +304,10 @@ class OpenAICompatBackend(NetworkedBackend):
 
     def _completion_body(self, request: CompletionRequest) -> dict[str, Any]:
         self._check_kind("chat")
-        if self.spec.key == "gemini":  # Google's OpenAI-compatible endpoint has chat only
+        if not self.spec.has_completions:  # e.g. Google's OpenAI-compatible endpoint
             raise UnsupportedCapabilityError(
-                "Gemini's OpenAI-compatible API has no /completions endpoint; use chat "
-                "completion for 'gemini:' models.")
+                f"{self.spec.description or self.spec.key} has no /completions endpoint; use "
+                f"chat completion for '{self.spec.key}:' models.")
         body: dict[str, Any] = {"model": self.ref.model_id, "prompt": request.prompt,
                                 "stream": True, "stream_options": {"include_usage": True}}
         for name in ("temperature", "top_p", "max_tokens", "seed"):
