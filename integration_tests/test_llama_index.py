@@ -47,6 +47,14 @@ NO_SERVER_TOOLS = pytest.mark.xfail(
     strict=True, raises=UnsupportedCapabilityError,
     reason="llama-server's /props says SmolLM2's template renders no tool calls, so the backend "
            "refuses the tool request before sending it")
+# FunctionAgent reads metadata.is_function_calling_model before its first request. The backend
+# asks /props only before a request (construction stays offline), so the agent is refused by the
+# request (UnsupportedCapabilityError) when it is this backend's first, and by LlamaIndex's own
+# metadata check (ValueError: "LLM must be a FunctionCallingLLM") once an earlier test has asked.
+NO_SERVER_TOOLS_AGENT = pytest.mark.xfail(
+    strict=True, raises=(UnsupportedCapabilityError, ValueError),
+    reason="llama-server's /props says SmolLM2's template renders no tool calls: refused by the "
+           "request, or by FunctionAgent's metadata check once the backend has asked /props")
 
 
 class City(BaseModel):
@@ -210,7 +218,7 @@ async def test_condense_plus_context_chat_engine_async(index: VectorStoreIndex,
 async def test_function_agent_streams_a_tool_call(llm: ModelPlug, backend: str,
                                                   request: pytest.FixtureRequest) -> None:
     if backend == "llamaserver":
-        request.applymarker(NO_SERVER_TOOLS)
+        request.applymarker(NO_SERVER_TOOLS_AGENT)
     # return_direct: the tool's output is the answer, so the run is deterministic on a 135M
     # model (which, left to choose, keeps calling the tool rather than answering).
     tool = FunctionTool.from_defaults(fn=magic_function, return_direct=True)
