@@ -27,13 +27,14 @@ imported on the first model call, never when modelplug is imported.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -302,30 +303,43 @@ def _traced_batch(method: Callable[..., Any]) -> Callable[..., Any]:
     return batch
 
 
-def _traced(method: Callable[..., Any], name: str) -> Callable[..., Any]:
-    if name in ("batch", "abatch"):
-        return _traced_batch(method)
+@contextlib.contextmanager
+def _within(var: contextvars.ContextVar[Any], value: Any,
+            inner: Any = None) -> Iterator[None]:
+    """``var`` set to ``value`` (and ``inner`` entered) for the block, then reset."""
+    token = var.set(value)
+    try:
+        with inner if inner is not None else contextlib.nullcontext():
+            yield
+    finally:
+        var.reset(token)
+
+
+def _wrap_stream(method: Callable[..., Any], begin: Callable[[Any, tuple[Any, ...]], Any],
+                 step: Callable[[Any, Any], Any], on_item: Callable[[Any, Any], None],
+                 finish: Callable[[Any, BaseException | None], None]) -> Callable[..., Any]:
+    """``method`` (a generator function, sync or async) wrapped: when the stream starts,
+    ``begin(self, args)`` opens a record (None: the stream passes through untouched); each step
+    runs within ``step(self, record)``, ``on_item(record, item)`` sees each item, and
+    ``finish(record, error)`` runs once when the stream ends, fails or is closed."""
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
         async def agen(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _start(self, name, args)
-            if call is None:
+            record = begin(self, args)
+            if record is None:
                 async for item in method(self, *args, **kwargs):
                     yield item
                 return
             inner = method(self, *args, **kwargs)
             error: BaseException | None = None
             try:
-                while True:  # the span is current, and the call marked, only within each step
-                    token = _active.set(self)
-                    try:
-                        with call.current():
+                while True:
+                    with step(self, record):
+                        try:
                             item = await inner.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        _active.reset(token)
-                    call.chunk(item)
+                        except StopAsyncIteration:
+                            break
+                    on_item(record, item)
                     yield item
             except BaseException as exc:
                 error = exc
@@ -334,37 +348,45 @@ def _traced(method: Callable[..., Any], name: str) -> Callable[..., Any]:
                 try:
                     await inner.aclose()
                 finally:
-                    call.end(error)
+                    finish(record, error)
         return agen
-    if inspect.isgeneratorfunction(method):
-        @functools.wraps(method)
-        def gen(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _start(self, name, args)
-            if call is None:
-                return (yield from method(self, *args, **kwargs))
-            inner = method(self, *args, **kwargs)
-            error: BaseException | None = None
-            try:
-                while True:
-                    token = _active.set(self)
+
+    @functools.wraps(method)
+    def gen(self: Any, *args: Any, **kwargs: Any) -> Any:
+        record = begin(self, args)
+        if record is None:
+            return (yield from method(self, *args, **kwargs))
+        inner = method(self, *args, **kwargs)
+        error: BaseException | None = None
+        try:
+            while True:
+                with step(self, record):
                     try:
-                        with call.current():
-                            item = next(inner)
+                        item = next(inner)
                     except StopIteration:
                         break
-                    finally:
-                        _active.reset(token)
-                    call.chunk(item)
-                    yield item
-            except BaseException as exc:
-                error = exc
-                raise
+                on_item(record, item)
+                yield item
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                inner.close()
             finally:
-                try:
-                    inner.close()
-                finally:
-                    call.end(error)
-        return gen
+                finish(record, error)
+    return gen
+
+
+def _traced(method: Callable[..., Any], name: str) -> Callable[..., Any]:
+    if name in ("batch", "abatch"):
+        return _traced_batch(method)
+    if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
+        # the span is current, and the call marked, only within each step
+        return _wrap_stream(method, lambda self, args: _start(self, name, args),
+                            lambda self, call: _within(_active, self, call.current()),
+                            lambda call, item: call.chunk(item),
+                            lambda call, error: call.end(error))
     if inspect.iscoroutinefunction(method):
         @functools.wraps(method)
         async def coro(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -503,62 +525,11 @@ def traced_run(method: Callable[..., Any]) -> Callable[..., Any]:
         tracer_ = tracer()
         return None if tracer_ is None else _FallbackTrace(tracer_, policy.strategy)
 
-    if inspect.isasyncgenfunction(method):
-        @functools.wraps(method)
-        async def agen(self: Any, *args: Any, **kwargs: Any) -> Any:
-            run = begin(self)
-            if run is None:
-                async for item in method(self, *args, **kwargs):
-                    yield item
-                return
-            inner = method(self, *args, **kwargs)
-            error: BaseException | None = None
-            try:
-                while True:
-                    token = _run.set(run)
-                    try:
-                        item = await inner.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        _run.reset(token)
-                    yield item
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                try:
-                    await inner.aclose()
-                finally:
-                    run.finish(error)
-        return agen
-    if inspect.isgeneratorfunction(method):
-        @functools.wraps(method)
-        def gen(self: Any, *args: Any, **kwargs: Any) -> Any:
-            run = begin(self)
-            if run is None:
-                return (yield from method(self, *args, **kwargs))
-            inner = method(self, *args, **kwargs)
-            error: BaseException | None = None
-            try:
-                while True:
-                    token = _run.set(run)
-                    try:
-                        item = next(inner)
-                    except StopIteration:
-                        break
-                    finally:
-                        _run.reset(token)
-                    yield item
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                try:
-                    inner.close()
-                finally:
-                    run.finish(error)
-        return gen
+    if inspect.isasyncgenfunction(method) or inspect.isgeneratorfunction(method):
+        return _wrap_stream(method, lambda self, args: begin(self),
+                            lambda self, run: _within(_run, run),
+                            lambda run, item: None,
+                            lambda run, error: run.finish(error))
     if inspect.iscoroutinefunction(method):
         @functools.wraps(method)
         async def coro(self: Any, *args: Any, **kwargs: Any) -> Any:
