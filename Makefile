@@ -10,7 +10,7 @@ SMOLLM2 := $(MODELPLUG_MODELS_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf
 LIBS := -e libs/modelplug[all] -e libs/langchain-modelplug -e libs/llama-index-llms-modelplug \
         -e libs/llama-index-embeddings-modelplug
 
-.PHONY: install fetch-model demo test unit integration lint bench docs clean conformance
+.PHONY: install fetch-model demo test unit integration lint bench docs clean conformance wheels-check
 
 install: $(VENV)/.installed
 
@@ -52,12 +52,21 @@ test: install fetch-model llama-server
 	$(PY) -m pytest unit_tests integration_tests --junitxml=.reports/junit.xml
 	@$(PY) docs/gen_pages.py --check
 	@$(MAKE) -s --no-print-directory docs
+	@$(MAKE) -s --no-print-directory wheels-check
 
 unit: install fetch-model
 	$(PY) -m pytest unit_tests
 
 integration: install fetch-model llama-server
 	$(PY) -m pytest integration_tests --junitxml=.reports/junit.xml
+
+# Each lib as a user gets it: its sdist, its wheel built from that sdist (both checked for every
+# package file, LICENSE and py.typed), installed into a clean venv with only its declared
+# dependencies and the llamacpp extra (the adapters on top of the core wheel), then a first call
+# on the embedded model there. The venvs are kept in $(MODELPLUG_CACHE)/wheels-check and made
+# afresh whenever a declared requirement changes (about 1.5 min when kept, 4 min afresh).
+wheels-check: install fetch-model
+	MODELPLUG_CACHE=$(MODELPLUG_CACHE) $(PY) scripts/wheels_check.py
 
 # The docs site (mkdocs-material); provider, model and capability pages are generated.
 docs: install
@@ -79,7 +88,7 @@ conformance: install fetch-model
 	$(PY) -m pytest -q integration_tests/test_structured_conformance.py
 
 lint: install
-	$(PY) -m ruff check libs unit_tests integration_tests examples bench
+	$(PY) -m ruff check libs unit_tests integration_tests examples bench scripts
 
 clean:
 	rm -rf $(VENV)
