@@ -1,9 +1,10 @@
-"""The docs' code examples run, and the site builds with ``mkdocs build --strict``.
+"""The code examples run: docs pages, READMEs and example programs; the site builds with
+``mkdocs build --strict``.
 
-Every ```python block in docs/ must compile. Blocks that name the embedded model
-(``llamacpp:smollm2``) need no server, key or download, so they also run, each in a fresh
-namespace, and a block that prints must print something. A comment line before a block changes
-that:
+Every ```python block of the docs pages, the README and the libs' READMEs must compile. Blocks
+that name the embedded model (``llamacpp:smollm2``) need no server, key or download, so they
+also run, each in a fresh namespace, and a block that prints must print something. A comment
+line before a block changes that:
 
 - ``<!-- docs-test: compile only (reason) -->``: only compiled (cloud keys, hub downloads);
 - ``<!-- docs-test: run -->``: runs although it names no embedded model (it needs nothing);
@@ -11,6 +12,8 @@ that:
   uvicorn on loopback, standing in for the ``uvicorn`` command the page tells the reader to run;
 - ``<!-- docs-test: client of HOST:PORT -->``: runs against that server, the address rewritten
   to the served one. A server no block defines is started from :data:`SERVERS`.
+
+Each program in examples/ runs whole, as ``python examples/NAME.py`` would run it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ import pytest
 from fakes.server import LoopbackServer
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
+#: The pages whose python blocks are examples: the docs site, the README, the libs' READMEs.
+PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md",
+         *sorted(ROOT.glob("libs/*/README.md"))]
+#: Example programs, each one example run as a script (``__name__ == "__main__"``).
+PROGRAMS = sorted((ROOT / "examples").glob("*.py"))
 BLOCK = re.compile(r"^(?:<!-- docs-test: ([^>]*?) ?-->\n)?```python\n(.*?)^```",
                    re.DOTALL | re.MULTILINE)
 RUNNABLE = "llamacpp:smollm2"
@@ -46,15 +53,17 @@ SERVERS: dict[str, Callable[[], Any]] = {"127.0.0.1:8000": _modelplug_serve}
 
 
 def blocks() -> list[tuple[str, str, str]]:
-    """(page#n, code, marker) for every python block of the docs; marker "" when none, "run"
-    for an unmarked block that names the embedded model."""
+    """(page#n, code, marker) for every python block of the pages; marker "" when none, "run"
+    for an unmarked block that names the embedded model; then (program, code, "script") for
+    each example program."""
     found = []
-    for page in sorted(DOCS.rglob("*.md")):
+    for page in PAGES:
         for n, match in enumerate(BLOCK.finditer(page.read_text()), start=1):
             marker, code = match.group(1) or "", match.group(2)
-            found.append((f"{page.relative_to(DOCS)}#{n}", code,
+            found.append((f"{page.relative_to(ROOT)}#{n}", code,
                           marker or ("run" if RUNNABLE in code else "")))
-    return found
+    return found + [(str(program.relative_to(ROOT)), program.read_text(), "script")
+                    for program in PROGRAMS]
 
 
 ALL = [(name, code) for name, code, _ in blocks()]
@@ -84,6 +93,9 @@ def servers() -> Iterator[dict[str, str]]:
 
 def test_the_docs_have_runnable_examples() -> None:
     assert len(RUN) >= 18, [name for name, _, _ in RUN]
+    # the pages read first: a reader's first examples run too
+    running = {name.partition("#")[0] for name, _, _ in RUN}
+    assert {"README.md", "docs/getting-started.md", "examples/demo.py"} <= running, running
 
 
 @pytest.mark.parametrize(("name", "code"), ALL, ids=[name for name, _ in ALL])
@@ -98,7 +110,7 @@ def test_example_runs(name: str, code: str, marker: str, servers: dict[str, str]
     if kind == "client":
         assert address in code, f"{name} does not call {address}"
         code = code.replace(address, servers[address])
-    namespace: dict[str, Any] = {"__name__": "__docs__"}
+    namespace: dict[str, Any] = {"__name__": "__main__" if kind == "script" else "__docs__"}
     exec(compile(code, name, "exec"), namespace)
     if kind == "serves":
         servers.serve(address, namespace["app"])
