@@ -64,7 +64,8 @@ integration: install fetch-model llama-server
 # package file, LICENSE and py.typed), installed into a clean venv with only its declared
 # dependencies and the llamacpp extra (the adapters on top of the core wheel), then a first call
 # on the embedded model there. The venvs are kept in $(MODELPLUG_CACHE)/wheels-check and made
-# afresh whenever a declared requirement changes (about 1.5 min when kept, 4 min afresh).
+# afresh whenever a declared requirement changes (on a busy 2-core machine: 1-1.5 min with the
+# venvs kept, 4-6 min afresh; 1.1 GB of venvs).
 wheels-check: install fetch-model
 	MODELPLUG_CACHE=$(MODELPLUG_CACHE) $(PY) scripts/wheels_check.py
 

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("libs", nargs="*", help="lib folder names (default: all)")
     args = parser.parse_args(argv)
     cache = Path(os.environ.get("MODELPLUG_CACHE", Path.home() / ".cache" / "modelplug"))
-    libs = {lib.name: lib for lib in (Lib.load(p.parent) for p in sorted(LIBS.glob("*/pyproject.toml")))}
+    found = (Lib.load(p.parent) for p in sorted(LIBS.glob("*/pyproject.toml")))
+    libs = {lib.name: lib for lib in found}
     chosen = [lib for lib in libs.values() if not args.libs or lib.path.name in args.libs]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
