@@ -79,5 +79,10 @@ class NetworkedBackend(Backend):
         with self._client_lock:
             client = self._aclients.get(loop)
             if client is None:
+                # A closed loop never runs again. Its client may hold the loop (the openai SDK's
+                # does), which keeps the weak key alive: drop it here, or every asyncio.run
+                # would leave one client behind for as long as the backend lives.
+                for closed in [old for old in self._aclients if old.is_closed()]:
+                    del self._aclients[closed]
                 client = self._aclients[loop] = self.new_client(True)
         return client
