@@ -82,6 +82,7 @@ def test_each_compatible_row_says_how_reasoning_is_switched() -> None:
     compat = {key: spec for key, spec in providers().items()
               if spec.backend.endswith(":OpenAICompatBackend")}
     assert {key: spec.reasoning_switch for key, spec in compat.items()} == REASONING_SWITCH
+    assert {key for key, spec in providers().items() if spec.openai_compatible} == set(compat)
     # Only OpenAI names o-series models; the other rows rewrite no model's parameters.
     assert {key: spec.o_series for key, spec in compat.items() if spec.o_series} == {
         "openai": r"o\d"}

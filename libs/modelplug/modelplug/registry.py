@@ -46,6 +46,9 @@ HF_KWARGS = frozenset({"model_kwargs", "device", "torch_dtype", "allow_download"
                        "max_queue", "queue_timeout", "continuous_batching", "progress",
                        "chat_template", "thinking_budget"})
 
+#: The backend of every OpenAI-compatible row (see :func:`_compat`).
+OPENAI_COMPAT_BACKEND = "modelplug.backends.openai_compat:OpenAICompatBackend"
+
 #: Why an in-process row refuses the network settings (the row's ``refused`` field).
 IN_PROCESS_REFUSED = {
     name: (f"runs in-process with no HTTP request, so it takes no {name!r} (a setting of "
@@ -120,6 +123,12 @@ class ProviderSpec:
         return self.kind == "in-process"
 
     @property
+    def openai_compatible(self) -> bool:
+        """Whether the endpoint speaks OpenAI's API (``/v1/chat/completions``, ``/v1/models``)
+        and the OpenAI-compatible backend serves it."""
+        return self.backend == OPENAI_COMPAT_BACKEND
+
+    @property
     def installed(self) -> bool:
         return all(_importable(name) for name in self.requires)
 
@@ -164,7 +173,7 @@ def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
                       "chat_template_kwargs" if kind == "local-server" else None)
     return ProviderSpec(
         key=key,
-        backend="modelplug.backends.openai_compat:OpenAICompatBackend",
+        backend=OPENAI_COMPAT_BACKEND,
         extra="openai",
         kind=kind,
         requires=("openai",),
