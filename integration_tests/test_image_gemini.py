@@ -3,6 +3,7 @@ loopback fake of ``models/{model}:generateContent`` (integration_tests/fakes/gem
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from collections.abc import Iterator
@@ -55,6 +56,15 @@ async def test_async_requests_run_concurrently(fake: FakeGemini) -> None:
     assert len(fake.requests) == 2
     assert all(u.startswith("data:image/png;base64,") for u in urls)
     Image.open(io.BytesIO(base64.b64decode(urls[0].partition(",")[2]))).verify()
+
+
+def test_one_backend_from_two_event_loops(fake: FakeGemini) -> None:
+    # An async connection pool belongs to the loop that opened it: each loop gets its own client.
+    backend = _backend(fake)
+    for _ in range(2):
+        [image] = asyncio.run(backend.agenerate("a banana"))
+        assert isinstance(image, Image.Image)
+    assert len(fake.requests) == 2
 
 
 def test_aspect_ratio_and_reference_image(fake: FakeGemini) -> None:

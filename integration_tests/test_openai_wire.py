@@ -442,3 +442,26 @@ def test_timeout_and_retries_reach_the_sdk_client(fake: FakeOpenAI) -> None:
     fake.reply({"content": "ok"})
     _llm(fake, "vllm:m", default_headers={"X-Team": "a"}).invoke("q")
     assert fake.headers[-1]["x-team"] == "a"
+
+
+def test_one_model_from_event_loops_one_after_another(fake: FakeOpenAI) -> None:
+    # An async connection pool belongs to the loop that opened it: each loop gets its own client,
+    # and a closed loop's client is let go when the next loop asks (asyncio.run per call).
+    import asyncio
+    import gc
+    import weakref
+
+    backend = create_backend("vllm:m", base_url=fake.base_url, api_key=API_KEY)  # type: ignore[attr-defined]
+    request = ChatRequest(messages=[{"role": "user", "content": "q"}])
+
+    async def answer() -> tuple[str, weakref.ref]:
+        return (await backend.achat(request)).text, weakref.ref(backend.aclient)
+
+    clients = []
+    for text in ("first loop", "second loop", "third loop"):
+        fake.reply({"content": text})
+        answered, client = asyncio.run(answer())
+        assert answered == text
+        clients.append(client)
+    gc.collect()
+    assert [client() is None for client in clients] == [True, True, False]

@@ -1,5 +1,6 @@
-"""The hf backend's tool-call parsers (seed 001's formats) and format detection, and the earlier
-tool turns both in-process backends hand their chat templates, offline."""
+"""The hf backend's tool-call parsers (XML, JSON object, JSON array, bracketed) and format
+detection, and the earlier tool turns both in-process backends hand their chat templates,
+offline."""
 
 from __future__ import annotations
 

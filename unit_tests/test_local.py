@@ -84,7 +84,7 @@ def start_server() -> Iterator[Callable[[], FakeServer]]:
 def server_rows(monkeypatch: pytest.MonkeyPatch) -> dict[str, registry.ProviderSpec]:
     """The provider rows discovery sees, every local OpenAI-compatible server on a closed port.
     A test points a row at its own server with ``server_rows[key] = at(key, url)``."""
-    rows = {key: at(key, CLOSED) if spec.kind == "local-server" and key != "ollama" else spec
+    rows = {key: at(key, CLOSED) if spec.kind == "local-server" and spec.openai_compatible else spec
             for key, spec in registry.providers().items()}
     monkeypatch.setattr(local, "providers", lambda: rows)
     return rows
@@ -202,6 +202,19 @@ def test_a_local_openai_compatible_server_is_discovered(start_server, server_row
     assert "llamaserver:my-model" in refs and "llamaserver:other-model" in refs
     fake.routes.clear()  # the server still runs, but lists nothing
     assert not any(r.startswith("llamaserver:") for r in map(str, available_models()))
+
+
+def test_only_openai_compatible_rows_are_asked_for_their_models(start_server,
+                                                                 server_rows) -> None:
+    # A local server row of another backend (native Ollama, a plugin's) has no /v1/models.
+    fake = start_server()
+    fake.serve_models("my-model")
+    server_rows["llamaserver"] = dataclasses.replace(at("llamaserver", fake.url),
+                                                     backend="plugin.backend:OwnBackend")
+    assert not any(str(r).startswith("llamaserver:") for r in available_models())
+    assert fake.hits == {}
+    server_rows["llamaserver"] = at("llamaserver", fake.url)
+    assert "llamaserver:my-model" in [str(r) for r in available_models()]
 
 
 def test_providers_sharing_an_address_are_asked_once(start_server, server_rows) -> None:

@@ -1,5 +1,4 @@
-"""Memory-aware placement (seed 001) as a pure function: sizes and free memory in, a decision
-out."""
+"""Memory-aware placement as a pure function: sizes and free memory in, a decision out."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -65,6 +66,79 @@ def test_a_row_without_completions_refuses_them_before_any_request() -> None:
     with pytest.raises(Exception) as info:
         type(backend)(backend.ref, spec, backend.settings).complete(CompletionRequest(prompt="x"))
     assert not isinstance(info.value, UnsupportedCapabilityError)  # the row decides, not the key
+
+
+#: How each OpenAI-compatible row switches reasoning (ProviderSpec.reasoning_switch).
+REASONING_SWITCH = {
+    "openai": None, "gemini": "reasoning_effort",
+    **dict.fromkeys(("lmstudio", "ollama-openai", "hf-openai", "vllm", "llamaserver", "sglang"),
+                    "chat_template_kwargs"),
+    **dict.fromkeys(("deepseek", "openrouter", "groq", "together", "fireworks", "mistral", "xai",
+                     "perplexity", "deepinfra"), None),
+}
+
+
+def test_each_compatible_row_says_how_reasoning_is_switched() -> None:
+    compat = {key: spec for key, spec in providers().items()
+              if spec.backend.endswith(":OpenAICompatBackend")}
+    assert {key: spec.reasoning_switch for key, spec in compat.items()} == REASONING_SWITCH
+    assert {key for key, spec in providers().items() if spec.openai_compatible} == set(compat)
+    # Only OpenAI names o-series models; the other rows rewrite no model's parameters.
+    assert {key: spec.o_series for key, spec in compat.items() if spec.o_series} == {
+        "openai": r"o\d"}
+
+
+def _body(spec: ProviderSpec, model_id: str, **request: Any) -> dict[str, Any]:
+    """The chat.completions keyword arguments a backend on ``spec`` sends (offline)."""
+    from modelplug import ChatRequest
+    from modelplug.spec import ModelRef
+
+    backend = spec.create_backend(ModelRef.ad_hoc(spec, model_id), {"api_key": "test-key"})
+    return backend._body(ChatRequest(messages=[{"role": "user", "content": "hi"}], **request))
+
+
+def _row(key: str, **fields: Any) -> ProviderSpec:
+    return ProviderSpec(**{**vars(get_provider(key)), **fields})
+
+
+@pytest.mark.parametrize("key", ["gemini", "deepseek", "vllm"])
+def test_the_reasoning_switch_follows_the_row_not_the_key(key: str) -> None:
+    from modelplug import UnsupportedCapabilityError
+
+    effort = _row(key, reasoning_switch="reasoning_effort")
+    assert _body(effort, "m", reasoning=False)["reasoning_effort"] == "none"
+    assert _body(effort, "m", reasoning=True)["reasoning_effort"] == "medium"
+    template = _row(key, reasoning_switch="chat_template_kwargs")
+    assert _body(template, "m", reasoning=False)["extra_body"] == {
+        "chat_template_kwargs": {"enable_thinking": False}}
+    plain = _row(key, reasoning_switch=None)
+    assert "extra_body" not in _body(plain, "m", reasoning=False)  # nothing to switch off
+    with pytest.raises(UnsupportedCapabilityError, match=r"reasoning=True has no switch on "):
+        _body(plain, "m", reasoning=True)
+    for spec in (effort, template, plain):  # unset: nothing is sent
+        assert _body(spec, "m") == {"model": "m",
+                                    "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_o_series_rules_follow_the_row_not_the_key() -> None:
+    from modelplug import UnsupportedCapabilityError
+
+    rewritten = {"model": "o3-mini", "messages": [{"role": "user", "content": "hi"}],
+                 "max_completion_tokens": 300, "temperature": 1}
+    kept = {**rewritten, "max_tokens": 300, "temperature": 0.2}
+    del kept["max_completion_tokens"]
+    for spec in (get_provider("openai"), _row("deepseek", o_series=r"o\d")):
+        assert _body(spec, "o3-mini", max_tokens=300, temperature=0.2) == rewritten
+        assert _body(spec, "o3-mini", reasoning=True, max_tokens=300, temperature=0.2) == rewritten
+        with pytest.raises(UnsupportedCapabilityError, match=(
+                rf"^'{spec.key}:o3-mini' is an o-series reasoning model; its reasoning cannot be "
+                r"switched off\. Leave reasoning unset, or lower it with ")):
+            _body(spec, "o3-mini", reasoning=False)
+        assert _body(spec, "gpt-4o", max_tokens=300, temperature=0.2) == {
+            **kept, "model": "gpt-4o"}  # matched at the start of the id only
+        assert _body(spec, "x-o3", max_tokens=300, temperature=0.2)["max_tokens"] == 300
+    assert _body(_row("openai", o_series=None), "o3-mini", max_tokens=300,
+                 temperature=0.2) == kept
 
 
 def test_in_process_providers_reject_timeout_and_max_retries() -> None:

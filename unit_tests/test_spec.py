@@ -44,7 +44,7 @@ def test_catalog_models_carry_capabilities() -> None:
     assert (ref.tools, ref.thinking, ref.vision) == (True, True, True)
     assert ref.context_window == 200_000 and ref.max_output == 64_000
     assert ref.info is AnthropicModel.CLAUDE_SONNET_4_6.info
-    assert resolve_model("ollama:qwen3.5:9b").vision is False  # as seed 000 shows
+    assert resolve_model("ollama:qwen3.5:9b").vision is False  # a row says what is missing too
 
 
 def test_free_form_ids_have_unknown_capabilities() -> None:

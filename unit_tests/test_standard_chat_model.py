@@ -82,7 +82,8 @@ def offline_settings(key: str) -> dict[str, Any]:
 
 
 def refused_standard_params(key: str) -> tuple[str, ...]:
-    """The suite's standard params the row refuses by design (seed 000)."""
+    """The suite's standard params the row refuses: in-process rows take no timeout or
+    max_retries (no HTTP request), native Ollama no max_retries and no api_key."""
     if providers()[key].in_process:
         return IN_PROCESS_REFUSED
     if key == "ollama":
@@ -197,7 +198,7 @@ def test_in_process_refuses_what_the_suite_would_pass(key: str) -> None:
 
 
 def test_catalog_members_are_accepted_as_model_strings() -> None:
-    """Seed 000: a catalog enum member is as good as its "provider:model_id" string, in every
+    """A catalog enum member is as good as its "provider:model_id" string, in every
     adapter; the field stores the string, so the object serializes as text."""
     from langchain_core.load import dumps
     from llama_index.embeddings.modelplug import ModelPlugEmbedding

@@ -130,7 +130,7 @@ def _server_models(ollama_up: bool | None = None) -> list[tuple[str, str]]:
     """
     by_url: dict[str, list[str]] = {}
     for spec in providers().values():
-        if spec.kind == "local-server" and spec.key != "ollama" and spec.base_url:
+        if spec.kind == "local-server" and spec.openai_compatible and spec.base_url:
             by_url.setdefault(spec.base_url.rstrip("/"), []).append(spec.key)
     found = []
     for url, keys in by_url.items():

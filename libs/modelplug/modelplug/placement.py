@@ -1,4 +1,4 @@
-"""Memory-aware placement of in-process pipelines (seed 001).
+"""Memory-aware placement of in-process pipelines.
 
 :func:`plan_placement` is pure: model sizes and each GPU's free memory in, a decision out. Pin the
 whole model to the freest GPU when it fits; else keep components on the CPU and move each to the

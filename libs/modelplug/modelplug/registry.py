@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 Kind = Literal["cloud", "local-server", "in-process"]
 PrefillMode = Literal["native", "continue_final_message"]
+ReasoningSwitch = Literal["chat_template_kwargs", "reasoning_effort"]
 
 #: Per-request parameters every model takes (fields of :class:`~modelplug.types.ChatRequest`,
 #: and of every adapter), listed when a setting is not recognised.
@@ -44,6 +45,9 @@ HF_KWARGS = frozenset({"model_kwargs", "device", "torch_dtype", "allow_download"
                        "trust_remote_code", "tool_call_format", "max_batch", "kv_cache_tokens",
                        "max_queue", "queue_timeout", "continuous_batching", "progress",
                        "chat_template", "thinking_budget"})
+
+#: The backend of every OpenAI-compatible row (see :func:`_compat`).
+OPENAI_COMPAT_BACKEND = "modelplug.backends.openai_compat:OpenAICompatBackend"
 
 #: Why an in-process row refuses the network settings (the row's ``refused`` field).
 IN_PROCESS_REFUSED = {
@@ -101,10 +105,28 @@ class ProviderSpec:
     props_probe: bool = False
     #: OpenAI-compatible rows: whether the endpoint has raw text completion (``/v1/completions``).
     has_completions: bool = True
+    #: OpenAI-compatible rows: how ``reasoning=True/False`` reaches the model.
+    #: ``"chat_template_kwargs"`` (local servers: vLLM, SGLang, llama-server, transformers serve
+    #: pass ``chat_template_kwargs={"enable_thinking": ...}`` to the chat template, which Qwen3,
+    #: DeepSeek-R1 distills and other hybrid-thinking templates read), ``"reasoning_effort"``
+    #: (Gemini: ``reasoning_effort`` "medium" or "none"), or None: no switch, so reasoning=True
+    #: is refused before any request and reasoning=False sends nothing.
+    reasoning_switch: ReasoningSwitch | None = None
+    #: OpenAI-compatible rows: the ids of o-series reasoning models (a regular expression matched
+    #: at the start of the id; OpenAI: o1, o3-mini, o4-mini, ...). They take
+    #: ``max_completion_tokens`` instead of ``max_tokens`` and only the default temperature (1),
+    #: which the backend sends in their place, and their reasoning cannot be switched off.
+    o_series: str | None = None
 
     @property
     def in_process(self) -> bool:
         return self.kind == "in-process"
+
+    @property
+    def openai_compatible(self) -> bool:
+        """Whether the endpoint speaks OpenAI's API (``/v1/chat/completions``, ``/v1/models``)
+        and the OpenAI-compatible backend serves it."""
+        return self.backend == OPENAI_COMPAT_BACKEND
 
     @property
     def installed(self) -> bool:
@@ -145,10 +167,13 @@ def _compat(key: str, base_url: str, api_key_env: str | None, description: str,
             prefill: PrefillMode | None = None, prefill_echo: bool = False,
             **quirks: Any) -> ProviderSpec:
     """One OpenAI-compatible endpoint: pure configuration over the openai SDK (``quirks``: the
-    row's other fields, e.g. ``named_tool_choice=False``)."""
+    row's other fields, e.g. ``named_tool_choice=False``). A local server switches reasoning
+    through the chat template unless the row says otherwise."""
+    quirks.setdefault("reasoning_switch",
+                      "chat_template_kwargs" if kind == "local-server" else None)
     return ProviderSpec(
         key=key,
-        backend="modelplug.backends.openai_compat:OpenAICompatBackend",
+        backend=OPENAI_COMPAT_BACKEND,
         extra="openai",
         kind=kind,
         requires=("openai",),
@@ -189,10 +214,11 @@ _BUILTIN: tuple[ProviderSpec, ...] = (
                  description="Anthropic Messages API (anthropic SDK)", structured_output=True,
                  prefill="native"),
     _compat("openai", "https://api.openai.com/v1", "OPENAI_API_KEY", "OpenAI (openai SDK)",
-            kind="cloud", closed_catalog=True, structured_output=True),
+            kind="cloud", closed_catalog=True, structured_output=True, o_series=r"o\d"),
     _compat("gemini", "https://generativelanguage.googleapis.com/v1beta/openai/", "GOOGLE_API_KEY",
             "Google Gemini through its OpenAI-compatible endpoint", kind="cloud",
-            closed_catalog=True, structured_output=True, has_completions=False),
+            closed_catalog=True, structured_output=True, has_completions=False,
+            reasoning_switch="reasoning_effort"),
     _compat("lmstudio", "http://localhost:1234/v1", None, "LM Studio server"),
     _compat("ollama-openai", "http://localhost:11434/v1", None,
             "Ollama through its OpenAI-compatible API (supports max_retries)"),

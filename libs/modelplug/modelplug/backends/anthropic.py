@@ -197,7 +197,7 @@ class AnthropicBackend(NetworkedBackend):
         # This SDK's create() no longer names temperature/top_p; the API (and llama-server's
         # Messages endpoint) still read them, so they travel in the JSON body.
         body: dict[str, Any] = {}
-        # Adaptive thinking takes no sampling parameters (seed 000): they are left out.
+        # Adaptive thinking takes no sampling parameters: they are left out.
         if not (thinking and self.thinking_style == "adaptive"):
             if request.temperature is not None:
                 body["temperature"] = request.temperature

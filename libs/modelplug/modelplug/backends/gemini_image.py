@@ -11,45 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import threading
 from typing import Any
 
 from modelplug.backends.base import maps_errors
+from modelplug.backends.networked import NetworkedClients
 from modelplug.errors import (
     AuthenticationError,
     BadRequestError,
-    ConfigurationError,
     ModelPlugError,
     map_sdk_error,
 )
 from modelplug.media import ImageBackend, format_image, load_image
 
 
-class GeminiImageBackend(ImageBackend):
+class GeminiImageBackend(NetworkedClients, ImageBackend):
     PARAMS = ("aspect_ratio", "image_size")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
-        self._client: Any = None
-        if self._api_key() is None:  # fail here, before any request
-            raise ConfigurationError(
-                f"Provider 'gemini' needs an API key and none was found: set the "
-                f"{self.spec.api_key_env} environment variable or pass the setting api_key.",
-                setting="api_key")
-
-    def _api_key(self) -> str | None:
-        key = self.settings.get("api_key") or (self.settings.get("model_kwargs") or {}).get(
-            "api_key")
-        if key is not None:
-            return key.get_secret_value() if hasattr(key, "get_secret_value") else str(key)
-        env = self.spec.api_key_env
-        return os.environ.get(env) if env else None
-
-    def secrets(self) -> list[str]:
-        key = self._api_key()
-        return [key] if key else []
+        self.require_api_key()  # a missing key fails here, before any request
 
     def map_error(self, exc: BaseException) -> BaseException:
         """google-genai's APIError (and httpx's) as the typed errors every backend reports.
@@ -65,7 +45,7 @@ class GeminiImageBackend(ImageBackend):
     async def amap_error(self, exc: BaseException) -> BaseException:
         return self.map_error(exc)
 
-    def _new_client(self) -> Any:
+    def new_client(self, is_async: bool) -> Any:
         from google import genai
         from google.genai import types
 
@@ -77,13 +57,9 @@ class GeminiImageBackend(ImageBackend):
             options["retry_options"] = types.HttpRetryOptions(attempts=int(s["max_retries"]) + 1)
         if s.get("default_headers"):
             options["headers"] = dict(s["default_headers"])
-        return genai.Client(api_key=self._api_key(), http_options=types.HttpOptions(**options))
-
-    def client(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._new_client()
-            return self._client
+        client = genai.Client(api_key=self.secret_value(self.api_key()),
+                              http_options=types.HttpOptions(**options))
+        return client.aio if is_async else client
 
     def _request(self, prompt: str, reference: Any, params: dict[str, Any]) -> dict[str, Any]:
         from google.genai import types
@@ -119,11 +95,11 @@ class GeminiImageBackend(ImageBackend):
     @maps_errors
     def _images(self, prompt: str, n: int, reference: Any, params: dict[str, Any]) -> list[Any]:
         request = self._request(prompt, reference, params)
-        return [self._image(self.client().models.generate_content(**request)) for _ in range(n)]
+        return [self._image(self.client.models.generate_content(**request)) for _ in range(n)]
 
     @maps_errors
     async def agenerate(self, prompt: str, **kwargs: Any) -> list[Any]:
-        """The N requests run concurrently on the SDK's async client."""
+        """The N requests run concurrently on the SDK's async client of the running loop."""
         n = kwargs.pop("num_images", 1)
         format, output_dir = kwargs.pop("format", "pil"), kwargs.pop("output_dir", None)
         reference = kwargs.pop("reference_image", None)
@@ -131,12 +107,8 @@ class GeminiImageBackend(ImageBackend):
         if reference is not None:  # a URL is downloaded: off the event loop
             reference = await asyncio.to_thread(load_image, reference)
         request = self._request(prompt, reference, params)
-        client = self._new_client()  # an async pool belongs to one event loop
-        try:
-            responses = await asyncio.gather(
-                *(client.aio.models.generate_content(**request) for _ in range(n)))
-        finally:
-            await client.aio.aclose()
+        responses = await asyncio.gather(
+            *(self.aclient.models.generate_content(**request) for _ in range(n)))
         return [format_image(self._image(r), format, output_dir) for r in responses]
 
 

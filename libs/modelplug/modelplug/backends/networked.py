@@ -16,11 +16,17 @@ from typing import Any
 
 from modelplug.backends.base import Backend
 from modelplug.errors import ConfigurationError
+from modelplug.registry import ProviderSpec
 
 
-class NetworkedBackend(Backend):
-    """Base of the SDK-backed backends. Subclasses build their SDK's clients in
-    :meth:`new_client`; :attr:`client` and :attr:`aclient` hand them out."""
+class NetworkedClients:
+    """The API key and the SDK clients of a backend that reaches its provider over the network,
+    for any kind of backend (chat: :class:`NetworkedBackend`; images: Gemini's). Subclasses
+    build their SDK's clients in :meth:`new_client`; :attr:`client` and :attr:`aclient` hand
+    them out. Needs ``spec`` and ``settings``, which the backend's own base sets."""
+
+    spec: ProviderSpec
+    settings: dict[str, Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -52,6 +58,11 @@ class NetworkedBackend(Backend):
                 "the setting api_key.", setting="api_key")
         return key
 
+    def secrets(self) -> list[Any]:
+        """The key in use: it never appears in an error message."""
+        key = self.api_key()
+        return [] if key is None else [key]
+
     @staticmethod
     def secret_value(key: Any) -> Any:
         """A SecretStr's value (unwrapped only here, straight into an SDK client)."""
@@ -79,5 +90,15 @@ class NetworkedBackend(Backend):
         with self._client_lock:
             client = self._aclients.get(loop)
             if client is None:
+                # A closed loop never runs again. Its client may hold the loop (the openai SDK's
+                # does, google-genai's keeps a session per loop), which keeps the weak key alive:
+                # drop it here, or every asyncio.run would leave one client behind for as long
+                # as the backend lives.
+                for closed in [old for old in self._aclients if old.is_closed()]:
+                    del self._aclients[closed]
                 client = self._aclients[loop] = self.new_client(True)
         return client
+
+
+class NetworkedBackend(NetworkedClients, Backend):
+    """Base of the SDK-backed chat backends (OpenAI-compatible, Anthropic, Ollama)."""

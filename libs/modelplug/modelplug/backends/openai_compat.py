@@ -2,7 +2,8 @@
 
 One backend serves OpenAI itself, Gemini's OpenAI-compatible endpoint, the local servers
 (llama-server, vLLM, SGLang, LM Studio, Ollama's /v1, transformers serve) and the compatible
-clouds; the registry row supplies the base URL and the API-key variable. Timeouts and retries
+clouds; the registry row supplies the base URL, the API-key variable and each server's quirks
+(how reasoning is switched, o-series model ids, named tool_choice, ``/props``). Timeouts and retries
 are the SDK's own (``timeout`` / ``max_retries`` go to the client unchanged). Reasoning arrives
 as ``reasoning_content`` / ``reasoning`` fields or as ``<think>`` tags in the text, and is
 routed out of the answer either way; text streams as it arrives unless the model may start
@@ -43,10 +44,6 @@ from modelplug.types import (
 #: placeholder also keeps the SDK from sending a real OPENAI_API_KEY to a local server.
 LOCAL_PLACEHOLDER_KEY = "modelplug-local"
 
-#: OpenAI's reasoning models (o1, o1-mini, o3, o3-mini, o4-mini, ...): they take
-#: max_completion_tokens instead of max_tokens and only the default temperature (1).
-_O_SERIES = re.compile(r"^o\d")
-
 PROBE_TIMEOUT_S = 2.0
 
 
@@ -67,7 +64,10 @@ class OpenAICompatBackend(NetworkedBackend):
 
     @property
     def is_o_series(self) -> bool:
-        return self.spec.key == "openai" and bool(_O_SERIES.match(self.ref.model_id))
+        """Whether the row names this model an o-series reasoning model
+        (``ProviderSpec.o_series``): max_completion_tokens, temperature 1, reasoning always on."""
+        pattern = self.spec.o_series
+        return pattern is not None and re.match(pattern, self.ref.model_id) is not None
 
     def _api_key(self) -> str:
         key = self.api_key()
@@ -201,21 +201,22 @@ class OpenAICompatBackend(NetworkedBackend):
 
     def _reasoning_switch(self, on: bool | None, body: dict[str, Any],
                           extra_body: dict[str, Any]) -> None:
+        """``reasoning=True/False`` on the wire, as the row says (``ProviderSpec.reasoning_switch``;
+        an o-series model always reasons)."""
         if on is None:
             return
-        if self.spec.kind == "local-server":
-            # vLLM, SGLang, llama-server and transformers serve pass these to the chat template
-            # (Qwen3, DeepSeek-R1 distills and other hybrid-thinking templates read them).
-            extra_body["chat_template_kwargs"] = {"enable_thinking": on}
-        elif self.spec.key == "gemini":
-            body["reasoning_effort"] = "medium" if on else "none"
-        elif self.spec.key == "openai" and self.is_o_series:
+        switch = self.spec.reasoning_switch
+        if self.is_o_series:
             if not on:
                 raise UnsupportedCapabilityError(
                     f"'{self.ref}' is an o-series reasoning model; its reasoning cannot be "
                     "switched off. Leave reasoning unset, or lower it with "
                     "model_kwargs={'reasoning_effort': 'low'}."
                 )
+        elif switch == "chat_template_kwargs":
+            extra_body["chat_template_kwargs"] = {"enable_thinking": on}
+        elif switch == "reasoning_effort":
+            body["reasoning_effort"] = "medium" if on else "none"
         elif on:
             raise UnsupportedCapabilityError(
                 f"reasoning=True has no switch on '{self.ref}'. Use a reasoning model, or pass "

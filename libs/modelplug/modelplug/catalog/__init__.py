@@ -31,7 +31,8 @@ class ModelInfo:
     #: How thinking is switched on: ``<think>`` tags in the text, Anthropic's ``enabled`` (with a
     #: token budget) or ``adaptive`` (sampling params dropped).
     thinking_style: ThinkingStyle | None = None
-    #: How an in-process (hf) model writes tool calls; seed 001's formats.
+    #: How an in-process (hf) model writes tool calls: XML tags, one JSON object, a JSON array
+    #: or a bracketed list (parsed by :mod:`modelplug.backends.hf.tool_formats`).
     tool_call_format: ToolCallFormat | None = None
     #: For in-process models shipped inside a PyPI package: (import package, file inside it).
     packaged_file: tuple[str, str] | None = None

@@ -1,5 +1,6 @@
-"""Tool-call formats of chat templates (seed 001): detecting the one a template asks for, and
-parsing a model's raw answer into text and tool calls.
+"""Tool-call formats of chat templates (XML tags, a JSON object, a JSON array, a bracketed
+list): detecting the one a template asks for, and parsing a model's raw answer into text and
+tool calls.
 
 Markup that does not parse as a call is left in the text, so nothing is silently lost.
 """
@@ -31,7 +32,7 @@ def detect_tool_call_format(template: str | None) -> str | None:
 
 
 def parse_tool_calls(text: str, fmt: str | None) -> tuple[str, list[ToolCall]]:
-    """Split a model's raw answer into (text, tool calls) for one of the seed-001 formats.
+    """Split a model's raw answer into (text, tool calls) for one of TOOL_CALL_FORMATS.
 
     Markup that does not parse as a call is left in the text, so nothing is silently lost.
     """
