@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
 
@@ -96,12 +97,17 @@ class Lib:
     name: str
     #: Import names of its packages (``modelplug``, ``llama_index.llms.modelplug``).
     packages: list[str]
+    #: The names its declared dependencies give (``modelplug``, ``llama-index-core``).
+    requires: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> Lib:
         project = tomllib.loads((path / "pyproject.toml").read_text())
         include = project["tool"]["setuptools"]["packages"]["find"]["include"]
-        return cls(path, project["project"]["name"], [p.rstrip("*").rstrip(".") for p in include])
+        requires = [re.split(r"[\s<>=!~;\[(]", r, maxsplit=1)[0]
+                    for r in project["project"].get("dependencies", [])]
+        return cls(path, project["project"]["name"], [p.rstrip("*").rstrip(".") for p in include],
+                   requires)
 
     def source_files(self) -> list[str]:
         """Every file of its packages, relative to the lib (``modelplug/catalog/text.py``)."""
@@ -176,13 +182,25 @@ def build(lib: Lib, out: Path) -> tuple[Path, Path]:
     return wheel, sdist
 
 
-def install(lib: Lib, wheels: dict[str, Path], cache: Path) -> Path:
-    """A venv with ``lib`` installed from its wheel and only what it declares, plus EXTRA (the
-    adapters through their own extra, which names the core's). Reused while the declared
-    requirements are the same; then only our wheels are reinstalled."""
-    core = wheels[CORE]
-    targets = [f"{core}[{EXTRA}]"] if lib.name == CORE else [f"{wheels[lib.name]}[{EXTRA}]", core]
-    mine = [core] if lib.name == CORE else [wheels[lib.name], core]
+def ours(lib: Lib, libs: dict[str, Lib]) -> list[str]:
+    """``lib`` and the libs it depends on, directly or through another (the core, for the
+    adapters): installed from their wheels, as no index has them."""
+    names, todo = [], [lib.name]
+    while todo:
+        name = todo.pop(0)
+        if name not in names:
+            names.append(name)
+            todo += [r for r in libs[name].requires if r in libs]
+    return names
+
+
+def install(lib: Lib, wheels: dict[str, Path], cache: Path, libs: dict[str, Lib]) -> Path:
+    """A venv with ``lib`` installed from its wheel and only what it declares (our libs among
+    that from their wheels), plus EXTRA (the adapters through their own extra, which names the
+    core's). Reused while the declared requirements are the same; then only our wheels are
+    reinstalled."""
+    mine = [wheels[name] for name in ours(lib, libs)]
+    targets = [f"{mine[0]}[{EXTRA}]", *map(str, mine[1:])]
     venv = cache / "wheels-check" / f"{lib.name}-{venv_key(mine)}"
     python = venv / "bin" / "python"
     pip = [str(python), "-I", "-m", "pip", "--disable-pip-version-check"]
@@ -227,14 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         wheels, problems = {}, []
-        for lib in {CORE: libs[CORE], **{lib.name: lib for lib in chosen}}.values():
+        needed = {name for lib in chosen for name in ours(lib, libs)}
+        for lib in (libs[name] for name in libs if name in needed):
             wheel, sdist = build(lib, Path(out))
             wheels[lib.name] = wheel
             problems += missing_files(lib, wheel, sdist)
         if problems:
             raise SystemExit("\n".join(problems))
         for lib in chosen:
-            answer = first_call(lib, install(lib, wheels, cache))
+            answer = first_call(lib, install(lib, wheels, cache, libs))
             print(f"{lib.name}: installed from {wheels[lib.name].name}; {answer}")
     print(f"wheels-check: {len(chosen)} distributions in {time.perf_counter() - start:.0f} s")
 

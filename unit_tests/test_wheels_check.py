@@ -43,6 +43,16 @@ def test_every_lib_is_found_with_its_packages(check) -> None:
     assert set(libs) == set(check.FIRST_CALL)
     assert libs["llama-index-llms-modelplug"].packages == ["llama_index.llms.modelplug"]
     assert "modelplug/catalog/text.py" in libs["modelplug"].source_files()
+
+
+def test_a_lib_is_installed_with_the_libs_it_depends_on(check) -> None:
+    """No index has our libs: each venv gets, from their wheels, the lib and every lib its
+    declared dependencies name (the embeddings package takes BackendFields from the llms one)."""
+    libs = {lib.name: lib for lib in map(check.Lib.load, sorted((ROOT / "libs").iterdir()))}
+    assert check.ours(libs["modelplug"], libs) == ["modelplug"]
+    assert check.ours(libs["langchain-modelplug"], libs) == ["langchain-modelplug", "modelplug"]
+    assert check.ours(libs["llama-index-embeddings-modelplug"], libs) == [
+        "llama-index-embeddings-modelplug", "modelplug", "llama-index-llms-modelplug"]
     assert not any("__pycache__" in f for f in libs["modelplug"].source_files())
 
 

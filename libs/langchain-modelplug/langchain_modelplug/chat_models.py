@@ -22,8 +22,9 @@ from langchain_core.runnables import Runnable, RunnableGenerator, RunnableMap, R
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, SecretStr
 
+from langchain_modelplug._backend_fields import GenerationFields
 from langchain_modelplug._convert import (
     llm_output,
     to_ai_chunk,
@@ -31,14 +32,13 @@ from langchain_modelplug._convert import (
     to_openai_messages,
 )
 from modelplug import ChatRequest
-from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.backends.structured import check_finished
 from modelplug.types import normalise_tool_choice, request_fields
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 
 
-class ChatModelPlug(BaseChatModel):
+class ChatModelPlug(GenerationFields, BaseChatModel):
     """Chat model over any modelplug provider: cloud SDKs, local servers, in-process models.
 
     Setup:
@@ -133,34 +133,13 @@ class ChatModelPlug(BaseChatModel):
             # {'input_tokens': 34, 'output_tokens': 9, 'total_tokens': 43}
     """
 
-    model: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    seed: int | None = None
-    #: True/False switches reasoning on/off where the model supports the switch.
     reasoning: bool | None = None
-    timeout: float | None = None
-    max_retries: int | None = None
-    api_key: SecretStr | None = None
-    base_url: str | None = None
-    streaming: bool = False
-    #: Provider-specific settings (any keyword argument that is not a field above).
-    provider_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """True/False switches reasoning on/off where the model supports the switch."""
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
-    _backend: Backend = PrivateAttr()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_provider_kwargs(cls, values: Any) -> Any:
-        return collect_provider_kwargs(cls, values)
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._backend = adapter_backend(self)
         env = self._backend.spec.api_key_env
         if self.api_key is None and env and os.environ.get(env):
             self.api_key = SecretStr(os.environ[env])  # the key in use, as LangChain models show it
@@ -168,11 +147,6 @@ class ChatModelPlug(BaseChatModel):
             self.profile = self._resolve_model_profile()
 
     # -- identity -------------------------------------------------------------------------------
-
-    @property
-    def backend(self) -> Backend:
-        """The modelplug backend this model calls (shared weights for in-process models)."""
-        return self._backend
 
     @property
     def _llm_type(self) -> str:
@@ -205,15 +179,7 @@ class ChatModelPlug(BaseChatModel):
         params["ls_provider"] = ref.provider
         params["ls_model_name"] = kwargs.get("model", ref.model_id)
         params["ls_model_type"] = "chat"
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = temperature
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        if stop or self.stop:
-            params["ls_stop"] = stop or self.stop
-        return params
+        return self._sampling_ls_params(params, stop, kwargs)
 
     # -- requests -------------------------------------------------------------------------------
 

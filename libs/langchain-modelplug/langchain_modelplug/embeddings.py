@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import ConfigDict, Field
 
-from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
+from langchain_modelplug._backend_fields import BackendFields
 
 
-class ModelPlugEmbeddings(BaseModel, Embeddings):
+class ModelPlugEmbeddings(BackendFields, Embeddings):
     """Embeddings over any modelplug provider that has them.
 
     openai, gemini and the OpenAI-compatible servers use their embeddings endpoint, ollama its
@@ -62,32 +61,10 @@ class ModelPlugEmbeddings(BaseModel, Embeddings):
             retriever = store.as_retriever(search_kwargs={"k": 1})
     """
 
-    model: str | None = None
     batch_size: int = Field(default=64, gt=0)
-    timeout: float | None = None
-    max_retries: int | None = None
-    api_key: SecretStr | None = None
-    base_url: str | None = None
-    #: Provider-specific settings (any keyword argument that is not a field above).
-    provider_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Texts per backend call in ``embed_documents``."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
-
-    _backend: Backend = PrivateAttr()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_provider_kwargs(cls, values: Any) -> Any:
-        return collect_provider_kwargs(cls, values)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._backend = adapter_backend(self)
-
-    @property
-    def backend(self) -> Backend:
-        """The modelplug backend (shared weights for in-process models)."""
-        return self._backend
 
     def _batches(self, texts: list[str]) -> list[list[str]]:
         return [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]

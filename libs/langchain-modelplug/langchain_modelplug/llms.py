@@ -9,10 +9,10 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import ConfigDict
 
+from langchain_modelplug._backend_fields import GenerationFields
 from modelplug import CompletionRequest, UnsupportedCapabilityError
-from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.errors import amend_message
 from modelplug.types import ChatChunk, ChatResponse, Usage, request_fields
 
@@ -34,7 +34,7 @@ def _usage_dict(usage: Usage | None) -> dict[str, int]:
             "total_tokens": usage.total_tokens}
 
 
-class ModelPlugLLM(BaseLLM):
+class ModelPlugLLM(GenerationFields, BaseLLM):
     """Text completion (no chat template) over modelplug providers that have it.
 
     The prompt is sent as-is: in-process models (``llamacpp:``) complete it directly, and
@@ -99,37 +99,7 @@ class ModelPlugLLM(BaseLLM):
             # {'prompt_tokens': 6, 'completion_tokens': 32, 'total_tokens': 38}
     """
 
-    model: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    seed: int | None = None
-    timeout: float | None = None
-    max_retries: int | None = None
-    api_key: SecretStr | None = None
-    base_url: str | None = None
-    streaming: bool = False
-    #: Provider-specific settings (any keyword argument that is not a field above).
-    provider_kwargs: dict[str, Any] = Field(default_factory=dict)
-
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
-
-    _backend: Backend = PrivateAttr()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_provider_kwargs(cls, values: Any) -> Any:
-        return collect_provider_kwargs(cls, values)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._backend = adapter_backend(self)
-
-    @property
-    def backend(self) -> Backend:
-        """The modelplug backend (shared weights for in-process models)."""
-        return self._backend
 
     @property
     def _llm_type(self) -> str:
@@ -143,15 +113,7 @@ class ModelPlugLLM(BaseLLM):
         ref = self._backend.ref
         params = LangSmithParams(ls_provider=ref.provider, ls_model_name=ref.model_id,
                                  ls_model_type="llm")
-        temperature = kwargs.get("temperature", self.temperature)
-        if temperature is not None:
-            params["ls_temperature"] = temperature
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None:
-            params["ls_max_tokens"] = max_tokens
-        if stop or self.stop:
-            params["ls_stop"] = stop or self.stop
-        return params
+        return self._sampling_ls_params(params, stop, kwargs)
 
     # -- requests -------------------------------------------------------------------------------
 

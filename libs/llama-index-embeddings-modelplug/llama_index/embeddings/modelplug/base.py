@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
+from llama_index.core.bridge.pydantic import Field
+from llama_index.llms.modelplug.backend_fields import BackendFields
 
-from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 
-
-class ModelPlugEmbedding(BaseEmbedding):
+class ModelPlugEmbedding(BackendFields, BaseEmbedding):
     """Embeddings from any modelplug provider that has them.
 
     Providers with embeddings: OpenAI-compatible endpoints (``openai:``, ``llamaserver:``,
@@ -54,39 +53,19 @@ class ModelPlugEmbedding(BaseEmbedding):
     weights are shared with any ``ModelPlug`` naming the same model.
     """
 
-    model: str | None = Field(default=None, description="'provider:model_id' or a catalog name.")
-    query_instruction: str | None = None
-    text_instruction: str | None = None
-    timeout: float | None = None
-    max_retries: int | None = None
-    #: Never serialized (to_dict/to_json leave it out): a loaded copy takes the key from the
-    #: provider's environment variable, as LangChain's secrets do.
-    api_key: SecretStr | None = Field(default=None, exclude=True)
-    base_url: str | None = None
-    provider_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Provider-specific settings (any other keyword).")
-
-    _backend: Backend = PrivateAttr()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_provider_kwargs(cls, values: Any) -> Any:
-        return collect_provider_kwargs(cls, values)
+    query_instruction: str | None = Field(
+        default=None, description="Prefix for queries, for models that expect one.")
+    text_instruction: str | None = Field(
+        default=None, description="Prefix for documents, for models that expect one.")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._backend = adapter_backend(self)
         if self.model_name == "unknown":
             self.model_name = self.model
 
     @classmethod
     def class_name(cls) -> str:
         return "ModelPlugEmbedding"
-
-    @property
-    def backend(self) -> Backend:
-        """The modelplug backend (shared weights for in-process models)."""
-        return self._backend
 
     def _query(self, text: str) -> str:
         return f"{self.query_instruction}{text}" if self.query_instruction else text

@@ -19,7 +19,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, SecretStr, model_validator
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
@@ -34,9 +34,9 @@ from llama_index.llms.modelplug._convert import (
     to_completion_response,
     to_openai_messages,
 )
+from llama_index.llms.modelplug.backend_fields import BackendFields
 
 from modelplug import ChatRequest, CompletionRequest
-from modelplug.backends import Backend, adapter_backend, collect_provider_kwargs
 from modelplug.backends.structured import check_finished
 from modelplug.types import normalise_tool_choice, request_fields
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 _DROPPED = ("formatted", "strict", "tool_required")
 
 
-class ModelPlug(FunctionCallingLLM):
+class ModelPlug(BackendFields, FunctionCallingLLM):
     """LlamaIndex LLM over any modelplug provider: cloud SDKs, local servers, in-process models.
 
     Setup:
@@ -147,45 +147,25 @@ class ModelPlug(FunctionCallingLLM):
         a ThinkingBlock, and in streams as ``additional_kwargs["thinking_delta"]``.
     """
 
-    model: str | None = Field(default=None, description="'provider:model_id' or a catalog name.")
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-    reasoning: bool | None = None
+    temperature: float | None = Field(default=None, description="Sampling temperature.")
+    max_tokens: int | None = Field(default=None, description="The most tokens to generate.")
+    top_p: float | None = Field(
+        default=None, description="Nucleus sampling: the probability mass to sample from.")
+    stop: list[str] | None = Field(
+        default=None, description="Sequences that end the generation.")
+    seed: int | None = Field(
+        default=None, description="Sampling seed, where the provider takes one.")
+    reasoning: bool | None = Field(
+        default=None,
+        description="True/False switches reasoning on/off where the model has the switch.")
     context_window: int | None = Field(
         default=None, description="Overrides the context window from the model's profile.")
     raw_completion: bool = Field(
         default=False, description="complete() sends the prompt without a chat template.")
-    timeout: float | None = None
-    max_retries: int | None = None
-    #: Never serialized (to_dict/to_json leave it out): a loaded copy takes the key from the
-    #: provider's environment variable, as LangChain's secrets do.
-    api_key: SecretStr | None = Field(default=None, exclude=True)
-    base_url: str | None = None
-    provider_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Provider-specific settings (any other keyword).")
-
-    _backend: Backend = PrivateAttr()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _collect_provider_kwargs(cls, values: Any) -> Any:
-        return collect_provider_kwargs(cls, values)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._backend = adapter_backend(self)
 
     @classmethod
     def class_name(cls) -> str:
         return "ModelPlug"
-
-    @property
-    def backend(self) -> Backend:
-        """The modelplug backend this LLM calls (shared weights for in-process models)."""
-        return self._backend
 
     @property
     def metadata(self) -> LLMMetadata:
