@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,14 +16,12 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
     MessageRole,
-    ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW, DEFAULT_NUM_OUTPUTS
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.types import Model, PydanticProgramMode
 from llama_index.llms.modelplug._convert import (
@@ -34,11 +31,17 @@ from llama_index.llms.modelplug._convert import (
     to_completion_response,
     to_openai_messages,
 )
+from llama_index.llms.modelplug._tools import (
+    first_tool_call_only,
+    tool_selections,
+    tool_turn_messages,
+    tools_and_choice,
+)
 from llama_index.llms.modelplug.backend_fields import BackendFields
 
 from modelplug import ChatRequest, CompletionRequest
 from modelplug.backends.structured import check_finished
-from modelplug.types import normalise_tool_choice, request_fields
+from modelplug.types import request_fields
 
 if TYPE_CHECKING:
     from llama_index.core.program.utils import FlexibleModel
@@ -193,10 +196,7 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
         tools = fields.pop("tools", None)
         choice = fields.pop("tool_choice", None)
         if tools:
-            fields["tools"] = [_openai_tool(t) for t in tools]
-            if choice is None and required:
-                choice = "required"
-            fields["tool_choice"] = normalise_tool_choice(choice, fields["tools"])
+            fields["tools"], fields["tool_choice"] = tools_and_choice(tools, choice, required)
         else:
             fields.pop("parallel_tool_calls", None)
         single = fields.get("parallel_tool_calls") is False
@@ -237,12 +237,13 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
 
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request, single = self._request(messages, kwargs)
-        return _single(to_chat_response(self._backend.chat(request), self._provider), single)
+        response = to_chat_response(self._backend.chat(request), self._provider)
+        return first_tool_call_only(response) if single else response
 
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         request, single = self._request(messages, kwargs)
-        return _single(to_chat_response(await self._backend.achat(request), self._provider),
-                       single)
+        response = to_chat_response(await self._backend.achat(request), self._provider)
+        return first_tool_call_only(response) if single else response
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         request, single = self._request(messages, kwargs)
@@ -338,18 +339,9 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Chat kwargs for a turn with tools. ``chat_history`` is copied, never appended to."""
-        specs = [_openai_tool(t) for t in tools]
-        messages = list(chat_history or [])
-        if isinstance(user_msg, str):
-            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
-        if user_msg is not None:
-            messages.append(user_msg)
-        if tool_choice is None and tool_required:
-            tool_choice = "required"
-        out: dict[str, Any] = {"messages": messages, **kwargs}
-        if specs:
-            out["tools"] = specs
-            out["tool_choice"] = normalise_tool_choice(tool_choice, specs)
+        out: dict[str, Any] = {"messages": tool_turn_messages(user_msg, chat_history), **kwargs}
+        if tools:
+            out["tools"], out["tool_choice"] = tools_and_choice(tools, tool_choice, tool_required)
             out["parallel_tool_calls"] = allow_parallel_tool_calls
         return out
 
@@ -360,7 +352,7 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
         allow_parallel_tool_calls: bool = False,
         **kwargs: Any,
     ) -> ChatResponse:
-        return response if allow_parallel_tool_calls else _single(response, True)
+        return response if allow_parallel_tool_calls else first_tool_call_only(response)
 
     def get_tool_calls_from_response(
         self,
@@ -369,28 +361,7 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
         **kwargs: Any,
     ) -> list[ToolSelection]:
         """The response's ToolCallBlocks as ToolSelections (partial JSON arguments parsed)."""
-        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
-        if not calls:
-            if error_on_no_tool_call:
-                raise ValueError(
-                    "Expected at least one tool call, but the response has none "
-                    f"(text: {(response.message.content or '')[:200]!r}). Pass "
-                    "tool_required=True (or tool_choice='<tool name>') to force a call."
-                )
-            return []
-        selections = []
-        for call in calls:
-            kwargs_ = call.tool_kwargs
-            if isinstance(kwargs_, str):
-                try:
-                    kwargs_ = parse_partial_json(kwargs_) if kwargs_.strip() else {}
-                except (ValueError, TypeError, json.JSONDecodeError):
-                    kwargs_ = {}
-            selections.append(ToolSelection(tool_id=call.tool_call_id or "",
-                                            tool_name=call.tool_name,
-                                            tool_kwargs=kwargs_ if isinstance(kwargs_, dict)
-                                            else {}))
-        return selections
+        return tool_selections(response, error_on_no_tool_call)
 
     # -- structured output ----------------------------------------------------------------------
 
@@ -489,37 +460,6 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
 
 def _as_messages(prompt: str) -> list[ChatMessage]:
     return [ChatMessage(role=MessageRole.USER, content=prompt)]
-
-
-def _openai_tool(tool: Any) -> dict[str, Any]:
-    """A LlamaIndex tool (anything with ``.metadata``) or an OpenAI tool dict, as an OpenAI dict."""
-    if isinstance(tool, dict):
-        if tool.get("type") == "function" and "function" in tool:
-            return tool
-        raise ValueError(
-            f"Tool dicts must be OpenAI tools ({{'type': 'function', 'function': {{...}}}}); "
-            f"got keys {sorted(tool)}. Or pass a LlamaIndex tool (FunctionTool.from_defaults)."
-        )
-    metadata = getattr(tool, "metadata", None)
-    if metadata is None or not hasattr(metadata, "to_openai_tool"):
-        raise TypeError(
-            f"Cannot use {tool!r} as a tool. Pass LlamaIndex tools (e.g. "
-            "FunctionTool.from_defaults(fn=...)) or OpenAI tool dicts."
-        )
-    return metadata.to_openai_tool(skip_length_check=True)
-
-
-def _single(response: ChatResponse, single: bool) -> ChatResponse:
-    """The response with at most one tool call, when parallel tool calls are not allowed."""
-    if not single:
-        return response
-    calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
-    if len(calls) <= 1:
-        return response
-    blocks = [b for b in response.message.blocks
-              if not isinstance(b, ToolCallBlock) or b is calls[0]]
-    message = response.message.model_copy(update={"blocks": blocks})
-    return response.model_copy(update={"message": message})
 
 
 def _check_finished(response: ChatResponse) -> None:

@@ -7,7 +7,6 @@ LangChain's FallbackChatModel runs on; this module only adapts LlamaIndex calls 
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from typing import Any
 
@@ -34,11 +33,11 @@ from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import LLM, ToolSelection
-from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools.types import BaseTool
 from llama_index.core.types import Model
 from llama_index.llms.modelplug._convert import completion_from_chat, to_openai_messages
+from llama_index.llms.modelplug._tools import tool_selections, tool_turn_messages, tools_and_choice
 
 from modelplug.catalog import CatalogModel
 from modelplug.errors import StreamInterruptedError, is_retryable
@@ -317,8 +316,8 @@ class FallbackLLM(FunctionCallingLLM):
     def _needs(messages: Sequence[ChatMessage], tools: Sequence[Any] | None,
                kwargs: dict[str, Any]) -> Needs | None:
         try:
-            specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools or []]
-            choice = "none" if kwargs.get("tool_choice") == "none" else None
+            specs, choice = tools_and_choice(tools or [], kwargs.get("tool_choice"),
+                                             bool(kwargs.get("tool_required")))
             return Needs.of_request(ChatRequest(messages=to_openai_messages(messages),
                                                 tools=specs or None, tool_choice=choice))
         except Exception:  # content the converter refuses: skip nothing, let models decide
@@ -594,12 +593,7 @@ class FallbackLLM(FunctionCallingLLM):
         **kwargs: Any,
     ) -> dict[str, Any]:
         """The tools stay LlamaIndex tools: each candidate formats them its own way."""
-        messages = list(chat_history or [])
-        if isinstance(user_msg, str):
-            user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
-        if user_msg is not None:
-            messages.append(user_msg)
-        out: dict[str, Any] = {"messages": messages, **kwargs}
+        out: dict[str, Any] = {"messages": tool_turn_messages(user_msg, chat_history), **kwargs}
         if tools:
             out.update(tools=list(tools), tool_required=tool_required,
                        allow_parallel_tool_calls=allow_parallel_tool_calls)
@@ -616,20 +610,7 @@ class FallbackLLM(FunctionCallingLLM):
             if candidate_name(llm) == name and isinstance(llm, FunctionCallingLLM):
                 return llm.get_tool_calls_from_response(
                     response, error_on_no_tool_call=error_on_no_tool_call, **kwargs)
-        calls = [b for b in response.message.blocks if isinstance(b, ToolCallBlock)]
-        if not calls and error_on_no_tool_call:
-            raise ValueError("Expected at least one tool call, but the response has none.")
-        out = []
-        for call in calls:
-            args = call.tool_kwargs
-            if isinstance(args, str):
-                try:
-                    args = parse_partial_json(args) if args.strip() else {}
-                except (ValueError, json.JSONDecodeError):
-                    args = {}
-            out.append(ToolSelection(tool_id=call.tool_call_id or "", tool_name=call.tool_name,
-                                     tool_kwargs=args if isinstance(args, dict) else {}))
-        return out
+        return tool_selections(response, error_on_no_tool_call)
 
     # -- structured output: each candidate's own method (native json_schema where it has it) --
 
