@@ -40,7 +40,7 @@ from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 from llama_index.llms.modelplug import ModelPlug
-from llama_index.llms.modelplug._convert import StreamAccumulator, to_openai_messages
+from llama_index.llms.modelplug._convert import stream_steps, to_openai_messages
 from pydantic import BaseModel
 
 from modelplug import ChatChunk, ToolCallDelta, UnsupportedCapabilityError, Usage
@@ -328,8 +328,7 @@ def test_single_tool_call_unless_parallel_allowed(llm: ModelPlug) -> None:
     assert len(response.message.blocks) == 3  # the original response is left alone
 
 
-def test_streamed_partial_arguments_and_reasoning_fold() -> None:
-    acc = StreamAccumulator("test")
+def test_streamed_partial_arguments_and_reasoning_are_collected() -> None:
     chunks = [
         ChatChunk(reasoning="Let me think. "),
         ChatChunk(reasoning="Done."),
@@ -338,7 +337,7 @@ def test_streamed_partial_arguments_and_reasoning_fold() -> None:
         ChatChunk(tool_calls=[ToolCallDelta(0, arguments='ut": 3}')]),
         ChatChunk(finish_reason="tool_calls", usage=Usage(10, 5)),
     ]
-    steps = [acc.feed(c) for c in chunks]
+    steps = list(stream_steps(chunks, "test"))
     assert steps[0].additional_kwargs["thinking_delta"] == "Let me think. "
     assert [b.content for b in steps[1].message.blocks if isinstance(b, ThinkingBlock)] == [
         "Let me think. Done."]

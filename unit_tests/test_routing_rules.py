@@ -234,23 +234,23 @@ def test_an_echoed_prefill_is_stripped_from_the_answer_however_it_is_chunked(
     it loses nothing."""
     from types import SimpleNamespace
 
-    from modelplug.backends.openai_compat import _StreamFolder
+    from modelplug.backends.openai_compat import _ChatEventReader
 
     sent = (prefill + answer) if echoed else answer
     if not echoed and answer.startswith(prefill):
         return  # indistinguishable from a repeat; the backend takes it for one
 
-    def fold(sent: str, prefill: str) -> str:
+    def read(sent: str, prefill: str) -> str:
         bounds = sorted({0, len(sent), *(c for c in cuts if c <= len(sent))})
-        folder = _StreamFolder("m", False, prefill)
+        reader = _ChatEventReader("m", False, prefill)
         text = ""
         for a, b in itertools.pairwise(bounds):
             delta = SimpleNamespace(content=sent[a:b], tool_calls=None, refusal=None,
                                     model_extra={})
             event = SimpleNamespace(model="m", id="x", usage=None, choices=[
                 SimpleNamespace(index=0, delta=delta, finish_reason=None)])
-            text += "".join(c.text for c in folder.feed(event))
-        return text + folder.final().text
+            text += "".join(c.text for c in reader.feed(event))
+        return text + reader.finish().text
 
-    # As if the server had sent the answer alone (the text folding is otherwise unchanged).
-    assert fold(sent, prefill) == fold(answer, "")
+    # As if the server had sent the answer alone (the text reading is otherwise unchanged).
+    assert read(sent, prefill) == read(answer, "")

@@ -9,9 +9,13 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.language_models.chat_models import (
+    LangSmithParams,
+    agenerate_from_stream,
+    generate_from_stream,
+)
 from langchain_core.language_models.model_profile import ModelProfile
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.output_parsers.openai_tools import (
     JsonOutputKeyToolsParser,
@@ -199,8 +203,8 @@ class ChatModelPlug(GenerationFields, BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None,
                   **kwargs: Any) -> ChatResult:
-        if self.streaming:
-            return self._collect(self._stream(messages, stop, run_manager, **kwargs))
+        if self.streaming:  # as ChatOpenAI does: LangChain's own collection of the chunks
+            return generate_from_stream(self._stream(messages, stop, run_manager, **kwargs))
         response = self._backend.chat(self._request(messages, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(
             message=to_ai_message(response, self._backend.ref.provider))],
@@ -210,8 +214,8 @@ class ChatModelPlug(GenerationFields, BaseChatModel):
                          run_manager: AsyncCallbackManagerForLLMRun | None = None,
                          **kwargs: Any) -> ChatResult:
         if self.streaming:
-            chunks = [c async for c in self._astream(messages, stop, run_manager, **kwargs)]
-            return self._collect(iter(chunks))
+            return await agenerate_from_stream(
+                self._astream(messages, stop, run_manager, **kwargs))
         response = await self._backend.achat(self._request(messages, stop, kwargs))
         return ChatResult(generations=[ChatGeneration(
             message=to_ai_message(response, self._backend.ref.provider))],
@@ -236,17 +240,6 @@ class ChatModelPlug(GenerationFields, BaseChatModel):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(chunk.text, chunk=generation)
             yield generation
-
-    @staticmethod
-    def _collect(chunks: Iterator[ChatGenerationChunk]) -> ChatResult:
-        total: ChatGenerationChunk | None = None
-        for chunk in chunks:
-            total = chunk if total is None else total + chunk
-        message = total.message if total is not None else AIMessageChunk(content="")
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(
-            content=message.content, additional_kwargs=message.additional_kwargs,
-            response_metadata=message.response_metadata, usage_metadata=message.usage_metadata,
-            tool_calls=getattr(message, "tool_calls", []), id=message.id))])
 
     # -- tools and structured output -----------------------------------------------------------
 

@@ -159,7 +159,7 @@ class ModelPlugLLM(GenerationFields, BaseLLM):
         responses = []
         for prompt in prompts:
             if self.streaming:
-                responses.append(self._fold(self._stream(prompt, stop, run_manager, **kwargs)))
+                responses.append(self._collect(self._stream(prompt, stop, run_manager, **kwargs)))
             else:
                 with _chat_hint(self.model):
                     responses.append(self._backend.complete(self._request(prompt, stop, kwargs)))
@@ -172,7 +172,7 @@ class ModelPlugLLM(GenerationFields, BaseLLM):
         for prompt in prompts:
             if self.streaming:
                 chunks = [c async for c in self._astream(prompt, stop, run_manager, **kwargs)]
-                responses.append(self._fold(iter(chunks)))
+                responses.append(self._collect(iter(chunks)))
             else:
                 with _chat_hint(self.model):
                     responses.append(
@@ -201,7 +201,8 @@ class ModelPlugLLM(GenerationFields, BaseLLM):
                 yield generation
 
     @staticmethod
-    def _fold(chunks: Iterator[GenerationChunk]) -> ChatResponse:
+    def _collect(chunks: Iterator[GenerationChunk]) -> ChatResponse:
+        """The streamed GenerationChunks (what the callbacks saw) as one response."""
         response, parts = ChatResponse(), []
         for chunk in chunks:
             parts.append(chunk.text)

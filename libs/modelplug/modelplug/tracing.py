@@ -62,7 +62,7 @@ _provider: Any = None  # a provider given to configure(), else the global one
 _tracer: tuple[Any, Any] | None = None  # (provider, its tracer for modelplug)
 _enabled = os.environ.get("MODELPLUG_OTEL", "").lower() not in ("0", "false", "off", "no")
 #: The backend whose traced call is running in this context: its inner calls (a default achat
-#: running chat in a thread, complete folding stream_complete) are part of that one span.
+#: running chat in a thread, complete collecting stream_complete) are part of that one span.
 _active: contextvars.ContextVar[Any] = contextvars.ContextVar("modelplug_traced_call",
                                                               default=None)
 

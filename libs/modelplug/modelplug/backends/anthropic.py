@@ -258,26 +258,26 @@ class AnthropicBackend(NetworkedBackend):
     @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self.check(request)
-        state = _StreamState(self._is_json_mode(request), self.ref.model_id)
+        reader = _ChatEventReader(self._is_json_mode(request), self.ref.model_id)
         events = self.client.messages.create(**self.build_params(request), stream=True)
         with events:
             for event in events:
-                chunk = state.feed(event)
+                chunk = reader.feed(event)
                 if chunk is not None:
                     yield chunk
-        yield state.finish()
+        yield reader.finish()
 
     @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         self.check(request)
-        state = _StreamState(self._is_json_mode(request), self.ref.model_id)
+        reader = _ChatEventReader(self._is_json_mode(request), self.ref.model_id)
         events = await self.aclient.messages.create(**self.build_params(request), stream=True)
         async with events:
             async for event in events:
-                chunk = state.feed(event)
+                chunk = reader.feed(event)
                 if chunk is not None:
                     yield chunk
-        yield state.finish()
+        yield reader.finish()
 
     def _response(self, message: Any, json_mode: bool) -> ChatResponse:
         texts, reasoning, calls, signed = [], [], [], []
@@ -332,8 +332,8 @@ def usage_from(usage: Any) -> Usage | None:
                  cache_read_tokens=read, cache_creation_tokens=created)
 
 
-class _StreamState:
-    """Turns the raw SSE events of one streamed message into :class:`ChatChunk` objects."""
+class _ChatEventReader:
+    """Reads the raw SSE events of one streamed message as :class:`ChatChunk` objects."""
 
     def __init__(self, json_mode: bool, model: str) -> None:
         self.json_mode = json_mode

@@ -13,7 +13,7 @@ import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 from modelplug.errors import ConfigurationError, UnsupportedCapabilityError, map_sdk_error
@@ -28,6 +28,7 @@ from modelplug.types import (
     CompletionRequest,
     ToolCall,
     ToolCallDelta,
+    Usage,
     normalise_tool_choice,
 )
 
@@ -285,27 +286,65 @@ def _reraise(exc: BaseException, mapped: BaseException) -> NoReturn:
     raise mapped from exc
 
 
-def collect_stream(chunks: Iterator[ChatChunk]) -> ChatResponse:
-    """Fold a stream into one response: text and reasoning joined, tool-call deltas assembled."""
-    response, parts = ChatResponse(), []
-    calls: dict[int, ToolCallDelta] = {}
-    for chunk in chunks:
-        parts.append(chunk.text)
-        response.reasoning += chunk.reasoning
-        response.thinking_blocks += chunk.thinking_blocks
+class StreamCollector:
+    """Collects a stream, chunk by chunk, into the answer so far: text and reasoning joined,
+    signed thinking blocks kept in order, tool-call deltas assembled per index, and the last
+    usage, finish reason, model and id given. :func:`collect_stream` collects a whole stream;
+    an adapter whose framework wants the message so far at every step reads it after each
+    :meth:`add`."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []  # pieces, joined into one when read
+        self.reasoning = ""
+        self.thinking_blocks: list[dict[str, Any]] = []
+        self.calls: dict[int, ToolCallDelta] = {}
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.model = ""
+        self.id = ""
+
+    def add(self, chunk: ChatChunk) -> None:
+        self._text.append(chunk.text)
+        self.reasoning += chunk.reasoning
+        self.thinking_blocks += chunk.thinking_blocks
         for delta in chunk.tool_calls:
-            call = calls.setdefault(delta.index, ToolCallDelta(delta.index))
+            call = self.calls.setdefault(delta.index, ToolCallDelta(delta.index))
             call.id = call.id or delta.id
             call.name = call.name or delta.name
             call.arguments += delta.arguments
-        response.usage = chunk.usage or response.usage
-        response.finish_reason = chunk.finish_reason or response.finish_reason
-        response.model = chunk.model or response.model
-        response.id = chunk.id or response.id
-    response.text = "".join(parts)
-    response.tool_calls = [ToolCall.parse(c.id or f"call_{i}", c.name or "", c.arguments)
-                           for i, c in sorted(calls.items())]
-    return response
+        self.usage = chunk.usage or self.usage
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.model = chunk.model or self.model
+        self.id = chunk.id or self.id
+
+    @property
+    def text(self) -> str:
+        # Joined once per read, and kept joined: a stream adds one piece per token, and a
+        # framework that reads the answer so far at every step joins two pieces each time.
+        parts = self._text
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
+
+    def tool_calls(self) -> list[ToolCall]:
+        """The tool calls so far, in index order (arguments that do not parse yet, as a call
+        still streaming has, carry ``error`` and stay in ``raw_arguments``)."""
+        return [ToolCall.parse(c.id or f"call_{i}", c.name or "", c.arguments)
+                for i, c in sorted(self.calls.items())]
+
+    def response(self) -> ChatResponse:
+        return ChatResponse(text=self.text, tool_calls=self.tool_calls(),
+                            reasoning=self.reasoning, thinking_blocks=list(self.thinking_blocks),
+                            usage=self.usage, finish_reason=self.finish_reason,
+                            model=self.model, id=self.id)
+
+
+def collect_stream(chunks: Iterable[ChatChunk]) -> ChatResponse:
+    """A whole stream collected into one response (see :class:`StreamCollector`)."""
+    collector = StreamCollector()
+    for chunk in chunks:
+        collector.add(chunk)
+    return collector.response()
 
 
 _DONE = object()

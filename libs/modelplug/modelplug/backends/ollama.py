@@ -10,7 +10,7 @@
 - ``ChatRequest.headers`` (a pool's ``x-session-id``) go on each request through a request hook
   of the SDK's HTTP client (the SDK takes headers only per client).
 - Tool calls arrive with arguments as objects and, in this API, without ids; each gets an id
-  derived from its position, name and arguments, so a stream and its folded result agree.
+  derived from its position, name and arguments, so a stream and its collected result agree.
 - Ollama has no ``tool_choice``. ``"none"`` leaves the tools out; a forced choice (a tool name,
   or ``"required"``) is honoured with ``format=`` instead: the answer is constrained to the
   tool's JSON arguments (or to ``{"name", "arguments"}`` over all tools) and returned as a tool
@@ -229,31 +229,31 @@ class OllamaBackend(NetworkedBackend):
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self.check(request)
         params = self.build_params(request)
-        state = _StreamState(request, self.ref.model_id)
+        reader = _ChatEventReader(request, self.ref.model_id)
         parts = iter(self.client.chat(**params, stream=True))
         with _sending(request.headers):  # the request goes out with the first part
             first = next(parts, None)
         if first is not None:
-            yield from state.feed(first)
+            yield from reader.feed(first)
         for part in parts:
-            yield from state.feed(part)
-        yield from state.finish()
+            yield from reader.feed(part)
+        yield from reader.finish()
 
     @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         self.check(request)
         params = self.build_params(request)
-        state = _StreamState(request, self.ref.model_id)
+        reader = _ChatEventReader(request, self.ref.model_id)
         with _sending(request.headers):  # the request goes out with the first part
             parts = aiter(await self.aclient.chat(**params, stream=True))
             first = await anext(parts, None)
         if first is not None:
-            for chunk in state.feed(first):
+            for chunk in reader.feed(first):
                 yield chunk
         async for part in parts:
-            for chunk in state.feed(part):
+            for chunk in reader.feed(part):
                 yield chunk
-        for chunk in state.finish():
+        for chunk in reader.finish():
             yield chunk
 
     # -- raw completion (/api/generate with raw=True: no template) ------------------------------
@@ -339,8 +339,8 @@ class OllamaBackend(NetworkedBackend):
         return self._not_found(exc, pulled)
 
 
-class _StreamState:
-    """Folds the NDJSON parts of one /api/chat stream into :class:`ChatChunk` objects."""
+class _ChatEventReader:
+    """Reads the NDJSON parts of one /api/chat stream as :class:`ChatChunk` objects."""
 
     def __init__(self, request: ChatRequest, model: str) -> None:
         self.forced = forced_tool_schema(request)

@@ -253,34 +253,34 @@ class OpenAICompatBackend(NetworkedBackend):
     @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         body = self._body(request)
-        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request),
-                               self._echoed(request))
+        reader = _ChatEventReader(self.ref.model_id, self._starts_in_thinking(request),
+                                  self._echoed(request))
         events = self.client.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         with events:
             for event in events:
-                yield from folder.feed(event)
-        yield folder.final()
+                yield from reader.feed(event)
+        yield reader.finish()
 
     @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request)
-        folder = _StreamFolder(self.ref.model_id, self._starts_in_thinking(request),
-                               self._echoed(request))
+        reader = _ChatEventReader(self.ref.model_id, self._starts_in_thinking(request),
+                                  self._echoed(request))
         events = await self.aclient.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         async with events:
             async for event in events:
-                for chunk in folder.feed(event):
+                for chunk in reader.feed(event):
                     yield chunk
-        yield folder.final()
+        yield reader.finish()
 
     def _response(self, completion: Any, request: ChatRequest) -> ChatResponse:
         choice = completion.choices[0]
         message = choice.message
         _check_refusal(self.spec.key, getattr(message, "refusal", None))
         fields = _reasoning_field(message)
-        # As _StreamFolder decides: a reasoning field means the server split the thinking out.
+        # As _ChatEventReader decides: a reasoning field means the server split the thinking out.
         implicit = self._starts_in_thinking(request) and not fields
         content = message.content or ""
         echoed = self._echoed(request)
@@ -324,21 +324,21 @@ class OpenAICompatBackend(NetworkedBackend):
 
     @maps_errors
     def stream_complete(self, request: CompletionRequest) -> Iterator[ChatChunk]:
-        folder = _CompletionFolder(self.ref.model_id)
+        reader = _CompletionEventReader(self.ref.model_id)
         with self.client.completions.create(**self._completion_body(request)) as events:
             for event in events:
-                yield from folder.feed(event)
-        yield folder.final()
+                yield from reader.feed(event)
+        yield reader.finish()
 
     @maps_errors
     async def astream_complete(self, request: CompletionRequest) -> AsyncIterator[ChatChunk]:
-        folder = _CompletionFolder(self.ref.model_id)
+        reader = _CompletionEventReader(self.ref.model_id)
         events = await self.aclient.completions.create(**self._completion_body(request))
         async with events:
             async for event in events:
-                for chunk in folder.feed(event):
+                for chunk in reader.feed(event):
                     yield chunk
-        yield folder.final()
+        yield reader.finish()
 
     async def acomplete(self, request: CompletionRequest) -> ChatResponse:
         return collect_stream([chunk async for chunk in self.astream_complete(request)])
@@ -364,8 +364,9 @@ class OpenAICompatBackend(NetworkedBackend):
         return [item.embedding for item in sorted(result.data, key=lambda d: d.index)]
 
 
-class _StreamFolder:
-    """ChatCompletionChunk events -> ChatChunks; finish reason and usage go on the last chunk."""
+class _ChatEventReader:
+    """Reads ChatCompletionChunk events as ChatChunks (what :class:`StreamCollector` collects);
+    finish reason and usage go on the last chunk."""
 
     def __init__(self, model: str, implicit_think: bool, echoed: str = "") -> None:
         self.model = model
@@ -420,7 +421,7 @@ class _StreamFolder:
         self.echoed = self.held = ""
         return text
 
-    def final(self) -> ChatChunk:
+    def finish(self) -> ChatChunk:
         # Text still held was no repeat (a server repeats the whole prefill at once): a short
         # answer that only began like the prefill.
         held, self.held, self.echoed = self.held, "", ""
@@ -433,8 +434,9 @@ class _StreamFolder:
                          id=self.id)
 
 
-class _CompletionFolder:
-    """Completion stream events -> ChatChunks; finish reason and usage go on the last chunk."""
+class _CompletionEventReader:
+    """Reads completion stream events as ChatChunks; finish reason and usage go on the last
+    chunk."""
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -451,7 +453,7 @@ class _CompletionFolder:
             if choice.index in (0, None) and choice.text:
                 yield ChatChunk(text=choice.text, model=self.model)
 
-    def final(self) -> ChatChunk:
+    def finish(self) -> ChatChunk:
         return ChatChunk(usage=self.usage, finish_reason=self.finish_reason or "stop",
                          model=self.model)
 

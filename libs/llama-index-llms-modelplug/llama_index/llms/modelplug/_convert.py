@@ -1,8 +1,8 @@
 """The one conversion in each direction between LlamaIndex messages and modelplug's neutral types.
 
 LlamaIndex -> modelplug: :func:`to_openai_messages` (ChatMessage blocks as OpenAI dicts).
-modelplug -> LlamaIndex: :func:`to_chat_response` for whole answers, :class:`StreamAccumulator`
-for streams (every yielded ChatResponse carries the whole message so far, tool calls included).
+modelplug -> LlamaIndex: :func:`to_chat_response` for whole answers, :func:`stream_steps` for
+streams (every yielded ChatResponse carries the whole message so far, tool calls included).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import mimetypes
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -31,7 +31,8 @@ from llama_index.core.base.llms.types import (
 )
 
 from modelplug.accounting import cost_of
-from modelplug.types import THINKING_BLOCKS, ChatChunk, Message, ToolCall, ToolCallDelta, Usage
+from modelplug.backends.base import StreamCollector
+from modelplug.types import THINKING_BLOCKS, ChatChunk, Message, ToolCall, Usage
 from modelplug.types import ChatResponse as NeutralResponse
 
 _ROLES = {
@@ -268,63 +269,43 @@ def to_completion_response(response: NeutralResponse, provider: str) -> Completi
     )
 
 
-class StreamAccumulator:
-    """Folds chunks into the cumulative ChatResponse LlamaIndex expects on every step.
+def stream_steps(chunks: Iterable[ChatChunk], provider: str,
+                 single_tool_call: bool = False) -> Iterator[ChatResponse]:
+    """A neutral stream as the cumulative ChatResponses LlamaIndex expects, one per chunk (see
+    :func:`_step`); ``single_tool_call``: at most one tool call (parallel calls not allowed)."""
+    collector = StreamCollector()
+    for chunk in chunks:
+        collector.add(chunk)
+        yield _step(collector, chunk, provider, single_tool_call)
 
-    Each response carries the whole message so far: text, the reasoning as ThinkingBlocks (one
-    per signed block once it has ended, the rest in one unsigned block), and one ToolCallBlock
-    per tool call assembled from its deltas (partial JSON arguments stay a string until they
-    parse). ``delta`` is the new text; ``thinking_delta`` the new reasoning.
-    """
 
-    def __init__(self, provider: str, single_tool_call: bool = False) -> None:
-        self.provider = provider
-        self.single_tool_call = single_tool_call
-        self.text = ""
-        self.reasoning = ""
-        self.signed: list[dict[str, Any]] = []
-        self.calls: dict[int, ToolCallDelta] = {}
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.model = ""
+async def astream_steps(chunks: AsyncIterable[ChatChunk], provider: str,
+                        single_tool_call: bool = False) -> AsyncIterator[ChatResponse]:
+    collector = StreamCollector()
+    async for chunk in chunks:
+        collector.add(chunk)
+        yield _step(collector, chunk, provider, single_tool_call)
 
-    def feed(self, chunk: ChatChunk) -> ChatResponse:
-        self.text += chunk.text
-        self.reasoning += chunk.reasoning
-        self.signed += chunk.thinking_blocks
-        for delta in chunk.tool_calls:
-            call = self.calls.setdefault(delta.index, ToolCallDelta(delta.index))
-            call.id = call.id or delta.id
-            call.name = call.name or delta.name
-            call.arguments += delta.arguments
-        self.usage = chunk.usage or self.usage
-        self.finish_reason = chunk.finish_reason or self.finish_reason
-        self.model = chunk.model or self.model
-        extra = usage_kwargs(chunk.usage)
-        if chunk.reasoning:
-            extra["thinking_delta"] = chunk.reasoning
-        return ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT,
-                                blocks=_blocks(self.text, self.reasoning, self.signed,
-                                               self._call_blocks())),
-            delta=chunk.text,
-            raw=_raw(self.model, self.finish_reason, self.usage, self.provider),
-            additional_kwargs=extra,
-        )
 
-    def _call_blocks(self) -> list[ToolCallBlock]:
-        blocks = []
-        for index, call in sorted(self.calls.items()):
-            kwargs: dict[str, Any] | str = call.arguments
-            try:
-                parsed = json.loads(call.arguments) if call.arguments.strip() else {}
-                if isinstance(parsed, dict):
-                    kwargs = parsed
-            except json.JSONDecodeError:
-                pass
-            blocks.append(ToolCallBlock(tool_call_id=call.id or f"call_{index}",
-                                        tool_name=call.name or "", tool_kwargs=kwargs))
-        return blocks[:1] if self.single_tool_call else blocks
+def _step(collected: StreamCollector, chunk: ChatChunk, provider: str,
+          single_tool_call: bool) -> ChatResponse:
+    """The stream step for ``chunk``, once collected: the whole message so far (text, the
+    reasoning as ThinkingBlocks: one per signed block once it has ended, the rest in one
+    unsigned block; one ToolCallBlock per tool call, its partial JSON arguments a string until
+    they parse), ``delta`` the new text and ``thinking_delta`` the new reasoning."""
+    calls = [tool_call_block(c) for c in collected.tool_calls()] if collected.calls else []
+    extra = usage_kwargs(chunk.usage)
+    if chunk.reasoning:
+        extra["thinking_delta"] = chunk.reasoning
+    return ChatResponse(
+        message=ChatMessage(role=MessageRole.ASSISTANT,
+                            blocks=_blocks(collected.text, collected.reasoning,
+                                           collected.thinking_blocks,
+                                           calls[:1] if single_tool_call else calls)),
+        delta=chunk.text,
+        raw=_raw(collected.model, collected.finish_reason, collected.usage, provider),
+        additional_kwargs=extra,
+    )
 
 
 def completion_from_chat(response: ChatResponse, text: str | None = None) -> CompletionResponse:

@@ -25,8 +25,9 @@ from llama_index.core.llms.llm import ToolSelection
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.types import Model, PydanticProgramMode
 from llama_index.llms.modelplug._convert import (
-    StreamAccumulator,
+    astream_steps,
     completion_from_chat,
+    stream_steps,
     to_chat_response,
     to_completion_response,
     to_openai_messages,
@@ -248,10 +249,8 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         request, single = self._request(messages, kwargs)
 
-        def gen() -> ChatResponseGen:
-            acc = StreamAccumulator(self._provider, single_tool_call=single)
-            for chunk in self._backend.stream(request):
-                yield acc.feed(chunk)
+        def gen() -> ChatResponseGen:  # the backend is called on the first step, not before
+            yield from stream_steps(self._backend.stream(request), self._provider, single)
 
         return gen()
 
@@ -260,9 +259,9 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
         request, single = self._request(messages, kwargs)
 
         async def gen() -> ChatResponseAsyncGen:
-            acc = StreamAccumulator(self._provider, single_tool_call=single)
-            async for chunk in self._backend.astream(request):
-                yield acc.feed(chunk)
+            async for step in astream_steps(self._backend.astream(request), self._provider,
+                                            single):
+                yield step
 
         return gen()
 
@@ -292,9 +291,8 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
             request = self._completion_request(prompt, formatted, kwargs)
 
             def raw_gen() -> CompletionResponseGen:
-                acc = StreamAccumulator(self._provider)
-                for chunk in self._backend.stream_complete(request):
-                    yield completion_from_chat(acc.feed(chunk))
+                for step in stream_steps(self._backend.stream_complete(request), self._provider):
+                    yield completion_from_chat(step)
 
             return raw_gen()
         steps = self._stream_chat(_as_messages(prompt), **kwargs)
@@ -312,9 +310,9 @@ class ModelPlug(BackendFields, FunctionCallingLLM):
             request = self._completion_request(prompt, formatted, kwargs)
 
             async def raw_gen() -> CompletionResponseAsyncGen:
-                acc = StreamAccumulator(self._provider)
-                async for chunk in self._backend.astream_complete(request):
-                    yield completion_from_chat(acc.feed(chunk))
+                async for step in astream_steps(self._backend.astream_complete(request),
+                                                self._provider):
+                    yield completion_from_chat(step)
 
             return raw_gen()
         steps = self._astream_chat(_as_messages(prompt), **kwargs)
