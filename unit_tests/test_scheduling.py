@@ -27,10 +27,13 @@ class SpellEngine:
         self.step_delay = step_delay
         self.batches: list[int] = []  # requests per step
         self.released: list[str] = []
-        self.gate = threading.Event()
+        self.gate = threading.Event()  # held: no step runs
         self.gate.set()
+        self.admitting = threading.Event()  # held: no request is admitted
+        self.admitting.set()
 
     def admit(self, ticket: Ticket, running: list[Ticket]) -> bool:
+        self.admitting.wait(5)
         if ticket.job == "BAD":
             raise ValueError("this request cannot run")
         ticket.state = 0
@@ -113,9 +116,13 @@ def test_a_request_that_cannot_be_admitted_fails_alone() -> None:
 def test_a_broken_step_fails_the_batch_and_the_scheduler_goes_on() -> None:
     engine = SpellEngine()
     scheduler = Scheduler(engine, name="spell")
-    engine.gate.clear()
+    # Both must be admitted into one step: hold admission until both are queued (holding only
+    # the step let the worker admit BOOM alone before "other" arrived).
+    engine.admitting.clear()
     boom, other = scheduler.submit("BOOM"), scheduler.submit("other")
-    engine.gate.set()
+    while scheduler.stats()["waiting"] < 2:
+        time.sleep(0.01)
+    engine.admitting.set()
     with pytest.raises(RuntimeError, match="batch broke"):
         list(boom)
     with pytest.raises(RuntimeError, match="batch broke"):
