@@ -1,0 +1,213 @@
+"""The wire fakes refuse what the real APIs refuse, in the real APIs' error shapes.
+
+A fake that accepts anything proves nothing: each rule a fake enforces is shown here refusing a
+request that breaks it, driven through the provider's official SDK so the refusal arrives as that
+SDK's own error (``openai.BadRequestError``, ``anthropic.BadRequestError``,
+``ollama.ResponseError``, ``google.genai.errors.ClientError``), and each fake is shown taking
+the valid request next to it. Rules that hold for every conversation (a tool answer with no
+call before it is refused, a well-formed tool round trip is taken) are checked on generated
+message sequences with hypothesis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fakes import openai_api
+from fakes.server import LoopbackServer
+from hypothesis import given
+from hypothesis import strategies as st
+
+# -- OpenAI ---------------------------------------------------------------------------------------
+
+USER = {"role": "user", "content": "Weather in Paris?"}
+CALL = {"role": "assistant", "content": None, "tool_calls": [
+    {"id": "call_1", "type": "function",
+     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+ANSWER = {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object",
+                                          "properties": {"city": {"type": "string"}}}}}
+
+
+@pytest.fixture(scope="module")
+def openai_fake() -> Iterator[openai_api.FakeOpenAI]:
+    api = openai_api.FakeOpenAI()
+    server = LoopbackServer(api.app).start()
+    api.url = f"{server.url}/v1"  # type: ignore[attr-defined]
+    yield api
+    server.stop()
+
+
+@pytest.fixture
+def client(openai_fake: openai_api.FakeOpenAI) -> Iterator[openai.OpenAI]:
+    openai_fake.extra_fields = frozenset()
+    yield openai.OpenAI(base_url=openai_fake.url, api_key=openai_api.API_KEY,  # type: ignore[attr-defined]
+                        max_retries=0)
+
+
+#: Each request the API refuses: the create() arguments, then the error's param and code and a
+#: piece of its message.
+OPENAI_REFUSED: dict[str, tuple[dict[str, Any], str | None, str | None, str]] = {
+    "no model": ({"model": openai.omit, "messages": [USER]}, None, None,
+                 "you must provide a model parameter"),
+    "no messages": ({"messages": openai.omit}, "messages", "missing_required_parameter",
+                    "Missing required parameter: 'messages'"),
+    "empty messages": ({"messages": []}, "messages", "empty_array", "empty array"),
+    "unknown parameter": ({"extra_body": {"top_k": 5}}, None, None,
+                          "Unrecognized request argument supplied: top_k"),
+    "unknown role": ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role",
+                     "invalid_value", "Invalid value: 'robot'"),
+    "unknown message field": ({"messages": [{**USER, "id": "m1"}]}, "messages[0].id",
+                              "unknown_parameter", "Unknown parameter"),
+    "user message without content": ({"messages": [{"role": "user"}]}, "messages[0].content",
+                                     "missing_required_parameter", "messages[0].content"),
+    "tool message without tool_call_id": (
+        {"messages": [USER, CALL, {"role": "tool", "content": "Sunny"}]},
+        "messages[2].tool_call_id", "missing_required_parameter", "tool_call_id"),
+    "orphan tool message": ({"messages": [USER, ANSWER]}, "messages.[1].role", None,
+                            "must be a response to a preceeding message with 'tool_calls'"),
+    "tool message after a user turn": (
+        {"messages": [USER, CALL, ANSWER, USER, ANSWER]}, "messages.[4].role", None,
+        "must be a response to a preceeding message with 'tool_calls'"),
+    "tool message answering another id": (
+        {"messages": [USER, CALL, {**ANSWER, "tool_call_id": "call_9"}]},
+        "messages.[2].tool_call_id", None, "'call_9' not found in 'tool_calls'"),
+    "tool call left unanswered": ({"messages": [USER, CALL, USER]}, "messages.[1].role", None,
+                                  "did not have response messages: call_1"),
+    "tool_choice without tools": ({"tool_choice": "auto"}, "tool_choice", None,
+                                  "only allowed when 'tools' are specified"),
+    "parallel_tool_calls without tools": ({"parallel_tool_calls": False},
+                                          "parallel_tool_calls", None,
+                                          "only allowed when 'tools' are specified"),
+    "tool_choice naming an unbound tool": (
+        {"tools": [WEATHER], "tool_choice": {"type": "function",
+                                             "function": {"name": "get_time"}}},
+        "tool_choice", None, "no function named 'get_time'"),
+    "tool_choice an unknown mode": ({"tools": [WEATHER], "tool_choice": "any"}, "tool_choice",
+                                    "invalid_value", "Invalid value: 'any'"),
+    "tool without a name": ({"tools": [{"type": "function", "function": {}}]},
+                            "tools[0].function.name", "missing_required_parameter", "name"),
+    "stream_options without stream": ({"stream_options": {"include_usage": True}},
+                                      "stream_options", None, "only allowed when 'stream'"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPENAI_REFUSED))
+def test_openai_fake_refuses_what_the_api_refuses(client: openai.OpenAI, case: str) -> None:
+    arguments, param, code, message = OPENAI_REFUSED[case]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(**{"model": "gpt-4o-mini", "messages": [USER],
+                                          **arguments})
+    error = caught.value
+    assert error.status_code == 400
+    assert error.body["type"] == "invalid_request_error"  # type: ignore[index]
+    assert (error.body["param"], error.body["code"]) == (param, code)  # type: ignore[index]
+    assert message in error.body["message"]  # type: ignore[index]
+
+
+def test_openai_fake_takes_a_tool_round_trip(client: openai.OpenAI,
+                                             openai_fake: openai_api.FakeOpenAI) -> None:
+    openai_fake.reply({"content": "Sunny in Paris."})
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[USER, CALL, ANSWER], tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False)
+    assert answer.choices[0].message.content == "Sunny in Paris."
+
+
+def test_openai_fake_takes_a_compatible_servers_own_parameters(
+        client: openai.OpenAI, openai_fake: openai_api.FakeOpenAI) -> None:
+    openai_fake.extra_fields = openai_api.COMPAT_FIELDS
+    openai_fake.reply({"content": "ok"})
+    answer = client.chat.completions.create(
+        model="qwen3-8b", messages=[USER],
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "top_k": 5})
+    assert answer.choices[0].message.content == "ok"
+
+
+@pytest.mark.parametrize("stream", [False, None])
+def test_openai_fake_answers_one_json_body_unless_asked_to_stream(
+        openai_fake: openai_api.FakeOpenAI, stream: bool | None) -> None:
+    openai_fake.reply({"content": "one body"})
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [USER]}
+    if stream is not None:
+        body["stream"] = stream
+    answer = httpx.post(f"{openai_fake.url}/chat/completions", json=body,  # type: ignore[attr-defined]
+                        headers={"Authorization": f"Bearer {openai_api.API_KEY}"})
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["choices"][0]["message"]["content"] == "one body"
+
+
+def test_openai_fake_streams_server_sent_events(client: openai.OpenAI,
+                                                openai_fake: openai_api.FakeOpenAI) -> None:
+    openai_fake.reply({"content": "streamed"})
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[USER], stream=True) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(
+            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+            for line in response.iter_lines() if line.startswith("data: {"))
+    assert text == "streamed"
+
+
+def test_openai_fake_refuses_unknown_embedding_parameters(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="Unrecognized request argument supplied: "
+                                                     "truncate"):
+        client.embeddings.create(model="text-embedding-3-small", input="hi",
+                                 extra_body={"truncate": True})
+
+
+def _tool_call(call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Valid conversations: user and plain assistant turns, and assistant tool calls (1-3, ids
+    unique) each followed by one tool answer per call, in any order."""
+    messages: list[dict[str, Any]] = [USER]
+    for n in range(draw(st.integers(0, 4))):
+        if draw(st.booleans()):
+            ids = [f"call_{n}_{k}" for k in range(draw(st.integers(1, 3)))]
+            messages.append({"role": "assistant", "content": None,
+                             "tool_calls": [_tool_call(i) for i in ids]})
+            messages += [{"role": "tool", "tool_call_id": i, "content": "ok"}
+                         for i in draw(st.permutations(ids))]
+        else:
+            messages.append({"role": "assistant", "content": "sure"})
+        messages.append(USER)
+    return messages
+
+
+@given(conversations())
+def test_openai_fake_takes_every_well_formed_tool_conversation(
+        messages: list[dict[str, Any]]) -> None:
+    openai_api.check_chat({"model": "m", "messages": messages})
+
+
+@given(conversations(), st.data())
+def test_openai_fake_refuses_every_orphan_tool_message(messages: list[dict[str, Any]],
+                                                       data: st.DataObject) -> None:
+    """A tool message put anywhere but right after the calls it answers (and their other
+    answers) is refused; one answering a call id never made is refused everywhere."""
+    answerable = {i + 1 for i, m in enumerate(messages)
+                  if m.get("tool_calls") or m["role"] == "tool"}
+    where = data.draw(st.integers(0, len(messages)).filter(lambda i: i not in answerable))
+    orphan = {"role": "tool", "tool_call_id": data.draw(st.sampled_from(["call_x", "call_0_0"])),
+              "content": "ok"}
+    with pytest.raises(openai_api.Refusal, match="role 'tool' must be a response"):
+        openai_api.check_chat({"model": "m", "messages": [*messages[:where], orphan,
+                                                           *messages[where:]]})
+    if answerable:  # right after a call: refused all the same when it answers no call made
+        where = data.draw(st.sampled_from(sorted(answerable)))
+        stray = {**orphan, "tool_call_id": "call_never_made"}
+        with pytest.raises(openai_api.Refusal, match="not found in 'tool_calls'"):
+            openai_api.check_chat({"model": "m", "messages": [*messages[:where], stray,
+                                                               *messages[where:]]})
