@@ -15,10 +15,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
-from fakes import openai_api
+from fakes import anthropic_api, openai_api
 from fakes.server import LoopbackServer
 from hypothesis import given
 from hypothesis import strategies as st
@@ -211,3 +212,116 @@ def test_openai_fake_refuses_every_orphan_tool_message(messages: list[dict[str, 
         with pytest.raises(openai_api.Refusal, match="not found in 'tool_calls'"):
             openai_api.check_chat({"model": "m", "messages": [*messages[:where], stray,
                                                                *messages[where:]]})
+
+
+# -- Anthropic ------------------------------------------------------------------------------------
+
+TOOL_USE = {"role": "assistant", "content": [
+    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]}
+RESULT = {"role": "user", "content": [
+    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny"}]}
+ASK = {"role": "user", "content": "Weather in Paris?"}
+CLAUDE_TOOL = {"name": "get_weather", "input_schema": {"type": "object"}}
+
+
+@pytest.fixture(scope="module")
+def claude() -> Iterator[tuple[anthropic_api.FakeAnthropic, anthropic.Anthropic]]:
+    api = anthropic_api.FakeAnthropic()
+    server = LoopbackServer(api.app).start()
+    yield api, anthropic.Anthropic(base_url=server.url, api_key=anthropic_api.API_KEY,
+                                   max_retries=0)
+    server.stop()
+
+
+ANTHROPIC_REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    # (a timeout of our own: the SDK derives its default one from max_tokens)
+    "no max_tokens": ({"max_tokens": anthropic.omit, "timeout": 30},
+                      "max_tokens: Field required"),
+    "no model": ({"model": anthropic.omit}, "model: Field required"),
+    "unknown field": ({"extra_body": {"n": 2}}, "n: Extra inputs are not permitted"),
+    "system role in messages": ({"messages": [{"role": "system", "content": "be brief"}, ASK]},
+                                "messages.0.role: Input should be 'user' or 'assistant'"),
+    "orphan tool_result": ({"messages": [ASK, {"role": "assistant", "content": "Let me see."},
+                                         RESULT]},
+                           "unexpected `tool_use_id` found in `tool_result` blocks: toolu_1"),
+    "tool_result two turns late": ({"messages": [ASK, TOOL_USE, {"role": "user",
+                                                                 "content": "well?"},
+                                                 {"role": "assistant", "content": "Hmm."},
+                                                 RESULT]},
+                                   "`tool_use` ids were found without `tool_result` blocks"),
+    "tool_result after text": ({"messages": [ASK, TOOL_USE, {"role": "user", "content": [
+        {"type": "text", "text": "here:"}, RESULT["content"][0]]}]},
+        "`tool_result` blocks must come first"),
+    "tool_choice naming an unbound tool": (
+        {"tools": [CLAUDE_TOOL], "tool_choice": {"type": "tool", "name": "get_time"}},
+        "no tool named 'get_time'"),
+}
+
+
+@pytest.mark.parametrize("case", list(ANTHROPIC_REFUSED))
+def test_anthropic_fake_refuses_what_the_api_refuses(claude, case: str) -> None:
+    _, client = claude
+    arguments, message = ANTHROPIC_REFUSED[case]
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(**{"model": "claude-sonnet-4-6", "max_tokens": 64,
+                                  "messages": [ASK], **arguments})
+    assert caught.value.status_code == 400
+    body = caught.value.body
+    assert body["type"] == "error"  # type: ignore[index]
+    assert body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert message in body["error"]["message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_fake_takes_a_tool_round_trip(claude, stream: bool) -> None:
+    """Split turns of one role are one turn to the API: a tool result and a question sent as
+    two user messages are taken like one."""
+    fake, client = claude
+    fake.reply([{"type": "text", "text": "Sunny."}])
+    messages = [ASK, TOOL_USE, RESULT, {"role": "user", "content": "And tomorrow?"}]
+    arguments = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": messages,
+                 "tools": [CLAUDE_TOOL], "tool_choice": {"type": "tool", "name": "get_weather"}}
+    if stream:
+        with client.messages.stream(**arguments) as events:
+            assert events.get_final_message().content[0].text == "Sunny."  # type: ignore[union-attr]
+    else:
+        assert client.messages.create(**arguments).content[0].text == "Sunny."  # type: ignore[union-attr]
+
+
+@st.composite
+def claude_conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Valid Messages API conversations: questions and answers, and tool_use turns (1-3 ids)
+    each answered by a user turn that starts with one tool_result per id, in any order."""
+    messages: list[dict[str, Any]] = [ASK]
+    for n in range(draw(st.integers(0, 4))):
+        if draw(st.booleans()):
+            ids = [f"toolu_{n}_{k}" for k in range(draw(st.integers(1, 3)))]
+            messages.append({"role": "assistant", "content": [
+                {"type": "tool_use", "id": i, "name": "get_weather", "input": {}} for i in ids]})
+            results = [{"type": "tool_result", "tool_use_id": i, "content": "ok"}
+                       for i in draw(st.permutations(ids))]
+            messages.append({"role": "user", "content": results + draw(st.sampled_from(
+                [[], [{"type": "text", "text": "and?"}]]))})
+        else:
+            messages += [{"role": "assistant", "content": "Sure."}, ASK]
+    return messages
+
+
+def _claude(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"model": "m", "max_tokens": 8, "messages": messages}
+
+
+@given(claude_conversations(), st.data())
+def test_anthropic_fake_takes_tool_turns_and_refuses_every_stray_result(
+        messages: list[dict[str, Any]], data: st.DataObject) -> None:
+    assert anthropic_api.validate(_claude(messages)) is None
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    where = data.draw(st.sampled_from(users))
+    stray = {"type": "tool_result", "tool_use_id": "toolu_never_used", "content": "ok"}
+    content = messages[where]["content"]
+    blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
+    results = [b for b in blocks if b["type"] == "tool_result"]
+    changed = [*messages[:where],
+               {"role": "user", "content": [*results, stray, *blocks[len(results):]]},
+               *messages[where + 1:]]
+    assert "unexpected `tool_use_id`" in (anthropic_api.validate(_claude(changed)) or "")
