@@ -17,9 +17,11 @@ from typing import Any
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 from fakes import anthropic_api, openai_api
+from fakes.ollama_api import FakeOllama
 from fakes.server import LoopbackServer
 from hypothesis import given
 from hypothesis import strategies as st
@@ -325,3 +327,63 @@ def test_anthropic_fake_takes_tool_turns_and_refuses_every_stray_result(
                {"role": "user", "content": [*results, stray, *blocks[len(results):]]},
                *messages[where + 1:]]
     assert "unexpected `tool_use_id`" in (anthropic_api.validate(_claude(changed)) or "")
+
+
+# -- Ollama ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ollama_fake() -> Iterator[tuple[FakeOllama, ollama.Client]]:
+    api = FakeOllama()
+    server = LoopbackServer(api.app).start()
+    yield api, ollama.Client(host=server.url)
+    server.stop()
+
+
+OLLAMA_REFUSED: dict[str, tuple[dict[str, Any], str]] = {
+    "tools on a model without tools": (
+        {"model": "llava:7b", "tools": [WEATHER]}, '"llava:7b" does not support tools'),
+    "think on a model without thinking": ({"model": "llava:7b", "think": True},
+                                          '"llava:7b" does not support thinking'),
+    "chat with an embedding model": ({"model": "nomic-embed-text:latest"},
+                                     '"nomic-embed-text:latest" does not support chat'),
+}
+
+
+@pytest.mark.parametrize("case", list(OLLAMA_REFUSED))
+def test_ollama_fake_refuses_what_ollama_refuses(ollama_fake, case: str) -> None:
+    _, client = ollama_fake
+    arguments, message = OLLAMA_REFUSED[case]
+    with pytest.raises(ollama.ResponseError) as caught:
+        client.chat(**{"model": "qwen3:8b", "messages": [USER], "stream": False, **arguments})
+    assert (caught.value.status_code, caught.value.error) == (400, message)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"model": ""}, "model is required"),
+    ({"format": "yaml"}, 'invalid format: expected "json" or a valid JSON schema'),
+])
+def test_ollama_fake_refuses_what_the_sdk_will_not_send(ollama_fake, fields: dict[str, Any],
+                                                        message: str) -> None:
+    """The SDK checks these itself; another client might send them, and Ollama refuses them."""
+    _, client = ollama_fake
+    answer = httpx.post(client._client.base_url.join("/api/chat"),
+                        json={"model": "qwen3:8b", "messages": [USER], **fields})
+    assert (answer.status_code, answer.json()) == (400, {"error": message})
+
+
+def test_ollama_fake_generate_answers_one_object_when_not_streaming(ollama_fake) -> None:
+    fake, client = ollama_fake
+    fake.reply("Paris is the capital.")
+    answer = client.generate(model="qwen3:8b", prompt="Capital of France?", stream=False)
+    assert answer.response == "Paris is the capital." and answer.done
+    fake.reply("Paris.")
+    assert "".join(p.response for p in client.generate(model="qwen3:8b", prompt="q",
+                                                       stream=True)) == "Paris."
+
+
+def test_ollama_fake_takes_tools_and_thinking_where_the_model_has_them(ollama_fake) -> None:
+    fake, client = ollama_fake
+    fake.reply("Sunny.", thinking="Look it up.")
+    answer = client.chat(model="qwen3:8b", messages=[USER], tools=[WEATHER], think=True,
+                         format={"type": "object"}, stream=False)
+    assert answer.message.content == "Sunny." and answer.message.thinking == "Look it up."
