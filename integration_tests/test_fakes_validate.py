@@ -20,10 +20,10 @@ import httpx
 import ollama
 import openai
 import pytest
-from fakes import anthropic_api, openai_api
+from fakes import anthropic_api, gemini_api, openai_api
 from fakes.ollama_api import FakeOllama
 from fakes.server import LoopbackServer
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 # -- OpenAI ---------------------------------------------------------------------------------------
@@ -387,3 +387,73 @@ def test_ollama_fake_takes_tools_and_thinking_where_the_model_has_them(ollama_fa
     answer = client.chat(model="qwen3:8b", messages=[USER], tools=[WEATHER], think=True,
                          format={"type": "object"}, stream=False)
     assert answer.message.content == "Sunny." and answer.message.thinking == "Look it up."
+
+
+# -- Gemini ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gemini_url() -> Iterator[str]:
+    server = LoopbackServer(gemini_api.FakeGemini().app).start()
+    yield server.url
+    server.stop()
+
+
+def _gemini(url: str, **http_options: Any):
+    from google import genai
+
+    return genai.Client(api_key=gemini_api.API_KEY,
+                        http_options={"base_url": url, "retry_options": {"attempts": 1},
+                                      **http_options})
+
+
+GEMINI_REFUSED: dict[str, tuple[dict[str, Any], Any, str]] = {
+    "unknown field": ({"extra_body": {"candidates": 2}}, "a cat",
+                      'Unknown name "candidates": Cannot find field'),
+    "unknown generation field": ({"extra_body": {"generationConfig": {"numImages": 2}}},
+                                 "a cat", 'Unknown name "numImages" at \'generation_config\''),
+    "role other than user and model": ({}, [{"role": "system", "parts": [{"text": "a cat"}]}],
+                                       "Please use a valid role: user, model."),
+    "content without parts": ({}, [{"role": "user", "parts": []}],
+                              "contents.parts must not be empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(GEMINI_REFUSED))
+def test_gemini_fake_refuses_what_the_api_refuses(gemini_url: str, case: str) -> None:
+    from google.genai import errors
+
+    http_options, contents, message = GEMINI_REFUSED[case]
+    client = _gemini(gemini_url, **http_options)  # held: a dropped client closes its session
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(model="gemini-2.5-flash-image", contents=contents)
+    assert (caught.value.code, caught.value.status) == (400, "INVALID_ARGUMENT")
+    assert message in caught.value.message  # type: ignore[operator]
+
+
+def test_gemini_fake_refuses_a_request_without_contents(gemini_url: str) -> None:
+    """The SDK will not send one: a raw request, as any other client might."""
+    answer = httpx.post(f"{gemini_url}/v1beta/models/gemini-2.5-flash-image:generateContent",
+                        json={"generationConfig": {"responseModalities": ["IMAGE"]}},
+                        headers={"x-goog-api-key": gemini_api.API_KEY})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert "contents is not specified" in answer.json()["error"]["message"]
+
+
+def test_gemini_fake_takes_snake_and_camel_case_fields(gemini_url: str) -> None:
+    answer = httpx.post(f"{gemini_url}/v1beta/models/gemini-2.5-flash-image:generateContent",
+                        json={"contents": [{"role": "user", "parts": [{"text": "a cat"}]}],
+                              "generation_config": {"response_modalities": ["IMAGE"]},
+                              "systemInstruction": {"parts": [{"text": "draw"}]}},
+                        headers={"x-goog-api-key": gemini_api.API_KEY})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["candidates"][0]["content"]["parts"][0]["inlineData"]
+
+
+@settings(max_examples=50)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
+    lambda name: name != "contents"))
+def test_gemini_fake_refuses_every_undocumented_top_level_field(name: str) -> None:
+    body = {"contents": [{"parts": [{"text": "x"}]}], name: {}}
+    known = gemini_api._camel(name) in gemini_api.REQUEST_FIELDS
+    assert (gemini_api.check(body) is None) == known
