@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fakes.openai_api import API_KEY, FakeOpenAI, embedding_of, usage_block
+from fakes.openai_api import API_KEY, COMPAT_FIELDS, FakeOpenAI, embedding_of, usage_block
 from fakes.server import LoopbackServer
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from pydantic import BaseModel
@@ -182,6 +182,7 @@ def test_template_opened_thinking_streams_text_once_the_server_splits_reasoning(
 
 
 def test_reasoning_switch_reaches_local_server_template(fake: FakeOpenAI) -> None:
+    fake.extra_fields = COMPAT_FIELDS  # a vLLM server takes chat_template_kwargs
     fake.reply({"content": "ok"})
     _llm(fake, "vllm:qwen3-8b", reasoning=False).invoke("q")
     assert fake.requests[-1]["chat_template_kwargs"] == {"enable_thinking": False}
@@ -320,6 +321,7 @@ def test_structured_output_json_schema_request(fake: FakeOpenAI) -> None:
 
 
 def test_sampling_params_and_extra_body(fake: FakeOpenAI) -> None:
+    fake.extra_fields = COMPAT_FIELDS  # Together documents top_k and repetition_penalty
     fake.reply({"content": "x"})
     llm = _llm(fake, "together:meta-llama/Llama-3-8b", temperature=0.3, top_p=0.9, seed=7,
                stop=["\n"], model_kwargs={"top_k": 20, "repetition_penalty": 1.1})

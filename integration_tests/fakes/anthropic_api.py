@@ -3,12 +3,18 @@
 It replays the documented shapes: a ``message`` object for plain requests, and for
 ``"stream": true`` the documented SSE sequence (``message_start``, ``content_block_start`` /
 ``content_block_delta`` / ``content_block_stop`` per block, ``ping``, ``message_delta`` with the
-stop reason and cumulative usage, ``message_stop``). It also refuses, with the API's
-``invalid_request_error`` shape, requests the real API refuses (a missing max_tokens, turns that do
-not alternate, a thinking budget not below max_tokens, forced tool use with thinking, sampling
-params with adaptive thinking, and, with thinking on, a tool-calling assistant turn that does
-not start with its thinking block, or a thinking block whose signature is missing or not the one
-this fake gave out for that text), so a backend bug shows up as a failed request.
+stop reason and cumulative usage, ``message_stop``); without ``"stream": true`` one JSON
+body. It also refuses, with the API's ``invalid_request_error`` shape (400), requests the real
+API refuses: a missing model, messages or max_tokens, a top-level field the API does not document
+("Extra inputs are not permitted"), a role other than user and assistant, a ``tool_result`` that
+answers no ``tool_use`` of the assistant turn right before it, a ``tool_use`` left unanswered by
+the next turn, results placed after other content, a ``tool_choice`` naming a tool not in
+``tools``, a thinking budget not below max_tokens, forced tool use with thinking, sampling params
+with adaptive thinking, and, with thinking on, a tool-calling assistant turn that does not start
+with its thinking block, or a thinking block whose signature is missing or not the one this fake
+gave out for that text. Consecutive messages of one role are one turn, as the API documents
+("Consecutive user or assistant turns in your request will be combined into a single turn"), so
+a backend bug shows up as a failed request and nothing the API accepts is refused.
 
 Tests queue replies with :meth:`FakeAnthropic.reply` and read what the SDK sent in
 :attr:`FakeAnthropic.requests`.
@@ -16,7 +22,6 @@ Tests queue replies with :meth:`FakeAnthropic.reply` and read what the SDK sent 
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections import deque
@@ -110,34 +115,33 @@ def validate(body: dict[str, Any], signatures: dict[str, str] | None = None) -> 
 
     ``signatures`` (signature -> thinking text) are the ones the API gave out: a thinking block
     sent back must carry one of them, for its unmodified text."""
+    for field in ("model", "messages", "max_tokens"):
+        if field not in body:
+            return f"{field}: Field required"
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         return f"{unknown[0]}: Extra inputs are not permitted"
-    if not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: Field required"
-    messages = body.get("messages") or []
-    if not messages:
+    if not isinstance(body["max_tokens"], int) or isinstance(body["max_tokens"], bool):
+        return "max_tokens: Input should be a valid integer"
+    messages = body["messages"]
+    if not isinstance(messages, list) or not messages:
         return "messages: at least one message is required"
-    for i, (a, b) in enumerate(itertools.pairwise(messages)):
-        if a["role"] == b["role"]:
-            return f"messages.{i + 1}: roles must alternate between 'user' and 'assistant'"
     for i, m in enumerate(messages):
-        if m["role"] not in ("user", "assistant"):
+        if m.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if "content" not in m:
+            return f"messages.{i}.content: Field required"
         if isinstance(m["content"], list) and not m["content"]:
             return f"messages.{i}: all messages must have non-empty content"
-    used = {b["id"] for m in messages if isinstance(m["content"], list) for b in m["content"]
-            if b.get("type") == "tool_use"}
     for i, m in enumerate(messages):
-        for j, b in enumerate(m["content"] if isinstance(m["content"], list) else []):
+        for j, b in enumerate(_blocks(m)):
             key = {"tool_use": "id", "tool_result": "tool_use_id"}.get(b.get("type"))
             if key and not re.fullmatch(r"[a-zA-Z0-9_-]+", str(b.get(key))):
                 return (f"messages.{i}.content.{j}.{b['type']}.{key}: String should match "
                         "pattern '^[a-zA-Z0-9_-]+$'")
-    for m in messages:
-        for b in m["content"] if isinstance(m["content"], list) else []:
-            if b.get("type") == "tool_result" and b.get("tool_use_id") not in used:
-                return f"tool_result block(s) reference an unknown tool_use id {b['tool_use_id']}"
+    problem = _check_tool_results(messages)
+    if problem:
+        return problem
     thinking = body.get("thinking") or {}
     if thinking.get("type") == "enabled":
         budget = thinking.get("budget_tokens")
@@ -161,6 +165,51 @@ def validate(body: dict[str, Any], signatures: dict[str, str] | None = None) -> 
     choice = body.get("tool_choice") or {}
     if choice.get("type") == "tool" and choice.get("name") not in names:
         return f"tool_choice.name: no tool named {choice.get('name')!r}"
+    return None
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message["content"]
+    return content if isinstance(content, list) else [{"type": "text", "text": content}]
+
+
+def _turns(messages: list[dict[str, Any]]) -> list[tuple[int, str, list[dict[str, Any]]]]:
+    """The conversation's turns: consecutive messages of one role are one turn, as the API
+    combines them. Each turn is (index of its first message, role, its blocks)."""
+    turns: list[tuple[int, str, list[dict[str, Any]]]] = []
+    for i, m in enumerate(messages):
+        if turns and turns[-1][1] == m["role"]:
+            turns[-1][2].extend(_blocks(m))
+        else:
+            turns.append((i, m["role"], list(_blocks(m))))
+    return turns
+
+
+def _check_tool_results(messages: list[dict[str, Any]]) -> str | None:
+    """Every tool_use of an assistant turn is answered by a tool_result in the user turn right
+    after it, where the results come before any other content; every tool_result answers a
+    tool_use of the assistant turn right before it."""
+    turns = _turns(messages)
+    for n, (i, role, blocks) in enumerate(turns):
+        if role != "user":
+            continue
+        before = turns[n - 1] if n else None
+        asked = [b["id"] for b in before[2] if b.get("type") == "tool_use"] if before else []
+        answered = [b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"]
+        unexpected = [a for a in answered if a not in asked]
+        if unexpected:
+            return (f"messages.{i}.content.0: unexpected `tool_use_id` found in `tool_result` "
+                    f"blocks: {', '.join(unexpected)}. Each `tool_result` block must have a "
+                    "corresponding `tool_use` block in the previous message.")
+        unanswered = [a for a in asked if a not in answered]
+        if unanswered:
+            return (f"messages.{before[0]}: `tool_use` ids were found without `tool_result` "
+                    f"blocks immediately after: {', '.join(unanswered)}. Each `tool_use` block "
+                    "must have a corresponding `tool_result` block in the next message.")
+        kinds = [b.get("type") == "tool_result" for b in blocks]
+        if answered and kinds != sorted(kinds, reverse=True):
+            return (f"messages.{i}.content: `tool_result` blocks must come first in the content "
+                    "of a user message, before any other content.")
     return None
 
 

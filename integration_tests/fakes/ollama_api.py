@@ -7,7 +7,14 @@ Shapes follow Ollama's API documentation: /api/chat answers one JSON object for
 own, arguments as objects and no ids) and the last line has ``done: true``, ``done_reason`` and
 the counts (``prompt_eval_count``, ``eval_count``, durations). An unknown model is a 404 with
 ``{"error": "model \\"x\\" not found, try pulling it first"}``. /api/generate streams the same
-way with ``response`` fragments instead of ``message``.
+way with ``response`` fragments instead of ``message``, and answers one JSON object for
+``"stream": false`` too.
+
+Like Ollama it refuses with a 400 and ``{"error": "..."}``: a request without a model, a
+``format`` that is neither ``"json"`` nor a JSON schema object, and a request asking for a
+capability the model lacks (/api/show's ``capabilities``): chat or generate on an embedding
+model, ``tools`` on a model without ``tools``, ``think`` on one without ``thinking``. Ollama
+ignores fields it does not know (its request types are decoded leniently), so the fake does too.
 
 Tests queue replies with :meth:`FakeOllama.reply` and read what the SDK sent in
 :attr:`FakeOllama.requests` (``(path, body)`` pairs).
@@ -47,6 +54,30 @@ def fake_embedding(text: str) -> list[float]:
 def _not_found(model: str) -> JSONResponse:
     return JSONResponse({"error": f'model "{model}" not found, try pulling it first'},
                         status_code=404)
+
+
+def _bad_request(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+def check(body: dict[str, Any], *, chat: bool) -> JSONResponse | None:
+    """Ollama's answer to a /api/chat or /api/generate request it refuses, or None."""
+    model = body.get("model")
+    if not model:
+        return _bad_request("model is required")
+    if model not in MODELS:
+        return _not_found(model)
+    fmt = body.get("format")
+    if fmt not in (None, "", "json") and not isinstance(fmt, dict):
+        return _bad_request('invalid format: expected "json" or a valid JSON schema')
+    capabilities = MODELS[model]["capabilities"]
+    if "completion" not in capabilities:
+        return _bad_request(f'"{model}" does not support {"chat" if chat else "generate"}')
+    if chat and body.get("tools") and "tools" not in capabilities:
+        return _bad_request(f'"{model}" does not support tools')
+    if body.get("think") not in (None, False) and "thinking" not in capabilities:
+        return _bad_request(f'"{model}" does not support thinking')
+    return None
 
 
 def _details(name: str) -> dict[str, Any]:
@@ -90,8 +121,9 @@ class FakeOllama:
         body = await request.json()
         self.requests.append(("/api/chat", body))
         self.headers.append(dict(request.headers))
-        if body.get("model") not in MODELS:
-            return _not_found(body.get("model"))
+        refused = check(body, chat=True)
+        if refused is not None:
+            return refused
         if not self._replies:
             return JSONResponse({"error": "the test queued no reply"}, status_code=500)
         script = self._replies.popleft()
@@ -115,8 +147,9 @@ class FakeOllama:
     async def _generate(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(("/api/generate", body))
-        if body.get("model") not in MODELS:
-            return _not_found(body.get("model"))
+        refused = check(body, chat=False)
+        if refused is not None:
+            return refused
         if not self._replies:
             return JSONResponse({"error": "the test queued no reply"}, status_code=500)
         script = self._replies.popleft()
@@ -127,6 +160,8 @@ class FakeOllama:
                       "done": True, "done_reason": script["done_reason"],
                       "prompt_eval_count": script["prompt_eval_count"],
                       "eval_count": script["eval_count"], "total_duration": 812_000_000})
+        if not body.get("stream", True):  # one object: the whole text on the final line's fields
+            return JSONResponse({**parts[-1], "response": text})
 
         async def ndjson():
             for part in parts:
@@ -136,8 +171,10 @@ class FakeOllama:
     async def _embed(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(("/api/embed", body))
-        if body.get("model") not in MODELS:
-            return _not_found(body.get("model"))
+        if not body.get("model"):
+            return _bad_request("model is required")
+        if body["model"] not in MODELS:
+            return _not_found(body["model"])
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
         return JSONResponse({"model": body["model"],
                              "embeddings": [fake_embedding(t) for t in texts],
