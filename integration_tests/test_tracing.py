@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -383,6 +384,37 @@ def test_openinference_langchain_fallback_shows_each_attempt(openinference_langc
     assert "llm.token_count.completion" not in answered.attributes
 
 
+@contextmanager
+def _patches_undone(*owners: Any) -> Iterator[None]:
+    """Put back every attribute of ``owners`` that the block replaced. OpenTelemetry's LangChain
+    instrumentation leaves most of its wrappers in place after ``uninstrument()`` (its
+    ``unwrap`` of a class attribute by module path is a no-op here), and the wrapped
+    ``BaseCallbackManager.__init__``, ``Pregel.stream`` and ``AgentMiddleware`` hooks made later
+    tests' agents loop to GraphRecursionError."""
+    saved = [(owner, dict(vars(owner))) for owner in owners]
+    try:
+        yield
+    finally:
+        for owner, before in saved:
+            for name, value in before.items():
+                if vars(owner).get(name) is not value:
+                    setattr(owner, name, value)
+
+
+def _langchain_patch_targets() -> list[Any]:
+    import langchain.agents
+    import langchain.agents.factory
+    import langgraph.prebuilt
+    import langgraph.prebuilt.chat_agent_executor
+    from langchain.agents.middleware.types import AgentMiddleware
+    from langchain_core.callbacks import BaseCallbackManager
+    from langgraph.pregel import Pregel
+    from langgraph.types import Command
+
+    return [BaseCallbackManager, Pregel, Command, AgentMiddleware, langchain.agents,
+            langchain.agents.factory, langgraph.prebuilt, langgraph.prebuilt.chat_agent_executor]
+
+
 def test_otel_langchain_instrumentation_reports_the_answering_model(provider) -> None:
     from opentelemetry.instrumentation.langchain import LangchainInstrumentor
 
@@ -391,13 +423,15 @@ def test_otel_langchain_instrumentation_reports_the_answering_model(provider) ->
     tracer_provider, exporter = provider
     exporter.clear()
     instrumentor = LangchainInstrumentor()
-    instrumentor.instrument(tracer_provider=tracer_provider)
-    tracing.configure(tracer_provider=tracer_provider)
-    try:
-        answer = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=4).invoke("Hi")
-    finally:
-        instrumentor.uninstrument()
-        tracing.configure(tracer_provider=None)
+    with _patches_undone(*_langchain_patch_targets()):
+        instrumentor.instrument(tracer_provider=tracer_provider)
+        tracing.configure(tracer_provider=tracer_provider)
+        try:
+            answer = ChatModelPlug(model="llamacpp:smollm2", temperature=0,
+                                   max_tokens=4).invoke("Hi")
+        finally:
+            instrumentor.uninstrument()
+            tracing.configure(tracer_provider=None)
     finished = exporter.get_finished_spans()
     theirs = _one(finished, "ChatModelPlug.chat")
     assert theirs.attributes["gen_ai.response.model"] == "smollm2"
