@@ -99,7 +99,8 @@ def test_openai_refusal_is_a_refusal_error(openai_fake: tuple[FakeOpenAI, str]) 
     assert not exc.retryable
     fake.reply_stream([{"role": "assistant", "content": None, "refusal": "I can't "},
                        {"refusal": "help with that."}])
-    _raises(llm, "stream", RefusalError)
+    streamed = _raises(llm, "stream", RefusalError)
+    assert exc.provider == streamed.provider == "openai"  # the row, streamed or not
 
 
 @pytest.fixture(scope="module")
@@ -121,4 +122,5 @@ def test_anthropic_refusal_stop_reason_is_a_refusal_error(
     fake.reply([{"type": "text", "text": "I"}], stop_reason="refusal")
     exc = _raises(llm, mode, RefusalError)
     assert "refusal" in str(exc) and "Rephrase" in str(exc) and not exc.retryable
+    assert exc.provider == "anthropic"
     assert not isinstance(exc, anthropic.APIError)  # ours, not the SDK's

@@ -242,7 +242,7 @@ def test_an_echoed_prefill_is_stripped_from_the_answer_however_it_is_chunked(
 
     def read(sent: str, prefill: str) -> str:
         bounds = sorted({0, len(sent), *(c for c in cuts if c <= len(sent))})
-        reader = _ChatEventReader("m", False, prefill)
+        reader = _ChatEventReader("vllm", "m", False, prefill)
         text = ""
         for a, b in itertools.pairwise(bounds):
             delta = SimpleNamespace(content=sent[a:b], tool_calls=None, refusal=None,

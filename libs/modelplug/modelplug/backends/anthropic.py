@@ -258,7 +258,7 @@ class AnthropicBackend(NetworkedBackend):
     @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         self.check(request)
-        reader = _ChatEventReader(self._is_json_mode(request), self.ref.model_id)
+        reader = _ChatEventReader(self.spec.key, self._is_json_mode(request), self.ref.model_id)
         events = self.client.messages.create(**self.build_params(request), stream=True)
         with events:
             for event in events:
@@ -270,7 +270,7 @@ class AnthropicBackend(NetworkedBackend):
     @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         self.check(request)
-        reader = _ChatEventReader(self._is_json_mode(request), self.ref.model_id)
+        reader = _ChatEventReader(self.spec.key, self._is_json_mode(request), self.ref.model_id)
         events = await self.aclient.messages.create(**self.build_params(request), stream=True)
         async with events:
             async for event in events:
@@ -292,7 +292,7 @@ class AnthropicBackend(NetworkedBackend):
                     texts.append(json.dumps(block.input))
                 else:
                     calls.append(ToolCall.parse(block.id, block.name, dict(block.input or {})))
-        _check_refusal(message.stop_reason)
+        _check_refusal(self.spec.key, message.stop_reason)
         finish = STOP_REASONS.get(message.stop_reason or "", message.stop_reason)
         if json_mode and finish == "tool_calls" and not calls:
             finish = "stop"
@@ -311,13 +311,13 @@ def signed_block(block: Any) -> dict[str, Any]:
             "signature": getattr(block, "signature", None) or ""}
 
 
-def _check_refusal(stop_reason: str | None) -> None:
+def _check_refusal(provider: str, stop_reason: str | None) -> None:
     """``stop_reason: "refusal"``: Anthropic's safety classifiers stopped the answer."""
     if stop_reason == "refusal":
         raise RefusalError(
             "Anthropic stopped the answer for a potential policy violation (stop_reason "
             "'refusal'). Rephrase the request; retrying it as is will be refused again.",
-            provider="anthropic")
+            provider=provider)
 
 
 def usage_from(usage: Any) -> Usage | None:
@@ -335,7 +335,8 @@ def usage_from(usage: Any) -> Usage | None:
 class _ChatEventReader:
     """Reads the raw SSE events of one streamed message as :class:`ChatChunk` objects."""
 
-    def __init__(self, json_mode: bool, model: str) -> None:
+    def __init__(self, provider: str, json_mode: bool, model: str) -> None:
+        self.provider = provider  # names the row in a refusal
         self.json_mode = json_mode
         self.model = model
         #: Anthropic content-block index -> our tool-call index (0, 1, ... in order).
@@ -402,7 +403,7 @@ class _ChatEventReader:
         return None
 
     def finish(self) -> ChatChunk:
-        _check_refusal(self.stop_reason)
+        _check_refusal(self.provider, self.stop_reason)
         finish = STOP_REASONS.get(self.stop_reason or "", self.stop_reason) or "stop"
         if self.json_mode and finish == "tool_calls" and not self.tool_index:
             finish = "stop"

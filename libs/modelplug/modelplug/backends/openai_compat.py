@@ -253,8 +253,8 @@ class OpenAICompatBackend(NetworkedBackend):
     @maps_errors
     def stream(self, request: ChatRequest) -> Iterator[ChatChunk]:
         body = self._body(request)
-        reader = _ChatEventReader(self.ref.model_id, self._starts_in_thinking(request),
-                                  self._echoed(request))
+        reader = _ChatEventReader(self.spec.key, self.ref.model_id,
+                                  self._starts_in_thinking(request), self._echoed(request))
         events = self.client.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         with events:
@@ -265,8 +265,8 @@ class OpenAICompatBackend(NetworkedBackend):
     @maps_errors
     async def astream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         body = self._body(request)
-        reader = _ChatEventReader(self.ref.model_id, self._starts_in_thinking(request),
-                                  self._echoed(request))
+        reader = _ChatEventReader(self.spec.key, self.ref.model_id,
+                                  self._starts_in_thinking(request), self._echoed(request))
         events = await self.aclient.chat.completions.create(
             **body, stream=True, stream_options={"include_usage": True})
         async with events:
@@ -368,7 +368,8 @@ class _ChatEventReader:
     """Reads ChatCompletionChunk events as ChatChunks (what :class:`StreamCollector` collects);
     finish reason and usage go on the last chunk."""
 
-    def __init__(self, model: str, implicit_think: bool, echoed: str = "") -> None:
+    def __init__(self, provider: str, model: str, implicit_think: bool, echoed: str = "") -> None:
+        self.provider = provider  # names the row in a refusal
         self.model = model
         self.splitter = ThinkTagSplitter(implicit_open=implicit_think)
         #: A prefill the server may repeat first (see OpenAICompatBackend._echoed): text is
@@ -387,7 +388,7 @@ class _ChatEventReader:
             if choice.index not in (0, None):
                 continue
             delta = choice.delta
-            _check_refusal(None, getattr(delta, "refusal", None))
+            _check_refusal(self.provider, getattr(delta, "refusal", None))
             field = _reasoning_field(delta) if delta else ""
             if field:  # the server splits reasoning out: the text does not start inside it
                 self.splitter.settle_as_text()
