@@ -588,7 +588,9 @@ class FallbackChatModel(BaseChatModel):
     # A candidate that is a chat model (possibly under bind/bind_tools bindings) runs inside this
     # run: its _generate/_stream get this run's manager, so callbacks see one chat-model run per
     # call (one start, one end, usage counted once) and tokens stream once. Anything else runs
-    # as a child runnable.
+    # as a child runnable. The public invoke/stream would start a run of their own, so this calls
+    # the private hooks they call (_generate_with_cache, _should_stream, _stream): langchain-core
+    # is pinned to the releases checked to have them (unit_tests/test_langchain_hooks.py).
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None,
