@@ -564,12 +564,14 @@ class Capital(BaseModel):
 
 
 class FunctionCallingOnly(ChatModelPlug):
-    """A chat model whose with_structured_output refuses json_schema (as some providers do)."""
+    """A chat model whose structured output is a forced tool call: json_schema refused, and
+    function_calling its default (as some providers have it)."""
 
     def with_structured_output(self, schema=None, *, method=None, **kwargs):
         if method == "json_schema":
             raise ValueError("method='json_schema' is not supported; use 'function_calling'.")
-        return super().with_structured_output(schema, method=method, **kwargs)
+        return super().with_structured_output(schema, method=method or "function_calling",
+                                              **kwargs)
 
 
 def test_with_structured_output_skips_candidates_that_refuse_it(
@@ -604,9 +606,41 @@ def test_with_structured_output_on_every_candidate(method: str | None) -> None:
     assert answer.city and answer.country
 
 
+def test_mixed_candidates_each_give_structured_output_their_own_way(
+        openai_fake: tuple[FakeOpenAI, str]) -> None:
+    """With no method, each candidate answers as it would alone: the function_calling-only one
+    by a forced tool call, llamacpp by its JSON-schema grammar; either answer parses, in one
+    chat-model run that fails over between them."""
+    fake, url = openai_fake
+    tool_only = FunctionCallingOnly(model="openai:gpt-4o-mini", api_key=OPENAI_KEY,
+                                    base_url=url, max_retries=0)
+    local = ChatModelPlug(model="llamacpp:smollm2", temperature=0, max_tokens=64)
+    llm = FallbackChatModel([tool_only, local])
+    structured = llm.with_structured_output(Capital, include_raw=True)
+    ask = "The capital of France is Paris. Fill in the fields."
+    fake.reply({"content": None, "tool_calls": [{
+        "id": "call_1", "type": "function",
+        "function": {"name": "Capital", "arguments": '{"country": "France", "city": "Paris"}'}}]})
+    answer = structured.invoke(ask)
+    assert answer["parsed"] == Capital(country="France", city="Paris")
+    assert answer["raw"].response_metadata["fallback_model"] == "openai:gpt-4o-mini"
+    request = fake.requests[-1]
+    assert request["tool_choice"]["function"]["name"] == "Capital"
+    assert "response_format" not in request
+    # The tool-calling candidate fails: llamacpp answers under its grammar, in content.
+    fake.fail(500)
+    answer = structured.invoke(ask)
+    assert isinstance(answer["parsed"], Capital) and answer["parsing_error"] is None
+    assert answer["raw"].response_metadata["fallback_model"] == "llamacpp:smollm2"
+    assert not answer["raw"].tool_calls and answer["raw"].content
+    fake.fail(500)
+    assert list(llm.with_structured_output(Capital).stream(ask))[-1] == answer["parsed"]
+
+
 def test_a_cut_forced_tool_answer_is_an_error_naming_max_tokens() -> None:
-    """function_calling through a set raises OutputTruncatedError naming the answering
-    candidate's max_tokens, as ChatModelPlug does, where it parsed into None before."""
+    """Structured output through a set (llamacpp's own default, json_schema, and a forced
+    tool call) raises OutputTruncatedError naming the answering candidate's max_tokens, as
+    ChatModelPlug does, where a forced tool call parsed into None before."""
     llm = FallbackChatModel([down(), "llamacpp:smollm2"], temperature=0, max_tokens=5)
     ask = "Extract the person: Alice is 30 years old."
     for method in (None, "function_calling"):

@@ -316,6 +316,7 @@ class ChatModelPlug(GenerationFields, BaseChatModel):
     # LangChain's default batch() runs invoke() per input in a thread pool; an in-process model
     # answers a whole batch in one generation instead. Callbacks get one run per input, as with
     # invoke(). Cached, streaming or single-input batches take LangChain's default path.
+    # _BatchPlan decides everything; batch and abatch only drive its callbacks and the backend.
 
     def _batches_natively(self, inputs: Sequence[Any]) -> bool:
         from langchain_core.globals import get_llm_cache
@@ -325,100 +326,25 @@ class ChatModelPlug(GenerationFields, BaseChatModel):
         return (self._backend.spec.in_process and len(inputs) > 1 and not self.streaming
                 and not cache_on and self.rate_limiter is None)
 
-    def _batch_items(self, inputs: Sequence[Any], kwargs: dict[str, Any],
-                     ) -> tuple[list[tuple[list[BaseMessage], ChatRequest | Exception]],
-                                list[str] | None]:
-        """Each input's messages and its request, or the error that refuses it: every item is
-        checked alone, so one bad request fails only itself."""
-        stop = kwargs.pop("stop", None)
-        for key in ("ls_structured_output_format", "structured_output_format"):
-            kwargs.pop(key, None)
-        items: list[tuple[list[BaseMessage], ChatRequest | Exception]] = []
-        for value in inputs:
-            messages = self._convert_input(value).to_messages()
-            try:
-                request = self._request(messages, stop, dict(kwargs))
-                self._backend.check(request)
-            except Exception as exc:
-                items.append((messages, exc))
-            else:
-                items.append((messages, request))
-        return items, stop
-
-    def _batch_run_kwargs(self, messages: list[BaseMessage], stop: list[str] | None,
-                          config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {"serialized": self._serialized, "messages": [messages],
-                "invocation_params": self._get_invocation_params(stop=stop, **kwargs),
-                "options": {"stop": stop}, "name": config.get("run_name"),
-                "run_id": config.get("run_id"), "batch_size": 1}
-
-    @staticmethod
-    def _batch_refusal(items: list[tuple[list[BaseMessage], ChatRequest | Exception]],
-                       return_exceptions: bool) -> Exception | None:
-        """The error that stops the whole batch before generating: without return_exceptions,
-        the first item's refusal."""
-        if return_exceptions:
-            return None
-        return next((r for _, r in items if isinstance(r, Exception)), None)
-
-    def _batch_outputs(self, items: list[tuple[list[BaseMessage], ChatRequest | Exception]],
-                       run_ids: list[Any], answered: list[Any] | BaseException) -> list[Any]:
-        """Per item, its AIMessage or the exception that failed it: its own refusal, else the
-        batch call's error (``answered``) when that failed."""
-        from langchain_core.utils.utils import LC_ID_PREFIX
-
-        provider = self._backend.ref.provider
-        answers = iter(answered) if isinstance(answered, list) else None
-        outputs: list[Any] = []
-        for (_, request), run_id in zip(items, run_ids, strict=True):
-            if isinstance(request, Exception):
-                outputs.append(request)
-            elif answers is None:
-                outputs.append(answered)
-            else:
-                message = to_ai_message(next(answers), provider)
-                message.id = message.id or f"{LC_ID_PREFIX}-{run_id}"
-                outputs.append(message)
-        return outputs
-
-    @staticmethod
-    def _batch_result(outputs: list[Any], return_exceptions: bool) -> list[Any]:
-        first = next((o for o in outputs if isinstance(o, BaseException)), None)
-        if first is not None and (not return_exceptions or not isinstance(first, Exception)):
-            raise first
-        return outputs
-
     def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
               **kwargs: Any) -> list[Any]:
         if not self._batches_natively(inputs):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         from langchain_core.callbacks import CallbackManager
-        from langchain_core.outputs import LLMResult
-        from langchain_core.runnables.config import get_config_list
 
-        items, stop = self._batch_items(inputs, kwargs)
-        run_managers = []
-        for (messages, _), cfg in zip(items, get_config_list(config, len(inputs)), strict=True):
-            manager = CallbackManager.configure(cfg.get("callbacks"), self.callbacks,
-                                                self.verbose, cfg.get("tags"), self.tags,
-                                                cfg.get("metadata"), self.metadata)
-            run_managers += manager.on_chat_model_start(
-                **self._batch_run_kwargs(messages, stop, cfg, kwargs))
-        answered: list[Any] | BaseException
-        requests = [r for _, r in items if not isinstance(r, Exception)]
-        refusal = self._batch_refusal(items, return_exceptions)
-        try:
-            answered = refusal if refusal is not None else (
-                self._backend.batch(requests) if requests else [])
-        except BaseException as exc:
-            answered = exc
-        outputs = self._batch_outputs(items, [m.run_id for m in run_managers], answered)
-        for run_manager, output in zip(run_managers, outputs, strict=True):
-            if isinstance(output, BaseException):
-                run_manager.on_llm_error(output)
-            else:
-                run_manager.on_llm_end(LLMResult(generations=[[ChatGeneration(message=output)]]))
-        return self._batch_result(outputs, return_exceptions)
+        plan = _BatchPlan(self, inputs, config, kwargs, return_exceptions)
+        runs = [run for manager, start in plan.starts(CallbackManager)
+                for run in manager.on_chat_model_start(**start)]
+        answered = plan.settled
+        if answered is None:
+            try:
+                answered = self._backend.batch(plan.requests)
+            except BaseException as exc:
+                answered = exc
+        outputs = plan.outputs(runs, answered)
+        for end, result in plan.ends(runs, outputs):
+            end(result)
+        return plan.result(outputs)
 
     async def abatch(self, inputs: list[Any], config: Any = None, *,
                      return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
@@ -426,33 +352,117 @@ class ChatModelPlug(GenerationFields, BaseChatModel):
             return await super().abatch(inputs, config, return_exceptions=return_exceptions,
                                         **kwargs)
         from langchain_core.callbacks import AsyncCallbackManager
-        from langchain_core.outputs import LLMResult
+
+        plan = _BatchPlan(self, inputs, config, kwargs, return_exceptions)
+        runs = [run for manager, start in plan.starts(AsyncCallbackManager)
+                for run in await manager.on_chat_model_start(**start)]
+        answered = plan.settled
+        if answered is None:
+            try:
+                answered = await self._backend.abatch(plan.requests)
+            except BaseException as exc:
+                answered = exc
+        outputs = plan.outputs(runs, answered)
+        for end, result in plan.ends(runs, outputs):
+            await end(result)
+        return plan.result(outputs)
+
+
+class _BatchPlan:
+    """One native batch of :class:`ChatModelPlug`, decided once for both drivers (``batch``,
+    ``abatch``): each input's messages and request, or the error that refuses it (every item
+    is checked alone, so one bad request fails only itself); one chat-model run per input;
+    each run's output and how it ends; what the batch returns or raises."""
+
+    def __init__(self, model: ChatModelPlug, inputs: Sequence[Any], config: Any,
+                 kwargs: dict[str, Any], return_exceptions: bool) -> None:
         from langchain_core.runnables.config import get_config_list
 
-        items, stop = self._batch_items(inputs, kwargs)
-        run_managers = []
-        for (messages, _), cfg in zip(items, get_config_list(config, len(inputs)), strict=True):
-            manager = AsyncCallbackManager.configure(cfg.get("callbacks"), self.callbacks,
-                                                     self.verbose, cfg.get("tags"), self.tags,
-                                                     cfg.get("metadata"), self.metadata)
-            run_managers += await manager.on_chat_model_start(
-                **self._batch_run_kwargs(messages, stop, cfg, kwargs))
-        answered: list[Any] | BaseException
-        requests = [r for _, r in items if not isinstance(r, Exception)]
-        refusal = self._batch_refusal(items, return_exceptions)
-        try:
-            answered = refusal if refusal is not None else (
-                await self._backend.abatch(requests) if requests else [])
-        except BaseException as exc:
-            answered = exc
-        outputs = self._batch_outputs(items, [m.run_id for m in run_managers], answered)
-        for run_manager, output in zip(run_managers, outputs, strict=True):
-            if isinstance(output, BaseException):
-                await run_manager.on_llm_error(output)
+        self.model = model
+        self.return_exceptions = return_exceptions
+        self.stop = kwargs.pop("stop", None)
+        for key in ("ls_structured_output_format", "structured_output_format"):
+            kwargs.pop(key, None)
+        self.kwargs = kwargs
+        self.configs = get_config_list(config, len(inputs))
+        self.items: list[tuple[list[BaseMessage], ChatRequest | Exception]] = []
+        for value in inputs:
+            messages = model._convert_input(value).to_messages()
+            try:
+                request = model._request(messages, self.stop, dict(kwargs))
+                model.backend.check(request)
+            except Exception as exc:
+                self.items.append((messages, exc))
             else:
-                await run_manager.on_llm_end(
-                    LLMResult(generations=[[ChatGeneration(message=output)]]))
-        return self._batch_result(outputs, return_exceptions)
+                self.items.append((messages, request))
+        #: The requests to generate, in input order, refused items left out.
+        self.requests = [r for _, r in self.items if not isinstance(r, Exception)]
+
+    @property
+    def settled(self) -> list[Any] | Exception | None:
+        """The batch's answer when nothing is to be generated: without return_exceptions the
+        first item's refusal (it stops the whole batch), [] when every item was refused;
+        None when the backend must answer ``requests``."""
+        if not self.return_exceptions:
+            refusal = next((r for _, r in self.items if isinstance(r, Exception)), None)
+            if refusal is not None:
+                return refusal
+        return None if self.requests else []
+
+    def starts(self, manager_class: type) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """Per input, its callback manager (of ``manager_class``, sync or async) and the
+        ``on_chat_model_start`` arguments of its run."""
+        model = self.model
+        for (messages, _), cfg in zip(self.items, self.configs, strict=True):
+            manager = manager_class.configure(cfg.get("callbacks"), model.callbacks,
+                                              model.verbose, cfg.get("tags"), model.tags,
+                                              cfg.get("metadata"), model.metadata)
+            yield manager, {
+                "serialized": model._serialized, "messages": [messages],
+                "invocation_params": model._get_invocation_params(stop=self.stop,
+                                                                  **self.kwargs),
+                "options": {"stop": self.stop}, "name": cfg.get("run_name"),
+                "run_id": cfg.get("run_id"), "batch_size": 1}
+
+    def outputs(self, runs: list[Any], answered: list[Any] | BaseException) -> list[Any]:
+        """Per item, its AIMessage or the exception that failed it: its own refusal, else the
+        batch call's error (``answered``) when that failed."""
+        from langchain_core.utils.utils import LC_ID_PREFIX
+
+        provider = self.model.backend.ref.provider
+        answers = iter(answered) if isinstance(answered, list) else None
+        outputs: list[Any] = []
+        for (_, request), run in zip(self.items, runs, strict=True):
+            if isinstance(request, Exception):
+                outputs.append(request)
+            elif answers is None:
+                outputs.append(answered)
+            else:
+                message = to_ai_message(next(answers), provider)
+                message.id = message.id or f"{LC_ID_PREFIX}-{run.run_id}"
+                outputs.append(message)
+        return outputs
+
+    @staticmethod
+    def ends(runs: list[Any], outputs: list[Any]) -> Iterator[tuple[Callable[[Any], Any], Any]]:
+        """How each run ends, as (its run manager's method, the argument): ``on_llm_error``
+        with its exception, or ``on_llm_end`` with its answer. Async run managers' methods
+        return coroutines for the async driver to await."""
+        from langchain_core.outputs import LLMResult
+
+        for run, output in zip(runs, outputs, strict=True):
+            if isinstance(output, BaseException):
+                yield run.on_llm_error, output
+            else:
+                yield run.on_llm_end, LLMResult(generations=[[ChatGeneration(message=output)]])
+
+    def result(self, outputs: list[Any]) -> list[Any]:
+        """The outputs, or the first error raised: always without return_exceptions, and with
+        it for a BaseException that is no Exception (KeyboardInterrupt, cancellation)."""
+        first = next((o for o in outputs if isinstance(o, BaseException)), None)
+        if first is not None and (not self.return_exceptions or not isinstance(first, Exception)):
+            raise first
+        return outputs
 
 
 def structured_runnable(llm: Runnable, parser: Runnable, *, include_raw: bool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -24,7 +25,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, conv
 from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig, RunnableSequence
 from langchain_core.runnables.config import ensure_config, patch_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -375,6 +376,8 @@ class FallbackChatModel(BaseChatModel):
     _candidate_list: list[Candidate[Runnable]] | None = PrivateAttr(default=None)
     #: Per-candidate runnables after bind_tools (None: the model itself; False: cannot bind).
     _bound: list[Runnable | bool | None] | None = PrivateAttr(default=None)
+    #: Candidates this set never calls: their with_structured_output refused the schema.
+    _left_out: frozenset[int] = PrivateAttr(default=frozenset())
     _tools: list[dict[str, Any]] | None = PrivateAttr(default=None)
     _tool_choice: Any = PrivateAttr(default=None)
     #: Each candidate's LangSmith params, per stop list (see _get_ls_params).
@@ -476,6 +479,8 @@ class FallbackChatModel(BaseChatModel):
         out = []
         names = self.names
         for i, model in enumerate(self.models):
+            if i in self._left_out:
+                continue
             bound = self._bound[i] if self._bound is not None else None
             endpoint = self._endpoints[i] if self._endpoints else None
             if bound is False:  # cannot bind tools: a profile that says so makes it skipped
@@ -583,7 +588,9 @@ class FallbackChatModel(BaseChatModel):
     # A candidate that is a chat model (possibly under bind/bind_tools bindings) runs inside this
     # run: its _generate/_stream get this run's manager, so callbacks see one chat-model run per
     # call (one start, one end, usage counted once) and tokens stream once. Anything else runs
-    # as a child runnable.
+    # as a child runnable. The public invoke/stream would start a run of their own, so this calls
+    # the private hooks they call (_generate_with_cache, _should_stream, _stream): langchain-core
+    # is pinned to the releases checked to have them (unit_tests/test_langchain_hooks.py).
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None,
@@ -811,14 +818,25 @@ class FallbackChatModel(BaseChatModel):
                 lambda model: model.bind_tools(tools, **choice, **kwargs),
                 "bind these tools", "Fix the tools or tool_choice, or add a tool-calling chat "
                 "model.")]
+        new = self._rebound(bound)
+        new._tools = [convert_to_openai_tool(t) for t in tools] if tools else None
+        new._tool_choice = tool_choice
+        return new.bind(ls_structured_output_format=ls_format) if ls_format else new
+
+    def _rebound(self, bound: list[Runnable | bool | None],
+                 left_out: frozenset[int] = frozenset()) -> FallbackChatModel:
+        """A copy of this set whose candidates are ``bound`` (per candidate: its binding, None
+        for the model itself, False when it cannot bind the tools), those in ``left_out``
+        never called. Bindings replace earlier ones: they are made on the original models."""
         new = self.model_copy()
         new._policy = self._policy
         new._endpoints = self._endpoints
         new._bound = bound
+        new._left_out = left_out
         new._candidate_list = None
-        new._tools = [convert_to_openai_tool(t) for t in tools] if tools else None
-        new._tool_choice = tool_choice
-        return new.bind(ls_structured_output_format=ls_format) if ls_format else new
+        new._tools = None
+        new._tool_choice = None
+        return new
 
     def with_structured_output(
         self,
@@ -830,16 +848,22 @@ class FallbackChatModel(BaseChatModel):
     ) -> Runnable[LanguageModelInput, dict | BaseModel]:
         """Answers parsed into ``schema``, with the same failover rules.
 
-        ``method=None`` or ``"function_calling"``: the schema is bound as a forced tool on every
-        candidate (the method every tool-calling model shares), and the set runs as one chat
-        model run. Any other ``method`` (``"json_schema"``, ``"json_mode"``) and extra keyword
-        arguments (``strict=``) go to each candidate's own ``with_structured_output``; the
-        candidates are then tried in order as child runs. As with :meth:`bind_tools`, a candidate
-        whose ``with_structured_output`` refuses (NotImplementedError, or TypeError/ValueError
-        for a schema or option it does not take) is skipped; when every one refuses, the first
-        one's error is raised, the others' noted on it.
+        ``method=None``: each candidate answers the way its own ``with_structured_output``
+        would by default (``ChatModelPlug``: json_schema where its backend constrains output,
+        function_calling otherwise), its answer parsed by that candidate's own parser.
+        ``"function_calling"``: the schema is bound as a forced tool on every candidate (the
+        method every tool-calling model shares). Either way the set runs as one chat model run.
+        Any other ``method`` (``"json_schema"``, ``"json_mode"``) and extra keyword arguments
+        (``strict=``) go to each candidate's own ``with_structured_output``; the candidates are
+        then tried in order as child runs. As with :meth:`bind_tools`, a candidate whose
+        ``with_structured_output`` refuses (NotImplementedError, or TypeError/ValueError for a
+        schema or option it does not take) is skipped; when every one refuses, the first one's
+        error is raised, the others' noted on it. An answer cut by its candidate's max_tokens
+        raises OutputTruncatedError (in ``parsing_error`` with ``include_raw``).
         """
-        if method in (None, "function_calling") and not kwargs:
+        if method is None and not kwargs:
+            return self._own_structured_output(schema, include_raw)
+        if method == "function_calling" and not kwargs:
             return self._forced_tool_output(schema, include_raw)
         options = {**({"method": method} if method else {}), **kwargs}
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items())
@@ -854,30 +878,46 @@ class FallbackChatModel(BaseChatModel):
                      if runnable is not None]
         return FallbackRunnable(runnables, self._policy)
 
+    def _own_structured_output(self, schema: dict[str, Any] | type | None,
+                               include_raw: bool) -> Runnable:
+        """``with_structured_output`` with no method: each candidate bound for its own default
+        method and its answer parsed by its own parser (see :func:`_own_structured_parts`),
+        the set run as one chat model run."""
+        if schema is None:
+            raise ValueError("schema is required for structured output with no method.")
+        parts = self._each_candidate(
+            lambda model: _own_structured_parts(model, schema), "give structured output",
+            "Fix the schema, or add a chat model that supports structured output.")
+        llm = self._rebound([p[0] if p else False for p in parts],
+                            frozenset(i for i, p in enumerate(parts) if p is None))
+        parsers: dict[str, Runnable] = {}
+        methods: list[Any] = []
+        for name, part in zip(self.names, parts, strict=True):
+            if part is not None:
+                parsers.setdefault(name, part[1])
+                method = _structured_method(part[0])
+                if method not in methods:
+                    methods.append(method)
+        traced = {"kwargs": {"method": methods[0] if len(methods) == 1 else methods},
+                  "schema": schema}
+        from langchain_modelplug.chat_models import structured_runnable
+
+        return structured_runnable(llm.bind(ls_structured_output_format=traced),
+                                   _AnswerParser(parsers), include_raw=include_raw,
+                                   max_tokens=self._budget_of)
+
     def _forced_tool_output(self, schema: dict[str, Any] | type | None,
                             include_raw: bool) -> Runnable:
         """``with_structured_output`` by a forced tool call, as BaseChatModel builds it, but an
         answer cut by its candidate's max_tokens raises OutputTruncatedError (naming it), as a
         single ChatModelPlug's does, instead of parsing into None or a partial object."""
-        from langchain_core.output_parsers.openai_tools import (
-            JsonOutputKeyToolsParser,
-            PydanticToolsParser,
-        )
-        from langchain_core.utils.pydantic import is_basemodel_subclass
-
         from langchain_modelplug.chat_models import structured_runnable
 
         if schema is None:
             raise ValueError("schema is required for method='function_calling'.")
-        llm = self.bind_tools([schema], tool_choice="any", ls_structured_output_format={
-            "kwargs": {"method": "function_calling"}, "schema": schema})
-        parser: Runnable
-        if isinstance(schema, type) and is_basemodel_subclass(schema):
-            parser = PydanticToolsParser(tools=[schema], first_tool_only=True)
-        else:
-            parser = JsonOutputKeyToolsParser(
-                key_name=convert_to_openai_tool(schema)["function"]["name"], first_tool_only=True)
-        return structured_runnable(llm, parser, include_raw=include_raw,
+        llm = self.bind_tools([schema], tool_choice="any",
+                              ls_structured_output_format=_FORCED_TOOL_FORMAT | {"schema": schema})
+        return structured_runnable(llm, _forced_tool_parser(schema), include_raw=include_raw,
                                    max_tokens=self._budget_of)
 
     def _budget_of(self, message: BaseMessage) -> int | None:
@@ -911,6 +951,101 @@ class FallbackChatModel(BaseChatModel):
                 f"{name} ({type(e).__name__}: {e})" for name, e in refused) + f". {fix}")
             raise first
         return made
+
+
+#: The tracing key (``ls_structured_output_format``) of a forced tool call, less its schema.
+_FORCED_TOOL_FORMAT: dict[str, Any] = {"kwargs": {"method": "function_calling"}}
+
+
+def _forced_tool_parser(schema: dict[str, Any] | type) -> Runnable:
+    """The parser of a forced tool call's answer, as BaseChatModel.with_structured_output
+    builds it: the first call's arguments, as ``schema`` when it is a pydantic class."""
+    from langchain_core.output_parsers.openai_tools import (
+        JsonOutputKeyToolsParser,
+        PydanticToolsParser,
+    )
+    from langchain_core.utils.pydantic import is_basemodel_subclass
+
+    if isinstance(schema, type) and is_basemodel_subclass(schema):
+        return PydanticToolsParser(tools=[schema], first_tool_only=True)
+    return JsonOutputKeyToolsParser(
+        key_name=convert_to_openai_tool(schema)["function"]["name"], first_tool_only=True)
+
+
+def _own_structured_parts(model: BaseChatModel, schema: dict[str, Any] | type,
+                          ) -> tuple[Runnable, Runnable]:
+    """How ``model`` gives structured output by default, as (request, parser): its own
+    ``with_structured_output(schema)`` split where it is the model under bindings piped into
+    a parser (as BaseChatModel, ChatModelPlug and the partner packages build it), so the
+    request can run inside a fallback run. Anything else, and a nested FallbackChatModel
+    (whose answers name its own candidates, not itself), gets a forced tool call."""
+    if not isinstance(model, FallbackChatModel):
+        structured = model.with_structured_output(schema)
+        if isinstance(structured, RunnableSequence) and _unwrap(structured.first) is not None:
+            rest = structured.steps[1:]
+            return structured.first, rest[0] if len(rest) == 1 else RunnableSequence(*rest)
+    request = model.bind_tools([schema], tool_choice="any",
+                               ls_structured_output_format=_FORCED_TOOL_FORMAT | {
+                                   "schema": schema})
+    return request, _forced_tool_parser(schema)
+
+
+def _structured_method(request: Runnable) -> Any:
+    """The structured-output method a candidate's request was bound for, as it tells tracing
+    (its ``ls_structured_output_format``), or None when it does not say."""
+    unwrapped = _unwrap(request)
+    traced = unwrapped[1].get("ls_structured_output_format") if unwrapped else None
+    return ((traced or {}).get("kwargs") or {}).get("method")
+
+
+class _AnswerParser(Runnable[BaseMessage, Any]):
+    """Parses a fallback set's structured answer with the parser of the candidate that gave
+    it (named in its ``response_metadata["fallback_model"]``, on a stream's first chunk):
+    candidates give structured output in different ways (a JSON answer, a tool call).
+    Candidates of one name share the first one's parser; an answer naming none of them is
+    parsed by the first candidate's."""
+
+    def __init__(self, parsers: dict[str, Runnable]) -> None:
+        self.parsers = parsers
+        self.first = next(iter(parsers.values()))
+
+    def __repr__(self) -> str:
+        return f"_AnswerParser(parsers={self.parsers!r})"
+
+    def _parser(self, message: BaseMessage) -> Runnable:
+        name = (message.response_metadata or {}).get("fallback_model")
+        return self.parsers.get(name, self.first) if isinstance(name, str) else self.first
+
+    def invoke(self, input: BaseMessage, config: RunnableConfig | None = None,
+               **kwargs: Any) -> Any:
+        return self._parser(input).invoke(input, config, **kwargs)
+
+    async def ainvoke(self, input: BaseMessage, config: RunnableConfig | None = None,
+                      **kwargs: Any) -> Any:
+        return await self._parser(input).ainvoke(input, config, **kwargs)
+
+    def transform(self, input: Iterator[BaseMessage], config: RunnableConfig | None = None,
+                  **kwargs: Any) -> Iterator[Any]:
+        first = next(input, None)
+        if first is None:
+            return
+        yield from self._parser(first).transform(itertools.chain([first], input), config,
+                                                 **kwargs)
+
+    async def atransform(self, input: AsyncIterator[BaseMessage],
+                         config: RunnableConfig | None = None, **kwargs: Any,
+                         ) -> AsyncIterator[Any]:
+        first = await anext(input, None)
+        if first is None:
+            return
+
+        async def chunks() -> AsyncIterator[BaseMessage]:
+            yield first
+            async for chunk in input:
+                yield chunk
+
+        async for output in self._parser(first).atransform(chunks(), config, **kwargs):
+            yield output
 
 
 class FallbackRunnable(Runnable[LanguageModelInput, Any]):
