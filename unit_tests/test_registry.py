@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from langchain_modelplug import ChatModelPlug
 from modelplug import MissingDependencyError, create_backend, get_provider, providers
+from modelplug.backends import backend_class, build_backend
 from modelplug.registry import STANDARD_PARAMS, ProviderSpec, check_kwargs
 
 SEED_TEXT_PROVIDERS = {
@@ -93,7 +94,7 @@ def _body(spec: ProviderSpec, model_id: str, **request: Any) -> dict[str, Any]:
     from modelplug import ChatRequest
     from modelplug.spec import ModelRef
 
-    backend = spec.create_backend(ModelRef.ad_hoc(spec, model_id), {"api_key": "test-key"})
+    backend = build_backend(ModelRef.ad_hoc(spec, model_id), spec, {"api_key": "test-key"})
     return backend._body(ChatRequest(messages=[{"role": "user", "content": "hi"}], **request))
 
 
@@ -208,7 +209,7 @@ def test_missing_dependency_names_the_extra() -> None:
                         "in-process", ("modelplug_no_such_runtime",))
     assert spec.installed is False
     with pytest.raises(MissingDependencyError) as err:
-        spec.backend_class()
+        backend_class(spec)
     assert isinstance(err.value, ImportError)
     assert "pip install 'modelplug[phantom]'" in str(err.value)
     assert "'modelplug_no_such_runtime'" in str(err.value)

@@ -17,6 +17,7 @@ import pytest
 from langchain_tests.unit_tests import EmbeddingsUnitTests
 
 from langchain_modelplug import ModelPlugEmbeddings
+from modelplug.backends import backend_class
 from modelplug.backends.base import Backend
 from modelplug.errors import UnsupportedCapabilityError
 from modelplug.registry import providers
@@ -57,7 +58,7 @@ IN_PROCESS_SETTINGS: dict[str, dict[str, Any]] = {
 
 def embeds(key: str) -> bool:
     """Whether the row's backend implements embeddings (imports the backend module, no SDK)."""
-    return providers()[key].backend_class().embed is not Backend.embed
+    return backend_class(providers()[key]).embed is not Backend.embed
 
 
 def offline_settings(key: str) -> dict[str, Any]:

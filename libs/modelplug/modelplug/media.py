@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from modelplug.backends import backend_class, build_backend
 from modelplug.catalog.media import MediaModel, MediaModelInfo, Modality, find_media, media_models
 from modelplug.errors import (
     AmbiguousModelError,
@@ -101,7 +102,7 @@ def _create(modality: Modality, model: MediaLike, settings: dict[str, Any]) -> A
     settings = {k: v for k, v in settings.items() if v is not None}
     spec = ref.spec
     check_kwargs(spec, settings, standard=())  # image/audio calls take their own parameters
-    return spec.backend_class()(ref, spec, settings)
+    return build_backend(ref, spec, settings)
 
 
 def create_image_backend(model: MediaLike, **settings: Any) -> ImageBackend:
@@ -118,7 +119,7 @@ def split_generation_kwargs(modality: Modality, model: MediaLike,
                             kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Adapter keyword arguments as (per-call generation defaults the model's backend takes,
     provider settings). Imports the backend module, not its SDK."""
-    params = resolve_media_model(modality, model).spec.backend_class().PARAMS  # type: ignore[attr-defined]
+    params = backend_class(resolve_media_model(modality, model).spec).PARAMS  # type: ignore[attr-defined]
     return ({k: v for k, v in kwargs.items() if k in params},
             {k: v for k, v in kwargs.items() if k not in params})
 

@@ -9,23 +9,13 @@ add rows through the ``modelplug.providers`` entry-point group (each entry point
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from modelplug.errors import (
-    MissingDependencyError,
-    SettingError,
-    UnknownProviderError,
-    closest_name,
-)
-
-if TYPE_CHECKING:
-    from modelplug.backends.base import Backend
-    from modelplug.spec import ModelRef
+from modelplug.errors import SettingError, UnknownProviderError, closest_name
 
 Kind = Literal["cloud", "local-server", "in-process"]
 PrefillMode = Literal["native", "continue_final_message"]
@@ -129,27 +119,17 @@ class ProviderSpec:
         return self.backend == OPENAI_COMPAT_BACKEND
 
     @property
+    def missing(self) -> list[str]:
+        """The packages this row's backend needs that are not installed."""
+        return [name for name in self.requires if not _importable(name)]
+
+    @property
     def installed(self) -> bool:
-        return all(_importable(name) for name in self.requires)
+        return not self.missing
 
     @property
     def pip_hint(self) -> str:
         return f"pip install 'modelplug[{self.extra}]'"
-
-    def backend_class(self) -> type[Backend]:
-        """Import the backend class; a missing SDK is an ImportError naming the extra."""
-        missing = [name for name in self.requires if not _importable(name)]
-        if missing:
-            raise MissingDependencyError(
-                f"Provider '{self.key}' needs the {', '.join(repr(m) for m in missing)} "
-                f"package, which is not installed. Install it with: {self.pip_hint}",
-                name=missing[0],
-            )
-        module_name, _, class_name = self.backend.partition(":")
-        return getattr(importlib.import_module(module_name), class_name)
-
-    def create_backend(self, ref: ModelRef, settings: dict[str, Any]) -> Backend:
-        return self.backend_class()(ref, self, settings)
 
 
 def _importable(name: str) -> bool:

@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from typing import Any
 
 from modelplug.backends.base import Backend
 from modelplug.catalog import CatalogModel
-from modelplug.errors import ModelPlugError, SettingError, amend_message, from_env_variable
+from modelplug.errors import (
+    MissingDependencyError,
+    ModelPlugError,
+    SettingError,
+    amend_message,
+    from_env_variable,
+)
 from modelplug.local import DEFAULT_MODEL_ENV, default_model, resolve_model
-from modelplug.registry import check_kwargs
+from modelplug.registry import ProviderSpec, check_kwargs
 from modelplug.spec import ModelLike
 
 #: An example value for a setting an error asks for, as a fix hint shows it.
 SETTING_EXAMPLES = {"model_path": "'/models/model.gguf'"}
+
+
+def backend_class(spec: ProviderSpec) -> type[Any]:
+    """Import the class a provider row names (``"module:Class"``); a missing SDK is a
+    MissingDependencyError naming the extra to install."""
+    if spec.missing:
+        raise MissingDependencyError(
+            f"Provider '{spec.key}' needs the {', '.join(repr(m) for m in spec.missing)} "
+            f"package, which is not installed. Install it with: {spec.pip_hint}",
+            name=spec.missing[0],
+        )
+    module_name, _, class_name = spec.backend.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_backend(ref: Any, spec: ProviderSpec, settings: dict[str, Any]) -> Any:
+    """The backend (chat, image or audio) ``spec`` names for ``ref``, with settings as given."""
+    return backend_class(spec)(ref, spec, settings)
 
 
 def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
@@ -29,7 +54,7 @@ def create_backend(model: ModelLike | None = None, **settings: Any) -> Backend:
         settings = {k: v for k, v in settings.items() if v is not None}
         spec = ref.spec
         check_kwargs(spec, settings)
-        return spec.create_backend(ref, settings)
+        return build_backend(ref, spec, settings)
 
 
 def adapter_backend(adapter: Any) -> Backend:
