@@ -302,8 +302,7 @@ class ChatModelPlug(GenerationFields, BaseChatModel):
             tool = convert_to_openai_tool(schema, strict=strict)
             name = tool["function"]["name"]
             llm = self.bind_tools([tool], tool_choice=name, **traced)
-            parser = PydanticToolsParser(tools=[schema], first_tool_only=True) if is_pydantic \
-                else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            parser = forced_tool_parser(schema)
         else:
             raise ValueError(
                 f"Unknown structured output method {method!r}. Use 'json_schema', "
@@ -463,6 +462,15 @@ class _BatchPlan:
         if first is not None and (not self.return_exceptions or not isinstance(first, Exception)):
             raise first
         return outputs
+
+
+def forced_tool_parser(schema: dict[str, Any] | type) -> Runnable:
+    """The parser of a forced tool call's answer, as BaseChatModel.with_structured_output
+    builds it: the first call's arguments, as ``schema`` when it is a pydantic class."""
+    if isinstance(schema, type) and is_basemodel_subclass(schema):
+        return PydanticToolsParser(tools=[schema], first_tool_only=True)
+    return JsonOutputKeyToolsParser(
+        key_name=convert_to_openai_tool(schema)["function"]["name"], first_tool_only=True)
 
 
 def structured_runnable(llm: Runnable, parser: Runnable, *, include_raw: bool,

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from langchain_modelplug import _attempts
 from langchain_modelplug._convert import to_openai_messages
+from langchain_modelplug.chat_models import forced_tool_parser, structured_runnable
 from modelplug.catalog import CatalogModel
 from modelplug.errors import StreamInterruptedError, is_retryable
 from modelplug.fallback import (
@@ -900,8 +901,6 @@ class FallbackChatModel(BaseChatModel):
                     methods.append(method)
         traced = {"kwargs": {"method": methods[0] if len(methods) == 1 else methods},
                   "schema": schema}
-        from langchain_modelplug.chat_models import structured_runnable
-
         return structured_runnable(llm.bind(ls_structured_output_format=traced),
                                    _AnswerParser(parsers), include_raw=include_raw,
                                    max_tokens=self._budget_of)
@@ -911,14 +910,10 @@ class FallbackChatModel(BaseChatModel):
         """``with_structured_output`` by a forced tool call, as BaseChatModel builds it, but an
         answer cut by its candidate's max_tokens raises OutputTruncatedError (naming it), as a
         single ChatModelPlug's does, instead of parsing into None or a partial object."""
-        from langchain_modelplug.chat_models import structured_runnable
-
         if schema is None:
             raise ValueError("schema is required for method='function_calling'.")
-        llm = self.bind_tools([schema], tool_choice="any",
-                              ls_structured_output_format=_FORCED_TOOL_FORMAT | {"schema": schema})
-        return structured_runnable(llm, _forced_tool_parser(schema), include_raw=include_raw,
-                                   max_tokens=self._budget_of)
+        return structured_runnable(_forced_tool_request(self, schema), forced_tool_parser(schema),
+                                   include_raw=include_raw, max_tokens=self._budget_of)
 
     def _budget_of(self, message: BaseMessage) -> int | None:
         """The max_tokens of the candidate that answered ``message`` (named in its metadata)."""
@@ -953,23 +948,11 @@ class FallbackChatModel(BaseChatModel):
         return made
 
 
-#: The tracing key (``ls_structured_output_format``) of a forced tool call, less its schema.
-_FORCED_TOOL_FORMAT: dict[str, Any] = {"kwargs": {"method": "function_calling"}}
-
-
-def _forced_tool_parser(schema: dict[str, Any] | type) -> Runnable:
-    """The parser of a forced tool call's answer, as BaseChatModel.with_structured_output
-    builds it: the first call's arguments, as ``schema`` when it is a pydantic class."""
-    from langchain_core.output_parsers.openai_tools import (
-        JsonOutputKeyToolsParser,
-        PydanticToolsParser,
-    )
-    from langchain_core.utils.pydantic import is_basemodel_subclass
-
-    if isinstance(schema, type) and is_basemodel_subclass(schema):
-        return PydanticToolsParser(tools=[schema], first_tool_only=True)
-    return JsonOutputKeyToolsParser(
-        key_name=convert_to_openai_tool(schema)["function"]["name"], first_tool_only=True)
+def _forced_tool_request(model: BaseChatModel, schema: dict[str, Any] | type) -> Runnable:
+    """``model`` bound to answer by a forced call of ``schema`` as a tool, and saying so to
+    tracing (``ls_structured_output_format``)."""
+    return model.bind_tools([schema], tool_choice="any", ls_structured_output_format={
+        "kwargs": {"method": "function_calling"}, "schema": schema})
 
 
 def _own_structured_parts(model: BaseChatModel, schema: dict[str, Any] | type,
@@ -984,10 +967,7 @@ def _own_structured_parts(model: BaseChatModel, schema: dict[str, Any] | type,
         if isinstance(structured, RunnableSequence) and _unwrap(structured.first) is not None:
             rest = structured.steps[1:]
             return structured.first, rest[0] if len(rest) == 1 else RunnableSequence(*rest)
-    request = model.bind_tools([schema], tool_choice="any",
-                               ls_structured_output_format=_FORCED_TOOL_FORMAT | {
-                                   "schema": schema})
-    return request, _forced_tool_parser(schema)
+    return _forced_tool_request(model, schema), forced_tool_parser(schema)
 
 
 def _structured_method(request: Runnable) -> Any:
